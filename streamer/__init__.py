@@ -1,0 +1,1 @@
+"""streamer: live video to metric depth."""

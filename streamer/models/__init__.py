@@ -1,0 +1,1 @@
+"""Neural networks. No video, no OpenCV, no files here: tensors in, tensors out."""

@@ -1,0 +1,134 @@
+"""Metric3D's official recipe around the network, as batched tensor ops on the model's device.
+
+Letterbox into the canonical input (keep aspect, cv2-exact bilinear resize, pad with the mean
+colour), normalise, forward, un-pad, resize back, and turn canonical depth (a 1000 px focal
+camera) into metres: depth * focal * resize_scale / 1000, clamped to [0, 300] m.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from streamer.errors import ConfigError
+from streamer.models.metric3d import Metric3D
+from streamer.processors.resize import LinearResizeU8
+
+CANONICAL_INPUT = (616, 1064)
+CANONICAL_FOCAL = 1000.0
+MAX_METRIC_DEPTH = 300.0
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+PAD_RGB = (124, 116, 104)  # the official pad colour is MEAN; cv2 rounds it on uint8 images
+FOCAL_MODES = ("fx", "mean")  # hubconf uses fx only; the official test script (fx + fy) / 2
+
+
+def check_input_size(size: tuple[int, int]) -> tuple[int, int]:
+    h, w = size
+    if h <= 0 or w <= 0 or h % 28 or w % 28:
+        raise ConfigError(
+            f"input_size {h}x{w} is not a multiple of 28 in both sides",
+            hint="use e.g. 616x1064 (official), 308x532 or 224x392",
+        )
+    return h, w
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a source image of `src_hw` sits inside the canonical input."""
+
+    src_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    pad: tuple[int, int, int, int]  # top, bottom, left, right
+    scale: float
+
+    @classmethod
+    def fit(cls, src_hw: tuple[int, int], input_hw: tuple[int, int]) -> Letterbox:
+        h, w = src_hw
+        scale = min(input_hw[0] / h, input_hw[1] / w)
+        rh, rw = int(h * scale), int(w * scale)
+        top, left = (input_hw[0] - rh) // 2, (input_hw[1] - rw) // 2
+        return cls(src_hw, (rh, rw), (top, input_hw[0] - rh - top, left, input_hw[1] - rw - left), scale)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        top, _, left, _ = self.pad
+        return x[..., top : top + self.resized_hw[0], left : left + self.resized_hw[1]]
+
+
+class Metric3DProcessor:
+    """Frames (N, H, W, 3) uint8 on the device -> metric depth, normals, kappa, confidence."""
+
+    def __init__(
+        self,
+        model: Metric3D,
+        input_size: tuple[int, int] = CANONICAL_INPUT,
+        focal_mode: str = "fx",
+    ) -> None:
+        if focal_mode not in FOCAL_MODES:
+            raise ConfigError(f"focal_mode {focal_mode!r} is unknown", hint="use 'fx' or 'mean'")
+        self.model = model
+        self.input_size = check_input_size(input_size)
+        self.focal_mode = focal_mode
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self._mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
+        self._resizers: dict[tuple[int, int], tuple[Letterbox, LinearResizeU8]] = {}
+
+    def letterbox(self, src_hw: tuple[int, int]) -> tuple[Letterbox, LinearResizeU8]:
+        if src_hw not in self._resizers:
+            box = Letterbox.fit(src_hw, self.input_size)
+            self._resizers[src_hw] = (box, LinearResizeU8(src_hw, box.resized_hw, self.device))
+        return self._resizers[src_hw]
+
+    def canvas(self, images: torch.Tensor) -> tuple[torch.Tensor, Letterbox]:
+        """(N, H, W, 3) uint8 -> the padded uint8 model input (N, 3, IH, IW), as the network sees it."""
+        box, resize = self.letterbox((images.shape[1], images.shape[2]))
+        resized = resize(images).permute(0, 3, 1, 2)
+        top, bottom, left, right = box.pad
+        canvas = torch.empty(
+            (images.shape[0], 3, *self.input_size), dtype=torch.uint8, device=images.device
+        )
+        for c, value in enumerate(PAD_RGB):
+            canvas[:, c] = value
+        canvas[:, :, top : top + box.resized_hw[0], left : left + box.resized_hw[1]] = resized
+        return canvas, box
+
+    def normalize(self, canvas: torch.Tensor) -> torch.Tensor:
+        return ((canvas.float() - self._mean) / self._std).to(self.dtype)
+
+    def forward(self, images: torch.Tensor, all_iterations: bool = False):
+        """Raw network outputs on the padded canonical canvas, and the letterbox that made it."""
+        canvas, box = self.canvas(images)
+        with torch.inference_mode():
+            return self.model(self.normalize(canvas), all_iterations=all_iterations), box
+
+    def metric_scale(self, fx: float, fy: float, box: Letterbox) -> float:
+        focal = fx if self.focal_mode == "fx" else (fx + fy) / 2
+        return focal * box.scale / CANONICAL_FOCAL
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        fx: float,
+        fy: float,
+        out_hw: tuple[int, int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """-> depth (N,h,w) m, normal (N,h,w,3), kappa (N,h,w), confidence (N,h,w); float32, on the device.
+
+        `out_hw` defaults to the source size.
+        """
+        out, box = self.forward(images)
+        out_hw = out_hw or box.src_hw
+        # (N, 6, IH, IW): canonical depth, confidence, normal xyz, kappa; resized in fp32
+        maps = torch.cat((out["depth"][-1], out["confidence"][-1], out["normal"][-1]), dim=1).float()
+        maps = F.interpolate(box.crop(maps), out_hw, mode="bilinear", align_corners=False)
+        depth = (maps[:, 0] * self.metric_scale(fx, fy, box)).clamp_(0, MAX_METRIC_DEPTH)
+        return {
+            "depth": depth,
+            "confidence": maps[:, 1],
+            "normal": maps[:, 2:5].permute(0, 2, 3, 1),
+            "kappa": maps[:, 5],
+        }

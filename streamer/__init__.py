@@ -1,1 +1,17 @@
-"""streamer: live video to metric depth."""
+"""streamer: live video to metric depth with Metric3D v2, in real time.
+
+Python API (see README): `DepthEstimator` for single images; `open_source`, `load_stage`,
+`run_pipeline` and the sinks in `streamer.sinks` for streams.
+"""
+
+__version__ = "0.1.0"
+
+from streamer.api import DepthEstimator, load_model, load_stage, run_pipeline
+from streamer.config import Config, load_config
+from streamer.errors import StreamerError
+from streamer.sources import open_source
+
+__all__ = [
+    "Config", "DepthEstimator", "StreamerError", "__version__", "load_config", "load_model", "load_stage",
+    "open_source", "run_pipeline",
+]

@@ -47,3 +47,7 @@ class Interrupted(StreamerError):
     """The run was stopped by SIGINT/SIGTERM; outputs were finalised."""
 
     exit_code = 130
+
+
+class StopRequested(Exception):
+    """Raised by a sink (e.g. the preview's quit key) to end the run normally."""

@@ -1,4 +1,4 @@
-"""What flows between stages: frames from sources, depth results to sinks, and the end-of-stream mark."""
+"""What flows between stages: frames from sources, results to sinks, and the end-of-stream mark."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ class Frame:
     pts: int
     time_base: Fraction
     capture_time: float  # time.monotonic() when the source produced it
+    name: str = ""  # for image sources: the file's stem, used to name outputs
 
     @property
     def seconds(self) -> float:
@@ -24,25 +25,35 @@ class Frame:
 
 
 @dataclass
-class DepthResult:
-    """Metric outputs for one frame, all float32 at the output size (H, W).
+class Result:
+    """A processor's outputs for one frame, as host arrays at the output size.
 
-    depth: metres; normal: (H, W, 3) unit vectors in camera coordinates (x right, y down, z forward);
-    kappa: normal concentration (higher = more certain); confidence: raw depth confidence.
+    Metric3D gives `depth` (H, W) float32 metres, `normal` (H, W, 3) unit vectors in camera
+    coordinates (x right, y down, z forward), `kappa` (H, W) normal concentration and `confidence`
+    (H, W). Image processors (ControlNet preprocessors) give `image` (H, W, 3) uint8.
     """
 
     frame: Frame
-    depth: np.ndarray
-    normal: np.ndarray
-    kappa: np.ndarray
-    confidence: np.ndarray
-    fx: float
-    fy: float
+    maps: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
+
+    @property
+    def depth(self) -> np.ndarray:
+        return self.maps["depth"]
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a source knows before its first frame; sinks are opened with it."""
+
+    width: int
+    height: int
+    time_base: Fraction
+    rate: Fraction | None  # nominal frames per second, None when unknown
+    live: bool
+    frame_count: int | None = None
+    name: str = ""
 
 
 class EndOfStream:
-    """Sentinel put on a queue after the last item; `error` is set when the producer failed."""
-
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
+    """Sentinel put on a queue after the last item."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -121,6 +122,11 @@ class Metric3DProcessor:
         `out_hw` defaults to the source size.
         """
         out, box = self.forward(images)
+        return self.metric_maps(out, box, fx, fy, out_hw)
+
+    def metric_maps(
+        self, out: dict, box: Letterbox, fx: float, fy: float, out_hw: tuple[int, int] | None = None
+    ) -> dict[str, torch.Tensor]:
         out_hw = out_hw or box.src_hw
         # (N, 6, IH, IW): canonical depth, confidence, normal xyz, kappa; resized in fp32
         maps = torch.cat((out["depth"][-1], out["confidence"][-1], out["normal"][-1]), dim=1).float()
@@ -132,3 +138,42 @@ class Metric3DProcessor:
             "normal": maps[:, 2:5].permute(0, 2, 3, 1),
             "kappa": maps[:, 5],
         }
+
+def short_side_size(src_hw: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """The ComfyUI node's `resolution`: the short side of the produced image, aspect kept."""
+    k = resolution / min(src_hw)
+    return max(1, round(src_hw[0] * k)), max(1, round(src_hw[1] * k))
+
+
+class Metric3DStage:
+    """The engine's inference stage for Metric3D: frames -> metric maps, plus what to record.
+
+    `focal(width)` gives fx, fy in pixels for a source of that width; `resolution` (short side)
+    sets the output size, else the source size is kept. With `comfy_resolution`, the ComfyUI
+    node's depth and normal pictures are made too (`comfy_depth`, `comfy_normal`).
+    """
+
+    def __init__(self, processor: Metric3DProcessor, focal, resolution: int | None = None,
+                 meta: dict | None = None, comfy_resolution: int | None = None) -> None:
+        self.processor = processor
+        self.comfy_resolution = comfy_resolution
+        self.focal = focal
+        self.resolution = resolution
+        self.meta = meta or {}
+        self.device = processor.device
+
+    def __call__(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+        src_hw = (images.shape[1], images.shape[2])
+        fx, fy = self.focal(src_hw[1])
+        out_hw = short_side_size(src_hw, self.resolution) if self.resolution else None
+        meta = {**self.meta, "fx": fx, "fy": fy}
+        if self.comfy_resolution is None:
+            return self.processor(images, fx, fy, out_hw), meta
+        from streamer.processors.comfy import comfy_pictures
+
+        out, box = self.processor.forward(images, all_iterations=True)
+        maps = self.processor.metric_maps(out, box, fx, fy, out_hw)
+        pictures = comfy_pictures(out, box, self.comfy_resolution)
+        maps["comfy_depth"] = torch.from_numpy(np.stack([d for d, _ in pictures]))
+        maps["comfy_normal"] = torch.from_numpy(np.stack([n for _, n in pictures]))
+        return maps, meta

@@ -133,7 +133,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
             f"{source} does not match Metric3D {backbone}: " + "; ".join(problems),
             hint="use an official metric_depth_vit_*_800k.pth file for this backbone",
         )
-    model.load_state_dict(state, strict=True, assign=False)
+    on_meta = any(p.is_meta for p in model.parameters())
+    model.load_state_dict(state, strict=True, assign=on_meta)
 
 
 def official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,5 @@
+import sys
+
+from streamer.cli.main import main
+
+sys.exit(main())

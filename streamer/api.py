@@ -1,0 +1,119 @@
+"""The Python API: load the model once, open a source and sinks, run the pipeline.
+
+    from streamer import Config, open_source, load_stage, run_pipeline
+    from streamer.sinks import VideoSink
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamer.config import Config, ModelConfig
+from streamer.engine.device import resolve_device, resolve_dtype
+from streamer.engine.pipeline import Pipeline
+from streamer.engine.stats import Stats
+from streamer.models.metric3d import Metric3D, build_metric3d
+from streamer.models.metric3d.weights import load_weights, read_checkpoint, resolve_checkpoint
+from streamer.processors.comfy import COMFY_RESOLUTION
+from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage, short_side_size
+from streamer.types import Result
+
+log = logging.getLogger(__name__)
+
+
+def load_model(
+    backbone: str = "vit-small",
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    local_files_only: bool = False,
+    compile: bool = False,
+) -> tuple[Metric3D, Path]:
+    """Build Metric3D, load its weights strictly, move it to the device in the chosen precision."""
+    path = resolve_checkpoint(backbone, checkpoint, local_files_only)
+    state = read_checkpoint(path)
+    model = build_metric3d(backbone, device="meta")
+    load_weights(model, state, source=str(path))
+    dev = resolve_device(device)
+    model = model.to(device=dev, dtype=resolve_dtype(precision, dev)).eval()
+    if compile:
+        model = torch.compile(model)
+    return model, path
+
+
+def load_processor(cfg: ModelConfig) -> tuple[Metric3DProcessor, dict]:
+    model, path = load_model(cfg.backbone, cfg.checkpoint, cfg.device, cfg.precision, cfg.local_files_only, cfg.compile)
+    processor = Metric3DProcessor(model, cfg.input_size, cfg.focal_mode)
+    meta = {
+        "processor": "metric3d",
+        "backbone": cfg.backbone,
+        "checkpoint": Path(path).name,
+        "input_size": list(cfg.input_size),
+        "precision": str(processor.dtype).removeprefix("torch."),
+        "focal_mode": cfg.focal_mode,
+        "device": str(processor.device),
+    }
+    return processor, meta
+
+
+def load_stage(cfg: ModelConfig, comfy: bool = False) -> Metric3DStage:
+    """The inference stage the pipeline runs, with the model loaded once.
+
+    `comfy` adds the ComfyUI node's pictures; `resolution` then defaults to the node's 512.
+    """
+    processor, meta = load_processor(cfg)
+    comfy_resolution = (cfg.resolution or COMFY_RESOLUTION) if comfy else None
+    resolution = None if comfy else cfg.resolution
+    return Metric3DStage(processor, cfg.focal_for, resolution, meta, comfy_resolution)
+
+
+def make_pipeline(source, stage, sinks: list, config: Config | None = None, stats: Stats | None = None) -> Pipeline:
+    engine = (config or Config()).engine
+    return Pipeline(
+        source, stage, sinks, engine.batch_size, engine.queue_size, engine.pinned_memory, engine.cuda_stream, stats
+    )
+
+
+def run_pipeline(source, stage, sinks: list, config: Config | None = None, stats: Stats | None = None) -> dict:
+    """Run source -> stage -> sinks to the end; returns the statistics (fps, latency, drops...)."""
+    return make_pipeline(source, stage, sinks, config, stats).run()
+
+
+class DepthEstimator:
+    """Metric depth for single RGB images: `DepthEstimator().predict(rgb, fx=..., fy=...)`.
+
+    Returns float32 arrays at the image's own size: `depth` (m), `normal` (H, W, 3),
+    `kappa` and `confidence`, plus the fx and fy used.
+    """
+
+    def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
+        cfg = (config or ModelConfig()).model_copy(update=overrides)
+        self.config = ModelConfig.model_validate(cfg.model_dump())
+        self.processor, self.meta = load_processor(self.config)
+
+    @classmethod
+    def from_model(cls, model: Metric3D, **overrides) -> DepthEstimator:
+        self = cls.__new__(cls)
+        self.config = ModelConfig.model_validate(overrides)
+        self.processor = Metric3DProcessor(model, self.config.input_size, self.config.focal_mode)
+        self.meta = {"processor": "metric3d", "backbone": model.variant.name}
+        return self
+
+    def predict(self, rgb: np.ndarray, fx: float | None = None, fy: float | None = None) -> dict[str, np.ndarray]:
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError("expected an RGB uint8 array of shape (H, W, 3)")
+        cfg_fx, cfg_fy = self.config.focal_for(rgb.shape[1])
+        fx, fy = fx or cfg_fx, fy or cfg_fy
+        out_hw = short_side_size(rgb.shape[:2], self.config.resolution) if self.config.resolution else None
+        images = torch.from_numpy(np.ascontiguousarray(rgb))[None].to(self.processor.device)
+        maps = self.processor(images, fx, fy, out_hw)
+        out = {k: v[0].cpu().numpy() for k, v in maps.items()}
+        out.update(fx=np.float32(fx), fy=np.float32(fy))
+        return out
+
+
+__all__ = ["DepthEstimator", "Result", "load_model", "load_processor", "load_stage", "make_pipeline", "run_pipeline"]

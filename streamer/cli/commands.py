@@ -1,0 +1,155 @@
+"""The subcommands. Each is a thin function: flags -> config -> library call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from streamer.cli.options import model_options, render_options, with_flags
+from streamer.cli.running import echo, file_sink, preview_sink, renderer, run, virtualcam_sink
+from streamer.config import OUTPUT_FORMATS, Config
+from streamer.errors import ConfigError
+from streamer.sinks import ImageSequenceSink
+from streamer.sources import ImageSource, open_source
+from streamer.sources.video import VideoSource
+
+VIEWS = ("gray", "color", "normal", "side-by-side")
+
+
+@click.command(epilog="""\b
+Examples:
+  streamer transcode clip.mp4 -o depth.mp4
+  streamer transcode clip.mp4 -o depth16.mkv --format metric16 --hfov 70
+  streamer transcode clip.mp4 -o frames/ --format exr --start 5 --end 10""")
+@click.argument("input_path", metavar="INPUT")
+@click.option("-o", "--output", required=True, help="Video file (.mp4 .mkv .mov .webm) or a directory for image sequences.")
+@click.option("--format", type=click.Choice(OUTPUT_FORMATS),
+              help="What each frame becomes: pictures (gray color normal side-by-side comfy-*), metric16 (uint16 mm), exr/npz (float32 m).  [default: color]")
+@render_options
+@click.option("--codec", help="Encoder (default: libx264 for .mp4/.mov, ffv1 for .mkv, libvpx-vp9 for .webm).")
+@click.option("--crf", type=int, help="x264/x265 quality, lower is better.  [default: 18]")
+@click.option("--start", type=float, help="Start at this many seconds.")
+@click.option("--end", type=float, help="Stop at this many seconds.")
+@click.option("--max-frames", type=int, help="Stop after this many frames.")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output.")
+@click.option("--audio/--no-audio", default=None, help="Copy the input's audio.  [default: on]")
+@model_options
+@with_flags
+def transcode(cfg: Config, flags: dict) -> None:
+    """Turn a video file or stream into a depth video or image sequence.
+
+    Every input frame gives one output frame, with the input's timestamps; audio is copied.
+    The output is written as NAME.partial.EXT and renamed when complete.
+    """
+    cfg.source.uri = flags["input_path"]
+    if cfg.source.live is None:
+        cfg.source.live = False  # a transcode keeps every frame, even from a network stream
+    comfy = cfg.output.format.startswith("comfy")
+    sink = file_sink(cfg, flags["output"], [flags["input_path"]], flags["input_path"])
+    source = VideoSource(cfg.source.uri, cfg.source.start, cfg.source.end, cfg.source.frames, cfg.source.live)
+    run(cfg, source, [sink], comfy=comfy)
+
+
+def live_sinks(cfg: Config, record: str | None) -> list:
+    return [file_sink(cfg, record)] if record else []
+
+
+@click.command(epilog="""\b
+Examples:
+  streamer preview                       # camera 0
+  streamer preview --source testsrc      # no camera needed
+  streamer preview --source 1 --view color --record out.mp4
+Keys: q/Esc quit, v switch view, c cycle colormap.""")
+@click.option("--source", help="Camera index, /dev/videoN, video file, URL or testsrc[:WxH][@FPS].  [default: 0]")
+@click.option("--width", type=int, help="Requested camera width.")
+@click.option("--height", type=int, help="Requested camera height.")
+@click.option("--fps", type=float, help="Requested camera rate.")
+@click.option("--view", type=click.Choice(VIEWS), help="What the window shows.  [default: side-by-side]")
+@render_options
+@click.option("--record", type=click.Path(), help="Also write the depth video to this file.")
+@click.option("--virtualcam", "also_virtualcam", is_flag=True, help="Also send frames to the virtual camera.")
+@click.option("--max-frames", type=int, help="Stop after this many frames.")
+@model_options
+@with_flags
+def preview(cfg: Config, flags: dict) -> None:
+    """Show live depth in a window, with fps and latency."""
+    sinks = [preview_sink(cfg), *live_sinks(cfg, flags["record"])]
+    if flags["also_virtualcam"]:
+        sinks.append(virtualcam_sink(cfg))
+    run(cfg, open_source(cfg.source), sinks)
+
+
+@click.command(epilog="""\b
+Examples:
+  streamer virtualcam                    # camera 0 -> virtual camera, 1280x720@30
+  streamer virtualcam --source testsrc --backend v4l2loopback --cam-device /dev/video10
+Needs OBS 28+ (Windows/macOS), Unity Capture (Windows) or v4l2loopback (Linux, exclusive_caps=1).""")
+@click.option("--source", help="Camera index, /dev/videoN, video file, URL or testsrc.  [default: 0]")
+@click.option("--width", type=int, help="Requested camera width.")
+@click.option("--height", type=int, help="Requested camera height.")
+@click.option("--fps", type=float, help="Requested camera rate.")
+@click.option("--backend", type=click.Choice(["auto", "obs", "v4l2loopback", "unitycapture"]), help="pyvirtualcam backend.  [default: auto]")
+@click.option("--cam-device", help="Virtual camera device (e.g. /dev/video10).")
+@click.option("--cam-width", type=int, help="Virtual camera width.  [default: 1280]")
+@click.option("--cam-height", type=int, help="Virtual camera height.  [default: 720]")
+@click.option("--cam-fps", type=float, help="Virtual camera rate.  [default: 30]")
+@click.option("--cam-view", type=click.Choice(VIEWS), help="What the camera shows.  [default: color]")
+@render_options
+@click.option("--preview", "also_preview", is_flag=True, help="Also show the preview window.")
+@click.option("--record", type=click.Path(), help="Also write the depth video to this file.")
+@click.option("--max-frames", type=int, help="Stop after this many frames.")
+@model_options
+@with_flags
+def virtualcam(cfg: Config, flags: dict) -> None:
+    """Send live depth to a virtual camera for OBS, Zoom, Meet..."""
+    sinks = [virtualcam_sink(cfg), *live_sinks(cfg, flags["record"])]
+    if flags["also_preview"]:
+        sinks.append(preview_sink(cfg))
+    run(cfg, open_source(cfg.source), sinks)
+
+
+@click.command(epilog="""\b
+Examples:
+  streamer depth photo.jpg -o out/
+  streamer depth 'shots/*.png' -o out/ --fx 1450 --fy 1450 --format gray
+  streamer depth photo.jpg -o out/ --comfy     # the same images as the ComfyUI node""")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the results.")
+@click.option("--format", type=click.Choice(["gray", "color", "normal", "metric16"]),
+              help="The picture written as NAME.png (metric16 = 16-bit millimetres).  [default: color]")
+@click.option("--comfy", is_flag=True, help="Write NAME.png/NAME_normal.png exactly as the ComfyUI Metric3D node would.")
+@render_options
+@click.option("--overwrite", is_flag=True, default=None, help="Replace existing results.")
+@model_options
+@with_flags
+def depth(cfg: Config, flags: dict) -> None:
+    """Depth for still images: NAME.png plus NAME.npz (depth m, normal, kappa, confidence, fx, fy)."""
+    source = ImageSource(list(flags["images"]))
+    out = Path(flags["output"])
+    overwrite = cfg.output.overwrite
+    if flags["comfy"]:
+        sinks = [
+            ImageSequenceSink(out, "comfy-depth", renderer(cfg), overwrite),
+            ImageSequenceSink(out, "comfy-normal", renderer(cfg), overwrite, name_suffix="_normal", write_metadata=False),
+        ]
+    else:
+        sinks = [ImageSequenceSink(out, cfg.output.format, renderer(cfg), overwrite, write_metadata=False)]
+    sinks.append(ImageSequenceSink(out, "npz", renderer(cfg), overwrite))
+    run(cfg, source, sinks, comfy=flags["comfy"], unit="image")
+
+
+@click.command()
+def doctor() -> None:
+    """Check this machine: torch/CUDA, FFmpeg encoders, OpenCV GUI, cameras, virtual cameras, weights."""
+    from streamer.doctor import run_checks
+
+    checks = run_checks()
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        mark = "ok " if c.ok else ("ERR" if c.required else "-- ")
+        click.echo(f"[{mark}] {c.name:<{width}}  {c.detail}")
+        if not c.ok and c.fix:
+            click.echo(f"      {'':<{width}}  fix: {c.fix}")
+    if any(c.required and not c.ok for c in checks):
+        raise ConfigError("a required component is missing", hint="see the fixes above")

@@ -1,0 +1,111 @@
+"""Options every model-running command shares, and turning set flags into config overrides."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import click
+
+from streamer.config import Config, load_config
+from streamer.models.metric3d.variants import BACKBONES
+
+# flag name -> (section, key) in the config
+FLAG_TO_CONFIG = {
+    "backbone": ("model", "backbone"),
+    "checkpoint": ("model", "checkpoint"),
+    "fx": ("model", "fx"),
+    "fy": ("model", "fy"),
+    "hfov": ("model", "hfov"),
+    "focal_mode": ("model", "focal_mode"),
+    "resolution": ("model", "resolution"),
+    "input_size": ("model", "input_size"),
+    "device": ("model", "device"),
+    "precision": ("model", "precision"),
+    "offline": ("model", "local_files_only"),
+    "compile": ("model", "compile"),
+    "batch_size": ("engine", "batch_size"),
+    "queue_size": ("engine", "queue_size"),
+    "source": ("source", "uri"),
+    "width": ("source", "width"),
+    "height": ("source", "height"),
+    "fps": ("source", "fps"),
+    "start": ("source", "start"),
+    "end": ("source", "end"),
+    "max_frames": ("source", "frames"),
+    "format": ("output", "format"),
+    "colormap": ("output", "colormap"),
+    "range_mode": ("output", "range"),
+    "near": ("output", "near"),
+    "far": ("output", "far"),
+    "codec": ("output", "codec"),
+    "crf": ("output", "crf"),
+    "overwrite": ("output", "overwrite"),
+    "audio": ("output", "copy_audio"),
+    "view": ("preview", "view"),
+    "backend": ("virtualcam", "backend"),
+    "cam_device": ("virtualcam", "device"),
+    "cam_width": ("virtualcam", "width"),
+    "cam_height": ("virtualcam", "height"),
+    "cam_fps": ("virtualcam", "fps"),
+    "cam_view": ("virtualcam", "view"),
+}
+
+
+def build_config(config_path: str | None, flags: dict) -> Config:
+    """Defaults < --config FILE < flags that were given on the command line (None = not given)."""
+    overrides: dict = {}
+    for name, value in flags.items():
+        if value is None or name not in FLAG_TO_CONFIG:
+            continue
+        section, key = FLAG_TO_CONFIG[name]
+        overrides.setdefault(section, {})[key] = value
+    return load_config(config_path, overrides)
+
+
+def model_options(command: Callable) -> Callable:
+    """--config and the model flags (the ComfyUI node's backbone/fx/fy/resolution and friends)."""
+    options = [
+        click.option("--config", "config_path", metavar="FILE|PRESET",
+                     help="YAML config file or preset name (default, webcam-preview, transcode, obs-virtualcam); flags override it."),
+        click.option("--backbone", type=click.Choice(BACKBONES), help="Metric3D v2 backbone.  [default: vit-small]"),
+        click.option("--checkpoint", type=click.Path(dir_okay=True), help="Local .pth file instead of the Hugging Face download."),
+        click.option("--fx", type=float, help="Focal length x of the source in pixels.  [default: 1000]"),
+        click.option("--fy", type=float, help="Focal length y in pixels (used with --focal-mode mean).  [default: 1000]"),
+        click.option("--hfov", type=float, help="Horizontal field of view in degrees; sets fx=fy for the source width."),
+        click.option("--focal-mode", type=click.Choice(["fx", "mean"]),
+                     help="fx: official inference script (fy ignored); mean: official test script's (fx+fy)/2.  [default: fx]"),
+        click.option("--resolution", type=int, help="Short side of the output in pixels.  [default: source size; 512 with --comfy]"),
+        click.option("--input-size", metavar="HxW", help="Model input, multiples of 28; smaller is faster.  [default: 616x1064]"),
+        click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]"),
+        click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]),
+                     help="auto = fp16 on CUDA, fp32 on CPU.  [default: auto]"),
+        click.option("--offline", is_flag=True, default=None, help="Use only cached weights; never download."),
+        click.option("--batch-size", type=int, help="Frames per forward pass for files.  [default: 1]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def render_options(command: Callable) -> Callable:
+    options = [
+        click.option("--colormap", help="turbo, inferno, magma, plasma, viridis, jet, bone.  [default: turbo]"),
+        click.option("--range", "range_mode", type=click.Choice(["auto", "fixed", "frame"]),
+                     help="Display range: auto = smoothed 2-98th percentiles, fixed = --near/--far, frame = per-frame min-max.  [default: auto]"),
+        click.option("--near", type=float, help="Metres at the near end of a fixed range.  [default: 0.1]"),
+        click.option("--far", type=float, help="Metres at the far end of a fixed range.  [default: 10]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def with_flags(command: Callable) -> Callable:
+    """Pass every option to the command as one `flags` dict (plus config_path)."""
+
+    @functools.wraps(command)
+    def wrapper(config_path: str | None = None, **flags):
+        return command(build_config(config_path, flags), flags)
+
+    return wrapper

@@ -1,0 +1,87 @@
+"""Running a pipeline from the CLI: progress bar, summary, sink construction shared by commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from streamer.api import load_stage, make_pipeline
+from streamer.config import Config
+from streamer.engine.stats import Stats
+from streamer.processors.render import DisplayRange, Renderer
+from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PreviewSink, VideoSink, VirtualCameraSink
+
+
+def renderer(cfg: Config, view: str | None = None) -> Renderer:
+    out = cfg.output
+    fmt = view or out.format
+    display = DisplayRange(out.range, out.near, out.far)
+    view = fmt if fmt in ("gray", "color", "normal", "side-by-side") else "color"
+    return Renderer(view, out.colormap, display)
+
+
+def file_sink(cfg: Config, path: str | Path, inputs: list[str] = (), audio_from: str | None = None):
+    path = Path(path)
+    fmt = cfg.output.format
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoSink(path, fmt, renderer(cfg), cfg.output.codec, cfg.output.crf, cfg.output.overwrite,
+                         audio_from if cfg.output.copy_audio else None, inputs)
+    return ImageSequenceSink(path, fmt, renderer(cfg), cfg.output.overwrite)
+
+
+def preview_sink(cfg: Config) -> PreviewSink:
+    return PreviewSink(renderer(cfg, cfg.preview.view), cfg.preview.window)
+
+
+def virtualcam_sink(cfg: Config) -> VirtualCameraSink:
+    v = cfg.virtualcam
+    return VirtualCameraSink(renderer(cfg, v.view), v.view, v.width, v.height, v.fps, v.backend, v.device)
+
+
+def echo(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def run(cfg: Config, source, sinks: list, comfy: bool = False, unit: str = "frame") -> dict:
+    """Load the model, run with a progress display on stderr, print a summary line."""
+    info = source.info
+    echo(f"loading {cfg.model.backbone} ...")
+    stage = load_stage(cfg.model, comfy=comfy)
+    fx, fy = cfg.model.focal_for(info.width)
+    echo(f"source {info.name}: {info.width}x{info.height}"
+         f"{f' @ {float(info.rate):.3g} fps' if info.rate else ''}, {'live' if info.live else 'file'}; "
+         f"fx={fx:.1f} fy={fy:.1f} px; device {stage.device}, {stage.meta['precision']}")
+    stats = Stats()
+    pipeline = make_pipeline(source, stage, sinks, cfg, stats)
+    total = info.frame_count if not info.live else None
+    bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=click.get_text_stream("stderr"),
+               disable=None, smoothing=0.1)
+
+    def tick(s: Stats) -> None:
+        bar.update(s.frames_out - bar.n)
+        snap = s.snapshot()
+        bar.set_postfix_str(
+            f"{snap['fps_out']:.1f} fps, p95 {snap['latency_ms']['p95']:.0f} ms, dropped {snap['frames_dropped']}",
+            refresh=False,
+        )
+
+    pipeline.start()
+    try:
+        result = pipeline.wait(tick)
+    finally:
+        tick(stats)
+        bar.close()
+    truncated = getattr(source, "truncated", None)
+    if truncated:
+        echo(f"warning: input ended early: {truncated}; the output holds every decodable frame")
+    echo(f"done: {result['frames_out']} {unit}s, {stats.summary_line()}")
+    for sink in sinks:
+        final = getattr(sink, "final_path", None)
+        if final is not None:
+            echo(f"wrote {final}")
+        note = getattr(sink, "audio_note", None)
+        if note:
+            echo(f"note: {note}")
+    return result

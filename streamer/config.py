@@ -1,0 +1,190 @@
+"""Typed configuration: built-in defaults < `--config FILE` (YAML) < command-line flags.
+
+Unknown keys and bad values are rejected with the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from streamer.errors import ConfigError
+from streamer.models.metric3d.variants import BACKBONES, get_variant
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+OutputFormat = Literal[
+    "gray", "color", "normal", "side-by-side", "metric16", "exr", "npz", "comfy-depth", "comfy-normal"
+]
+ViewFormat = Literal["gray", "color", "normal", "side-by-side"]
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(Section):
+    """Where frames come from: a camera index or device path, a file or URL, an image, or `testsrc`."""
+
+    uri: str = "0"
+    width: int | None = Field(None, ge=16, description="requested camera width")
+    height: int | None = Field(None, ge=16, description="requested camera height")
+    fps: float | None = Field(None, gt=0, description="requested camera / test pattern rate")
+    start: float | None = Field(None, ge=0, description="seek to this many seconds (files)")
+    end: float | None = Field(None, gt=0, description="stop at this many seconds (files)")
+    frames: int | None = Field(None, ge=1, description="stop after this many frames")
+    live: bool | None = Field(None, description="drop stale frames (default: true for cameras/URLs)")
+
+
+class ModelConfig(Section):
+    """The ComfyUI node's parameters (backbone, fx, fy, resolution) plus how to run the model."""
+
+    backbone: str = "vit-small"
+    checkpoint: Path | None = None
+    fx: float = Field(1000.0, ge=1, description="focal length x in pixels of the source image")
+    fy: float = Field(1000.0, ge=1, description="focal length y in pixels of the source image")
+    hfov: float | None = Field(None, gt=0, lt=180, description="horizontal field of view (deg); sets fx=fy")
+    focal_mode: Literal["fx", "mean"] = "fx"
+    resolution: int | None = Field(None, ge=16, le=8192, description="short side of the output")
+    input_size: tuple[int, int] = (616, 1064)
+    device: str = "auto"
+    precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
+    local_files_only: bool = False
+    compile: bool = False
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        try:
+            return get_variant(v).name
+        except ConfigError:
+            raise ValueError(f"must be one of {', '.join(BACKBONES)}") from None
+
+    @field_validator("input_size", mode="before")
+    @classmethod
+    def _input_size(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                h, w = (int(p) for p in v.lower().split("x"))
+            except ValueError:
+                raise ValueError("must look like HxW, e.g. 616x1064") from None
+            v = (h, w)
+        if len(v) != 2 or any(int(p) <= 0 or int(p) % 28 for p in v):
+            raise ValueError("both sides must be positive multiples of 28, e.g. 616x1064")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        base, _, index = v.partition(":")
+        if base not in ("auto", "cpu", "cuda") or (index and not (base == "cuda" and index.isdigit())):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return v
+
+    def focal_for(self, width: int) -> tuple[float, float]:
+        """fx, fy in pixels for a source `width` pixels wide (hfov wins over fx/fy when set)."""
+        if self.hfov is not None:
+            f = (width / 2) / math.tan(math.radians(self.hfov) / 2)
+            return f, f
+        return self.fx, self.fy
+
+
+class EngineConfig(Section):
+    batch_size: int = Field(1, ge=1, le=64, description="frames per forward pass (file sources)")
+    queue_size: int = Field(4, ge=1, le=256, description="frames buffered between stages")
+    pinned_memory: bool = True
+    cuda_stream: bool = True
+
+
+class OutputConfig(Section):
+    path: Path | None = None
+    format: OutputFormat = "color"
+    colormap: str = "turbo"
+    range: Literal["auto", "fixed", "frame"] = "auto"
+    near: float = Field(0.1, ge=0, description="metres shown brightest/first colour (fixed range)")
+    far: float = Field(10.0, gt=0, description="metres shown darkest/last colour (fixed range)")
+    codec: str | None = None
+    crf: int = Field(18, ge=0, le=51)
+    overwrite: bool = False
+    copy_audio: bool = True
+
+
+class PreviewConfig(Section):
+    view: ViewFormat = "side-by-side"
+    window: str = "streamer"
+
+
+class VirtualCamConfig(Section):
+    backend: Literal["auto", "obs", "v4l2loopback", "unitycapture"] = "auto"
+    device: str | None = None
+    width: int = Field(1280, ge=16)
+    height: int = Field(720, ge=16)
+    fps: float = Field(30.0, gt=0)
+    view: ViewFormat = "color"
+
+
+class Config(Section):
+    source: SourceConfig = SourceConfig()
+    model: ModelConfig = ModelConfig()
+    engine: EngineConfig = EngineConfig()
+    output: OutputConfig = OutputConfig()
+    preview: PreviewConfig = PreviewConfig()
+    virtualcam: VirtualCamConfig = VirtualCamConfig()
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    value = first.get("input")
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {key!r}"
+    return f"bad value for {key!r}: {value!r} ({msg})"
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file() and not path.suffix and (CONFIG_DIR / f"{path}.yaml").is_file():
+        path = CONFIG_DIR / f"{path}.yaml"  # a preset by name: --config transcode
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found", hint=f"presets live in {CONFIG_DIR}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections", hint="e.g. model: {backbone: vit-small}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Defaults, then the YAML file, then `overrides` (nested dict of set CLI flags)."""
+    data = read_yaml(path) if path else {}
+    data = merge(data, overrides or {})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        allowed = ""
+        first = exc.errors()[0]
+        if first["type"] == "extra_forbidden":
+            section = first["loc"][:-1]
+            model: type[BaseModel] = Config
+            for part in section:
+                model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
+            allowed = f"allowed: {', '.join(model.model_fields)}"
+        raise ConfigError(_describe(exc) + where, hint=allowed or None) from None

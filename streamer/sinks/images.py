@@ -1,0 +1,132 @@
+"""Image sequences: 8-bit PNG pictures, 16-bit PNG millimetres, float32 EXR metres, or NPZ arrays.
+
+Each file is written under a temporary name and renamed when complete; `metadata.json` beside
+them says how to read the values back.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from streamer.errors import SinkError
+from streamer.processors.render import Renderer
+from streamer.sinks.base import (
+    METRIC16_MAX_M, METRIC16_SCALE, Sink, metric16, render_picture, sidecar, write_json,
+)
+from streamer.types import Result, StreamInfo
+
+SEQUENCE_SUFFIX = {"metric16": ".png", "exr": ".exr", "npz": ".npz"}
+
+
+def encode_exr(depth: np.ndarray) -> bytes:
+    """float32 metres -> a single-channel (Y) float EXR, lossless ZIP, through FFmpeg's encoder."""
+    ctx = av.CodecContext.create("exr", "w")
+    ctx.width, ctx.height = depth.shape[1], depth.shape[0]
+    ctx.pix_fmt = "grayf32le"
+    ctx.time_base = Fraction(1, 1)
+    ctx.options = {"compression": "zip1", "format": "float"}
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(depth, dtype=np.float32), format="grayf32le")
+    return b"".join(bytes(p) for p in ctx.encode(frame) + ctx.encode(None))
+
+
+def decode_exr(data: bytes) -> np.ndarray:
+    ctx = av.CodecContext.create("exr", "r")
+    return ctx.decode(av.Packet(data))[0].to_ndarray(format="grayf32le")
+
+
+def encode_npz(result: Result) -> bytes:
+    buffer = io.BytesIO()
+    arrays = {k: v.astype(np.float32) if v.dtype != np.uint8 else v for k, v in result.maps.items()}
+    np.savez_compressed(
+        buffer, **arrays, fx=np.float32(result.meta.get("fx", 0)), fy=np.float32(result.meta.get("fy", 0))
+    )
+    return buffer.getvalue()
+
+
+def encode_png(picture: np.ndarray) -> bytes:
+    if picture.ndim == 3:
+        picture = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", picture)
+    if not ok:
+        raise SinkError("PNG encoding failed")
+    return data.tobytes()
+
+
+class ImageSequenceSink(Sink):
+    """One file per frame in `directory`, named after the source image or `frame_NNNNNN`."""
+
+    def __init__(self, directory: str | Path, fmt: str, renderer: Renderer, overwrite: bool = False,
+                 name_suffix: str = "", write_metadata: bool = True) -> None:
+        self.directory = Path(directory)
+        self.fmt = fmt
+        self.renderer = renderer
+        self.overwrite = overwrite
+        self.suffix = SEQUENCE_SUFFIX.get(fmt, ".png")
+        self.name_suffix = name_suffix
+        self.write_metadata = write_metadata
+        self.name = f"images:{self.directory.name or '.'}{name_suffix}{self.suffix}"
+        self.frames_written = 0
+        self.meta: dict = {}
+
+    def open(self, info: StreamInfo, stats) -> None:
+        self.info = info
+        if self.directory.exists() and not self.directory.is_dir():
+            raise SinkError(f"{self.directory} exists and is not a directory", hint="choose another -o")
+        parent = self.directory.parent
+        if not self.directory.exists() and not parent.is_dir():
+            raise SinkError(f"output directory {parent} does not exist", hint="create it first or choose another -o")
+        try:
+            self.directory.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise SinkError(f"cannot create {self.directory}: {exc.strerror}", hint="choose a writable -o") from exc
+        if not os.access(self.directory, os.W_OK):
+            raise SinkError(f"output directory {self.directory} is not writable", hint="choose a directory you can write to")
+
+    def path_for(self, result: Result) -> Path:
+        stem = result.frame.name or f"frame_{result.frame.index:06d}"
+        return self.directory / f"{stem}{self.name_suffix}{self.suffix}"
+
+    def encode(self, result: Result) -> bytes:
+        if self.fmt == "metric16":
+            return encode_png(metric16(result.depth))
+        if self.fmt == "exr":
+            return encode_exr(result.depth)
+        if self.fmt == "npz":
+            return encode_npz(result)
+        return encode_png(render_picture(self.fmt, self.renderer, result))
+
+    def write(self, result: Result) -> None:
+        path = self.path_for(result)
+        if path.exists() and not self.overwrite:
+            raise SinkError(f"output {path} already exists", hint="pass --overwrite to replace it")
+        tmp = path.with_name(f".{path.name}.partial")
+        try:
+            tmp.write_bytes(self.encode(result))
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise SinkError(f"writing {path} failed: {exc.strerror}", hint="check free disk space") from exc
+        self.frames_written += 1
+        self.meta = result.meta
+
+    def close(self, complete: bool) -> None:
+        if not self.write_metadata or self.frames_written == 0:
+            return
+        extra: dict = {"format": self.fmt, "frames": self.frames_written, "complete": complete,
+                       "file_suffix": self.suffix}
+        if self.fmt == "metric16":
+            extra.update(units="millimetres", scale_to_metres=METRIC16_SCALE, max_metres=METRIC16_MAX_M,
+                         dtype="uint16")
+        elif self.fmt in ("exr", "npz"):
+            extra.update(units="metres", dtype="float32",
+                         arrays="depth (m), normal (HxWx3 unit), kappa, confidence" if self.fmt == "npz" else "Y = depth (m)")
+        else:
+            extra.update(units="display (not metric)")
+        write_json(self.directory / f"metadata{self.name_suffix}.json", sidecar(self.meta, extra))

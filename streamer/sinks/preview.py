@@ -1,0 +1,90 @@
+"""A desktop window with the depth view and an fps/latency overlay.
+
+Keys: q or Esc quits, v switches the view, c cycles the colormap.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import cv2
+import numpy as np
+
+from streamer.errors import SinkError, StopRequested
+from streamer.processors.render import COLORMAPS, VIEW_FORMATS, Renderer
+from streamer.sinks.base import Sink
+from streamer.types import Result, StreamInfo
+
+HEADLESS_HINT = "use `streamer transcode` or `streamer virtualcam` instead, or run under a desktop (xvfb-run for tests)"
+
+
+def opencv_gui_backend() -> str | None:
+    """The highgui backend OpenCV was built with (GTK, QT, WIN32UI, COCOA...), or None if headless."""
+    info = cv2.getBuildInformation()
+    section = info.split("GUI:", 1)[1].split("\n\n", 1)[0] if "GUI:" in info else ""
+    first = section.splitlines()[0].strip() if section else ""
+    if first and first.upper() not in ("NONE", "NO"):
+        return first
+    found = re.findall(r"^\s*(GTK\+?|QT|Win32 UI|Cocoa|Wayland):\s*YES", section, re.M | re.I)
+    return found[0] if found else None
+
+
+def has_display() -> bool:
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+class PreviewSink(Sink):
+    live = True
+    name = "preview"
+
+    def __init__(self, renderer: Renderer, window: str = "streamer") -> None:
+        self.renderer = renderer
+        self.window = window
+        self.frames_shown = 0
+
+    def open(self, info: StreamInfo, stats) -> None:
+        if opencv_gui_backend() is None:
+            raise SinkError(
+                "this OpenCV has no GUI backend (opencv-python-headless won the install)",
+                hint="pip install --force-reinstall --no-deps opencv-python",
+            )
+        if not has_display():
+            raise SinkError("no display for the preview window", hint=HEADLESS_HINT)
+        self.stats = stats
+        try:
+            cv2.namedWindow(self.window, cv2.WINDOW_NORMAL)
+        except cv2.error as exc:
+            raise SinkError(f"cannot open a window: {str(exc).splitlines()[0]}", hint=HEADLESS_HINT) from exc
+
+    def overlay(self, picture: np.ndarray) -> np.ndarray:
+        line = f"{self.renderer.view} {self.renderer.colormap}  {self.stats.summary_line()}"
+        cv2.putText(picture, line, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(picture, line, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+        return picture
+
+    def write(self, result: Result) -> None:
+        picture = self.overlay(np.ascontiguousarray(self.renderer(result.maps, result.frame.image)))
+        cv2.imshow(self.window, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        self.frames_shown += 1
+        self.handle_key(cv2.waitKey(1) & 0xFF)
+
+    def handle_key(self, key: int) -> None:
+        if key in (ord("q"), 27):
+            raise StopRequested
+        if key == ord("v"):
+            views = list(VIEW_FORMATS)
+            self.renderer.view = views[(views.index(self.renderer.view) + 1) % len(views)]
+        elif key == ord("c"):
+            names = list(COLORMAPS)
+            self.renderer.colormap = names[(names.index(self.renderer.colormap) + 1) % len(names)]
+
+    def close(self, complete: bool) -> None:
+        try:
+            cv2.destroyWindow(self.window)
+            cv2.waitKey(1)
+        except cv2.error:
+            pass

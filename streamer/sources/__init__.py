@@ -1,0 +1,32 @@
+"""Where frames come from. `open_source` picks the kind from the URI; sources import no torch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from streamer.sources.base import Source
+from streamer.sources.images import ImageSource, is_image_path
+from streamer.sources.testsrc import TestSource
+from streamer.sources.video import VideoSource, is_network
+from streamer.sources.webcam import WebcamSource
+
+if TYPE_CHECKING:
+    from streamer.config import SourceConfig
+
+
+def is_camera(uri: str) -> bool:
+    return uri.isdigit() or uri.startswith("/dev/video")
+
+
+def open_source(cfg: SourceConfig) -> Source:
+    uri = cfg.uri
+    if uri.startswith("testsrc"):
+        return TestSource(uri, cfg.width, cfg.height, cfg.fps, cfg.frames, cfg.live)
+    if is_camera(uri):
+        return WebcamSource(uri, cfg.width, cfg.height, cfg.fps, cfg.frames)
+    if not is_network(uri) and is_image_path(uri):
+        return ImageSource([uri])
+    return VideoSource(uri, cfg.start, cfg.end, cfg.frames, cfg.live)
+
+
+__all__ = ["ImageSource", "Source", "TestSource", "VideoSource", "WebcamSource", "open_source"]

@@ -14,7 +14,10 @@ class StreamerError(Exception):
         self.hint = hint
 
     def one_line(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+    def __str__(self) -> str:
+        return self.one_line()
 
 
 class ConfigError(StreamerError):
@@ -37,7 +40,7 @@ class PipelineError(StreamerError):
     """A pipeline stage failed; `stage` names it and `cause` is the original exception."""
 
     def __init__(self, stage: str, cause: BaseException) -> None:
-        inner = cause.one_line() if isinstance(cause, StreamerError) else f"{type(cause).__name__}: {cause}"
+        inner = cause.message if isinstance(cause, StreamerError) else f"{type(cause).__name__}: {cause}"
         super().__init__(f"{stage} failed: {inner}", getattr(cause, "hint", None))
         self.stage = stage
         self.cause = cause

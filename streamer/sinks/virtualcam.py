@@ -55,9 +55,14 @@ class VirtualCameraSink(Sink):
                 self.width, self.height, self.fps, fmt=pyvirtualcam.PixelFormat.RGB,
                 backend=self.backend, device=self.device,
             )
+        except KeyError:
+            available = ", ".join(pyvirtualcam.camera.BACKENDS) or "none"
+            raise SinkError(f"virtual camera backend {self.backend!r} does not exist on this system",
+                            hint=f"available: {available}") from None
         except (RuntimeError, ValueError, OSError) as exc:
             hint = INSTALL_HINT.get(sys.platform, INSTALL_HINT["linux"])
-            raise SinkError(f"no usable virtual camera ({str(exc).splitlines()[0]})", hint=hint) from exc
+            reason = "; ".join(str(exc).splitlines()) or type(exc).__name__
+            raise SinkError(f"no usable virtual camera ({reason})", hint=hint) from exc
 
     def _send(self, picture: np.ndarray) -> None:
         self.camera.send(picture)

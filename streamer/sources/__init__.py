@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from streamer.sources.base import Source
 from streamer.sources.images import ImageSource, is_image_path
-from streamer.sources.testsrc import TestSource
+from streamer.sources.testsrc import PatternSource
 from streamer.sources.video import VideoSource, is_network
 from streamer.sources.webcam import WebcamSource
 
@@ -21,7 +21,7 @@ def is_camera(uri: str) -> bool:
 def open_source(cfg: SourceConfig) -> Source:
     uri = cfg.uri
     if uri.startswith("testsrc"):
-        return TestSource(uri, cfg.width, cfg.height, cfg.fps, cfg.frames, cfg.live)
+        return PatternSource(uri, cfg.width, cfg.height, cfg.fps, cfg.frames, cfg.live)
     if is_camera(uri):
         return WebcamSource(uri, cfg.width, cfg.height, cfg.fps, cfg.frames)
     if not is_network(uri) and is_image_path(uri):
@@ -29,4 +29,4 @@ def open_source(cfg: SourceConfig) -> Source:
     return VideoSource(uri, cfg.start, cfg.end, cfg.frames, cfg.live)
 
 
-__all__ = ["ImageSource", "Source", "TestSource", "VideoSource", "WebcamSource", "open_source"]
+__all__ = ["ImageSource", "Source", "PatternSource", "VideoSource", "WebcamSource", "open_source"]

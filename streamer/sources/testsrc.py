@@ -18,7 +18,7 @@ MICROSECONDS = Fraction(1, 1_000_000)
 PATTERN = re.compile(r"^testsrc(?::(\d+)x(\d+))?(?:@([\d.]+))?$")
 
 
-def test_pattern(width: int, height: int, t: float) -> np.ndarray:
+def pattern_image(width: int, height: int, t: float) -> np.ndarray:
     """A colour ramp floor with a disc moving in front of it: something with depth-like structure."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     image = np.empty((height, width, 3), np.uint8)
@@ -32,7 +32,7 @@ def test_pattern(width: int, height: int, t: float) -> np.ndarray:
     return image
 
 
-class TestSource(Source):
+class PatternSource(Source):
     """`testsrc[:WxH][@FPS]`; live (paced, timestamps from the monotonic clock) unless `live=False`."""
 
     def __init__(self, spec: str = "testsrc", width: int | None = None, height: int | None = None,
@@ -50,7 +50,6 @@ class TestSource(Source):
         self.info = StreamInfo(
             self.width, self.height, MICROSECONDS if live else 1 / rate, rate, live, frames, "testsrc"
         )
-        self._background = test_pattern(self.width, self.height, 0.0)
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         start = time.monotonic()
@@ -65,5 +64,5 @@ class TestSource(Source):
                 pts = int((now - start) * 1_000_000)
             else:
                 now, pts = time.monotonic(), index
-            yield Frame(test_pattern(self.width, self.height, t), index, pts, self.info.time_base, now)
+            yield Frame(pattern_image(self.width, self.height, t), index, pts, self.info.time_base, now)
             index += 1

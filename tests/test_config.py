@@ -1,0 +1,90 @@
+"""Config: defaults < file < flags; unknown keys and bad values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamer.config import CONFIG_DIR, Config, load_config
+from streamer.errors import ConfigError
+
+PRESETS = ["default", "webcam-preview", "transcode", "obs-virtualcam"]
+
+
+def test_defaults_follow_the_comfyui_node():
+    cfg = Config()
+    assert cfg.model.backbone == "vit-small"
+    assert cfg.model.fx == cfg.model.fy == 1000.0
+    assert cfg.model.input_size == (616, 1064)
+    assert cfg.model.resolution is None  # source size; 512 in --comfy mode
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load_by_name_and_path(preset):
+    assert (CONFIG_DIR / f"{preset}.yaml").is_file()
+    assert load_config(preset) == load_config(CONFIG_DIR / f"{preset}.yaml")
+
+
+def test_default_preset_equals_builtin_defaults():
+    assert load_config("default") == Config()
+
+
+def test_precedence_defaults_file_flags(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  fx: 500\n  fy: 600\nengine:\n  batch_size: 3\n")
+    cfg = load_config(path, {"model": {"fx": 700.0}})
+    assert (cfg.model.fx, cfg.model.fy, cfg.engine.batch_size, cfg.model.backbone) == (700.0, 600.0, 3, "vit-small")
+
+
+def test_unknown_key_is_rejected_with_allowed_keys(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  bakbone: vit-large\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = info.value.one_line()
+    assert "unknown key 'model.bakbone'" in text and "backbone" in text and str(path) in text
+
+
+def test_unknown_section_is_rejected(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("modle: {}\n")
+    with pytest.raises(ConfigError, match="unknown key 'modle'.*allowed: source, model"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ({"model": {"fx": 0}}, "model.fx': 0"),
+        ({"model": {"fy": "abc"}}, "model.fy': 'abc'"),
+        ({"model": {"backbone": "vit-huge"}}, "vit-small, vit-large, vit-giant2"),
+        ({"model": {"input_size": "600x1000"}}, "multiples of 28"),
+        ({"model": {"device": "tpu"}}, "auto, cpu, cuda"),
+        ({"model": {"precision": "int8"}}, "model.precision"),
+        ({"engine": {"batch_size": 0}}, "engine.batch_size"),
+        ({"output": {"format": "jpeg"}}, "output.format"),
+    ],
+)
+def test_bad_values_are_named(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        load_config(None, override)
+
+
+def test_hfov_sets_focal_for_source_width():
+    cfg = load_config(None, {"model": {"hfov": 90.0}})
+    fx, fy = cfg.model.focal_for(1280)
+    assert fx == pytest.approx(640.0) and fy == pytest.approx(640.0)
+
+
+def test_input_size_accepts_hxw_string():
+    assert load_config(None, {"model": {"input_size": "308x532"}}).model.input_size == (308, 532)
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")

@@ -6,6 +6,10 @@ Python API (see README): `DepthEstimator` for single images; `open_source`, `loa
 
 __version__ = "0.1.0"
 
+# OpenCV must be loaded before PyAV: both wheels bundle libxcb, and when PyAV's copy is loaded
+# first, OpenCV's Qt window hangs in cv2.namedWindow (measured here with opencv-python 5.0 + av 18).
+import cv2  # noqa: E402, F401, I001
+
 from streamer.api import DepthEstimator, load_model, load_stage, run_pipeline
 from streamer.config import Config, load_config
 from streamer.errors import StreamerError

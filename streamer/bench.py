@@ -1,11 +1,251 @@
-"""`streamer bench`: placeholder until the benchmark lands."""
+"""`streamer bench`: throughput and latency of the model, a serial loop and the pipeline, in one run.
 
+Weights do not change speed, so the bench uses the deterministic rule weights unless
+`--checkpoint` is given. Figures are reported as ratios measured in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import av
 import click
+import numpy as np
+import torch
 
-from streamer.errors import StreamerError
+from streamer.cli.options import model_options, with_flags
+from streamer.config import Config
+from streamer.engine.device import DeviceTransfer, resolve_device, resolve_dtype
+from streamer.engine.pipeline import Pipeline
+from streamer.models.metric3d import build_metric3d
+from streamer.models.metric3d.weights import load_weights, read_checkpoint, resolve_checkpoint, rule_weights
+from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
+from streamer.processors.render import Renderer
+from streamer.sinks import VideoSink
+from streamer.sources import PatternSource, VideoSource
+from streamer.sources.base import Source
+from streamer.sources.testsrc import pattern_image
+from streamer.types import Frame, StreamInfo
 
 
-@click.command()
-def bench() -> None:
-    """Measure model-only, serial and pipeline throughput and live latency (not yet available)."""
-    raise StreamerError("bench is not implemented yet", hint="see the benchmarks issue")
+class MemorySource(Source):
+    """Pre-decoded frames from memory, file policy: measures the engine without decoding."""
+
+    def __init__(self, images: list[np.ndarray], rate: int = 30) -> None:
+        self.images = images
+        h, w = images[0].shape[:2]
+        self.info = StreamInfo(w, h, Fraction(1, rate), Fraction(rate), False, len(images), "memory")
+
+    def frames(self, stop: threading.Event) -> Iterator[Frame]:
+        for i, image in enumerate(self.images):
+            if stop.is_set():
+                return
+            yield Frame(image, i, i, self.info.time_base, time.monotonic())
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+def synthetic_video(path: Path, frames: int, size: tuple[int, int], rate: int = 30) -> Path:
+    w, h = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate, options={"preset": "ultrafast", "crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(pattern_image(w, h, i / rate), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def build_stage(cfg: Config) -> Metric3DStage:
+    device = resolve_device(cfg.model.device)
+    model = build_metric3d(cfg.model.backbone, device="meta")
+    if cfg.model.checkpoint is not None:
+        state = read_checkpoint(resolve_checkpoint(cfg.model.backbone, cfg.model.checkpoint))
+    else:
+        state = {k.removeprefix("depth_model."): v for k, v in rule_weights(model).items()}
+    load_weights(model, state)
+    model = model.to(device=device, dtype=resolve_dtype(cfg.model.precision, device)).eval()
+    if cfg.model.compile:
+        model = torch.compile(model)
+    processor = Metric3DProcessor(model, cfg.model.input_size, cfg.model.focal_mode)
+    meta = {"backbone": cfg.model.backbone, "precision": str(processor.dtype).removeprefix("torch.")}
+    return Metric3DStage(processor, cfg.model.focal_for, None, meta)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def engine_kwargs(cfg: Config) -> dict:
+    e = cfg.engine
+    return dict(batch_size=e.batch_size, queue_size=e.queue_size, pinned_memory=e.pinned_memory, cuda_stream=e.cuda_stream)
+
+
+def run_model_only(stage, images: list[np.ndarray], cfg: Config) -> float:
+    started = time.perf_counter()
+    stats = Pipeline(MemorySource(images), stage, [], **engine_kwargs(cfg)).run()
+    sync(stage.device)
+    return stats["frames_out"] / (time.perf_counter() - started)
+
+
+def run_serial(stage, video: Path, out: Path) -> float:
+    """Decode, infer, encode one frame after another in one thread, as reference scripts do."""
+    transfer = DeviceTransfer(stage.device, pinned=False, side_stream=False)
+    renderer = Renderer("color")
+    started = time.perf_counter()
+    frames = 0
+    with av.open(str(video)) as src, av.open(str(out), "w") as dst:
+        stream = src.streams.video[0]
+        enc = dst.add_stream("libx264", rate=30, options={"preset": "veryfast", "crf": "18"})
+        enc.width, enc.height, enc.pix_fmt = stream.width, stream.height, "yuv420p"
+        for frame in src.decode(stream):
+            maps, _ = stage(transfer.upload([frame.to_ndarray(format="rgb24")]))
+            depth = {k: v[0] for k, v in transfer.download(maps).wait().items()}
+            picture = av.VideoFrame.from_ndarray(renderer(depth), format="rgb24")
+            picture.pts = frame.pts
+            for packet in enc.encode(picture):
+                dst.mux(packet)
+            frames += 1
+        for packet in enc.encode(None):
+            dst.mux(packet)
+    return frames / (time.perf_counter() - started)
+
+
+def run_pipeline(stage, video: Path, out: Path, cfg: Config) -> dict:
+    sink = VideoSink(out, "color", Renderer("color"), overwrite=True)
+    started = time.perf_counter()
+    stats = Pipeline(VideoSource(str(video)), stage, [sink], **engine_kwargs(cfg)).run()
+    stats["fps"] = stats["frames_out"] / (time.perf_counter() - started)
+    return stats
+
+
+def run_live(stage, size: tuple[int, int], fps: float, frames: int) -> dict:
+    source = PatternSource(f"testsrc:{size[0]}x{size[1]}@{fps}", frames=frames)
+    stats = Pipeline(source, stage, []).run()
+    stats["fps"] = stats["frames_out"] / stats["elapsed_s"]
+    return stats
+
+
+def bench_run(cfg: Config, frames: int, source_size: tuple[int, int], live_fps: float, memory_factor: int) -> dict:
+    stage = build_stage(cfg)
+    device = stage.device
+    images = [pattern_image(*source_size, i / 30) for i in range(frames)]
+    run_model_only(stage, images[: max(2, cfg.engine.batch_size * 2)], cfg)  # warm-up, lazy inits
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "backbone": cfg.model.backbone,
+        "input_size": list(cfg.model.input_size),
+        "precision": stage.meta["precision"],
+        "batch_size": cfg.engine.batch_size,
+        "source_size": list(source_size),
+        "frames": frames,
+        "pinned_memory": cfg.engine.pinned_memory and device.type == "cuda",
+        "cuda_stream": cfg.engine.cuda_stream and device.type == "cuda",
+        "compile": cfg.model.compile,
+    }
+    with TemporaryDirectory() as tmp:
+        video = synthetic_video(Path(tmp) / "in.mp4", frames, source_size)
+        model_only = run_model_only(stage, images, cfg)
+        serial = run_serial(stage, video, Path(tmp) / "serial.mp4")
+        pipeline = run_pipeline(stage, video, Path(tmp) / "pipeline.mp4", cfg)
+        rss_n = peak_rss_mb()
+        live = run_live(stage, source_size, live_fps, frames)
+        memory: dict = {"frames": frames, "peak_rss_mb": rss_n}
+        if memory_factor > 1:
+            long_video = synthetic_video(Path(tmp) / "long.mp4", frames * memory_factor, source_size)
+            run_pipeline(stage, long_video, Path(tmp) / "long_out.mp4", cfg)
+            memory.update(frames_long=frames * memory_factor, peak_rss_mb_long=peak_rss_mb())
+            memory["rss_growth_pct"] = 100 * (memory["peak_rss_mb_long"] / rss_n - 1)
+    result["fps"] = {"model_only": model_only, "serial": serial, "pipeline": pipeline["fps"], "live_out": live["fps"]}
+    result["ratio"] = {"pipeline_vs_model_only": pipeline["fps"] / model_only, "pipeline_vs_serial": pipeline["fps"] / serial}
+    result["latency_ms"] = {"p50": live["latency_ms"]["p50"], "p95": live["latency_ms"]["p95"]}
+    result["live_fps_in"] = live_fps
+    result["frames_dropped"] = live["frames_dropped"]
+    result["stage_ms"] = pipeline["stage_ms"]
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["memory"] = memory
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def table(result: dict) -> str:
+    rows = [
+        ("device", result["device"]),
+        ("model", f"{result['backbone']} {result['precision']} input {result['input_size'][0]}x{result['input_size'][1]} batch {result['batch_size']}"),
+        ("source", f"{result['source_size'][0]}x{result['source_size'][1]}, {result['frames']} frames"),
+        ("fps model only", f"{result['fps']['model_only']:.2f}"),
+        ("fps serial loop", f"{result['fps']['serial']:.2f}"),
+        ("fps pipeline", f"{result['fps']['pipeline']:.2f}"),
+        ("pipeline / model only", f"{result['ratio']['pipeline_vs_model_only']:.3f}"),
+        ("pipeline / serial", f"{result['ratio']['pipeline_vs_serial']:.3f}"),
+        (f"live @ {result['live_fps_in']:g} fps: out", f"{result['fps']['live_out']:.2f} fps, dropped {result['frames_dropped']}"),
+        ("live latency p50 / p95", f"{result['latency_ms']['p50']:.0f} / {result['latency_ms']['p95']:.0f} ms"),
+        ("peak RSS", f"{result['peak_rss_mb']:.0f} MB"),
+    ]
+    mem = result["memory"]
+    if "peak_rss_mb_long" in mem:
+        rows.append((f"RSS {mem['frames']} -> {mem['frames_long']} frames",
+                     f"{mem['peak_rss_mb']:.0f} -> {mem['peak_rss_mb_long']:.0f} MB ({mem['rss_growth_pct']:+.1f}%)"))
+    if "peak_cuda_mb" in result:
+        rows.append(("peak CUDA memory", f"{result['peak_cuda_mb']:.0f} MB"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter("use WxH, e.g. 1920x1080") from None
+    return w, h
+
+
+@click.command(epilog="""\b
+Examples:
+  streamer bench --device cpu --input-size 224x392 --frames 24 --source-size 640x360
+  streamer bench --device cuda --precision fp16 --source-size 1920x1080 --frames 300 --json gpu.json
+  streamer bench --device cuda --no-pinned --no-stream --batch-size 1   # each switch's effect""")
+@click.option("--frames", type=int, default=32, show_default=True, help="Frames per measurement.")
+@click.option("--source-size", default="1280x720", show_default=True, help="Synthetic source size WxH.")
+@click.option("--live-fps", type=float, default=30.0, show_default=True, help="Rate of the paced live source.")
+@click.option("--memory-factor", type=int, default=10, show_default=True,
+              help="Re-run the pipeline on this many times more frames to check RSS stays flat (1 = skip).")
+@click.option("--no-pinned", is_flag=True, help="Turn pinned host buffers off (CUDA).")
+@click.option("--no-stream", is_flag=True, help="Turn the side copy stream off (CUDA).")
+@click.option("--no-batching", is_flag=True, help="Force batch size 1.")
+@click.option("--compile", is_flag=True, default=None, help="torch.compile the model (compare with a run without).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+@model_options
+@with_flags
+def bench(cfg: Config, flags: dict) -> None:
+    """Measure model-only, serial-loop and pipeline fps, live latency and memory, in one run."""
+    cfg.engine.pinned_memory = not flags["no_pinned"]
+    cfg.engine.cuda_stream = not flags["no_stream"]
+    if flags["no_batching"]:
+        cfg.engine.batch_size = 1
+    size = parse_size(flags["source_size"])
+    click.echo(f"benchmarking {cfg.model.backbone} on {resolve_device(cfg.model.device)} ...", err=True)
+    result = bench_run(cfg, flags["frames"], size, flags["live_fps"], flags["memory_factor"])
+    click.echo(table(result))
+    if flags["json_path"]:
+        Path(flags["json_path"]).write_text(json.dumps(result, indent=2) + "\n")

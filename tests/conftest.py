@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import streamer  # noqa: F401, I001  (first: it loads OpenCV before PyAV, see streamer/__init__.py)
 import json
 import os
 import threading

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -56,7 +57,7 @@ def run(cfg: Config, source, sinks: list, comfy: bool = False, unit: str = "fram
     stats = Stats()
     pipeline = make_pipeline(source, stage, sinks, cfg, stats)
     total = info.frame_count if not info.live else None
-    bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=click.get_text_stream("stderr"),
+    bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr,
                disable=None, smoothing=0.1)
 
     def tick(s: Stats) -> None:
@@ -67,9 +68,8 @@ def run(cfg: Config, source, sinks: list, comfy: bool = False, unit: str = "fram
             refresh=False,
         )
 
-    pipeline.start()
     try:
-        result = pipeline.wait(tick)
+        result = pipeline.run(tick)
     finally:
         tick(stats)
         bar.close()

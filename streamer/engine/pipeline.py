@@ -1,8 +1,11 @@
 """source -> [capture thread] -> queue -> [inference thread] -> queues -> [one thread per sink].
 
-Ownership follows concurrent.futures: the Pipeline starts named, non-daemon threads, records the
-first exception with its stage, stops the others through an Event plus end-of-stream sentinels,
-joins them all, and re-raises in the caller's thread. `stop()` is idempotent.
+The inference thread is the thread that calls `run()`, the one that loaded the model: on the CPU,
+PyTorch's OpenMP pool belongs to a thread, and a second thread running the model gets a second
+pool that competes with the first (measured: 2x slower on 2 cores). Ownership otherwise follows
+concurrent.futures: the Pipeline starts named, non-daemon threads for capture and sinks, records
+the first exception with its stage, stops the others through an Event plus end-of-stream
+sentinels, joins them all, and re-raises in the caller's thread. `stop()` is idempotent.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from streamer.types import EndOfStream, Frame, Result, StreamInfo
 log = logging.getLogger(__name__)
 END = EndOfStream()
 JOIN_POLL_S = 0.1
+TICK_S = 0.25
 
 
 class FrameProcessor(Protocol):
@@ -71,6 +75,8 @@ class Pipeline:
         self._error: PipelineError | None = None
         self._error_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._tick: Callable[[Stats], None] | None = None
+        self._last_tick = 0.0
 
     # -- control ---------------------------------------------------------------------------
 
@@ -98,12 +104,39 @@ class Pipeline:
         self._threads.append(thread)
         thread.start()
 
-    def run(self) -> dict:
-        """Run to the end of the input (or a stop); returns the statistics snapshot."""
-        self.start()
-        return self.wait()
+    def run(self, tick: Callable[[Stats], None] | None = None) -> dict:
+        """Run to the end of the input (or a stop) and return the statistics snapshot.
 
-    def start(self) -> None:
+        `tick(stats)` is called about every TICK_S seconds (progress displays). Ctrl-C stops the
+        run cleanly: sinks are finalised and Interrupted is raised.
+        """
+        self._tick = tick
+        self._open_sinks()
+        for sink, queue in zip(self.sinks, self.outputs):
+            self._spawn(f"sink:{sink.name}", lambda s=sink, q=queue: self._sink_loop(s, q))
+        self._spawn("capture", self._capture_loop)
+        try:
+            self._inference_loop()
+        except StopRequested:
+            self.stop()
+        except KeyboardInterrupt:
+            self._interrupted = True
+            self.stop()
+        except BaseException as exc:  # recorded with its stage like the other threads' errors
+            self._fail("inference", exc)
+        finally:
+            for queue in self.outputs:
+                queue.put_end(END)
+        self._join()
+        if self._error is not None:
+            raise self._error
+        if self._interrupted:
+            raise Interrupted(
+                f"interrupted after {self.stats.frames_out} frames; outputs were finalised"
+            )
+        return self.stats.snapshot()
+
+    def _open_sinks(self) -> None:
         opened = []
         try:
             for sink in self.sinks:
@@ -112,20 +145,15 @@ class Pipeline:
         except BaseException:
             for sink in opened:
                 sink.close(complete=False)
+            self.source.close()
             raise
-        for sink, queue in zip(self.sinks, self.outputs):
-            self._spawn(f"sink:{sink.name}", lambda s=sink, q=queue: self._sink_loop(s, q))
-        self._spawn("inference", self._inference_loop)
-        self._spawn("capture", self._capture_loop)
 
-    def wait(self, tick: Callable[[Stats], None] | None = None) -> dict:
-        """Join every thread (calling `tick(stats)` between polls); Ctrl-C stops the run cleanly."""
+    def _join(self) -> None:
         try:
             while any(t.is_alive() for t in self._threads):
                 for t in self._threads:
                     t.join(JOIN_POLL_S / len(self._threads))
-                if tick is not None:
-                    tick(self.stats)
+                self._maybe_tick()
         except KeyboardInterrupt:
             self._interrupted = True
             self.stop()
@@ -133,13 +161,13 @@ class Pipeline:
                 t.join()
         finally:
             self.source.close()
-        if self._error is not None:
-            raise self._error
-        if self._interrupted:
-            raise Interrupted(
-                f"interrupted after {self.stats.frames_out} frames; outputs were finalised"
-            )
-        return self.stats.snapshot()
+            self._maybe_tick(force=True)
+
+    def _maybe_tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._tick is not None and (force or now - self._last_tick >= TICK_S):
+            self._last_tick = now
+            self._tick(self.stats)
 
     @property
     def interrupted(self) -> bool:
@@ -178,22 +206,19 @@ class Pipeline:
     def _inference_loop(self) -> None:
         pending: deque = deque()
         carry: list[Frame] = []
-        try:
-            while not self._stop.is_set():
-                batch = self._next_batch(carry)
-                if batch is None:
-                    break
-                started = time.perf_counter()
-                images = self.transfer.upload([f.image for f in batch])
-                maps, meta = self.processor(images)
-                pending.append((batch, self.transfer.download(maps), meta, started))
-                if len(pending) > 1:  # keep one batch in flight while the next is queued
-                    self._emit(*pending.popleft())
-            while pending:
+        while not self._stop.is_set():
+            self._maybe_tick()
+            batch = self._next_batch(carry)
+            if batch is None:
+                break
+            started = time.perf_counter()
+            images = self.transfer.upload([f.image for f in batch])
+            maps, meta = self.processor(images)
+            pending.append((batch, self.transfer.download(maps), meta, started))
+            if len(pending) > 1:  # keep one batch in flight while the next is queued
                 self._emit(*pending.popleft())
-        finally:
-            for queue in self.outputs:
-                queue.put_end(END)
+        while pending and not self._stop.is_set():
+            self._emit(*pending.popleft())
 
     def _emit(self, batch: list[Frame], download, meta: dict, started: float) -> None:
         arrays = download.wait()

@@ -55,10 +55,15 @@ class PreviewSink(Sink):
         if not has_display():
             raise SinkError("no display for the preview window", hint=HEADLESS_HINT)
         self.stats = stats
+        self._window_open = False
+
+    def _open_window(self) -> None:
+        """On the sink's own thread: GUI toolkits (Qt) hang when a window is used from two threads."""
         try:
             cv2.namedWindow(self.window, cv2.WINDOW_NORMAL)
         except cv2.error as exc:
             raise SinkError(f"cannot open a window: {str(exc).splitlines()[0]}", hint=HEADLESS_HINT) from exc
+        self._window_open = True
 
     def overlay(self, picture: np.ndarray) -> np.ndarray:
         line = f"{self.renderer.view} {self.renderer.colormap}  {self.stats.summary_line()}"
@@ -67,6 +72,8 @@ class PreviewSink(Sink):
         return picture
 
     def write(self, result: Result) -> None:
+        if not self._window_open:
+            self._open_window()
         picture = self.overlay(np.ascontiguousarray(self.renderer(result.maps, result.frame.image)))
         cv2.imshow(self.window, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
         self.frames_shown += 1
@@ -83,6 +90,8 @@ class PreviewSink(Sink):
             self.renderer.colormap = names[(names.index(self.renderer.colormap) + 1) % len(names)]
 
     def close(self, complete: bool) -> None:
+        if not getattr(self, "_window_open", False):
+            return
         try:
             cv2.destroyWindow(self.window)
             cv2.waitKey(1)

@@ -1,0 +1,107 @@
+"""Every command explains itself; errors are one line with a fix, exit codes say what happened."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import DATA, TINY_INPUT
+from streamer.cli.main import main
+
+COMMANDS = ["preview", "transcode", "virtualcam", "depth", "bench", "doctor"]
+MODEL_FLAGS = ["--backbone", "--checkpoint", "--fx", "--fy", "--resolution", "--input-size", "--device", "--precision"]
+TINY = f"{TINY_INPUT[0]}x{TINY_INPUT[1]}"
+
+
+def test_top_level_help_lists_subcommands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage: streamer " + command in out
+    if command in ("preview", "transcode", "virtualcam", "depth", "bench"):
+        for flag in MODEL_FLAGS:
+            assert flag in out, (command, flag)
+        assert "Example" in out and "[default: vit-small]" in out
+
+
+def test_python_dash_m_and_version():
+    out = subprocess.run([sys.executable, "-m", "streamer", "--version"], capture_output=True, text=True, check=True)
+    assert "streamer, version" in out.stdout
+
+
+def test_usage_error_exits_2(capsys):
+    assert main(["transcode"]) == 2
+    assert main(["depth", "x.png", "-o", "out", "--fx", "abc"]) == 2
+    assert main(["nosuchcommand"]) == 2
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["transcode", "missing.mp4", "-o", "o.mp4"], "input missing.mp4 does not exist; check the path"),
+        (["transcode", "in.mp4", "-o", "o.mp4", "--fx", "0"], "bad value for 'model.fx': 0.0"),
+        (["transcode", "in.mp4", "-o", "o.mp4", "--input-size", "100x100"], "multiples of 28"),
+        (["depth", "nope.png", "-o", "out"], "input nope.png does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.mp4").write_bytes(b"")
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_doctor_reports_every_component(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for item in ("python", "torch", "cuda", "sdpa kernels", "pyav", "encoders", "opencv gui", "cameras",
+                 "virtual camera", "checkpoints", "controlnet_aux"):
+        assert f"] {item}" in out, item
+    assert "ffv1" in out and "libx264" in out
+    assert "fix:" in out  # no GPU here: the cuda line says how to fix it
+
+
+def test_depth_writes_picture_and_metric_npz(tmp_path, checkpoint, capsys):
+    image = cv2.imread(str(DATA / "golden_input.png"))
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    cv2.imwrite(str(tmp_path / "b.jpg"), image[:100, :150])
+    out = tmp_path / "out"
+    args = ["depth", str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "-o", str(out),
+            "--checkpoint", str(checkpoint), "--input-size", TINY, "--fx", "500", "--fy", "600"]
+    assert main(args) == 0, capsys.readouterr().err
+    for name, shape in (("a", (240, 320)), ("b", (100, 150))):
+        data = np.load(out / f"{name}.npz")
+        assert data["depth"].shape == shape and data["depth"].dtype == np.float32
+        assert data["normal"].shape == (*shape, 3)
+        assert data["confidence"].shape == shape
+        assert (float(data["fx"]), float(data["fy"])) == (500.0, 600.0)
+        assert cv2.imread(str(out / f"{name}.png")).shape == (*shape, 3)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["fx"] == 500.0 and meta["backbone"] == "vit-small"
+
+
+def test_depth_comfy_mode_writes_the_node_pictures(tmp_path, checkpoint, capsys):
+    cv2.imwrite(str(tmp_path / "g.png"), cv2.imread(str(DATA / "golden_input.png")))
+    out = tmp_path / "comfy"
+    args = ["depth", str(tmp_path / "g.png"), "-o", str(out), "--comfy", "--resolution", "240",
+            "--checkpoint", str(checkpoint)]
+    assert main(args) == 0, capsys.readouterr().err
+    golden = np.load(DATA / "golden_vit_small_comfy.npz")
+    depth = cv2.cvtColor(cv2.imread(str(out / "g.png")), cv2.COLOR_BGR2RGB)
+    normal = cv2.cvtColor(cv2.imread(str(out / "g_normal.png")), cv2.COLOR_BGR2RGB)
+    assert np.abs(depth.astype(int) - golden["comfy_depth_u8"]).max() <= 1
+    assert np.abs(normal.astype(int) - golden["comfy_normal_u8"]).max() <= 1

@@ -1,0 +1,122 @@
+"""Virtual camera through the real pyvirtualcam.Camera, preview window under a virtual display."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import cv2
+import numpy as np
+import pytest
+import pyvirtualcam
+
+from conftest import TINY_INPUT
+from streamer.engine.pipeline import Pipeline
+from streamer.errors import SinkError, StopRequested
+from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
+from streamer.processors.render import Renderer
+from streamer.sinks import PreviewSink, VirtualCameraSink
+from streamer.sinks.preview import opencv_gui_backend
+from streamer.sources import PatternSource
+
+
+class RecordingBackend:
+    """A pyvirtualcam backend that keeps what the camera would show."""
+
+    received: list[np.ndarray] = []
+
+    def __init__(self, *, width, height, fps, fourcc, device, **kw):
+        self.width, self.height = width, height
+        RecordingBackend.received = []
+
+    def send(self, frame):
+        RecordingBackend.received.append(frame.reshape(self.height, self.width, 3).copy())
+
+    def close(self):
+        pass
+
+    def device(self):
+        return "recorder"
+
+    def native_fourcc(self):
+        return None
+
+
+@pytest.fixture
+def stage(small_model):
+    return Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), lambda w: (1000.0, 1000.0))
+
+
+@pytest.fixture
+def recorder():
+    pyvirtualcam.register_backend("test-recorder", RecordingBackend)
+    yield RecordingBackend
+    pyvirtualcam.camera.BACKENDS.pop("test-recorder", None)
+
+
+def test_virtual_camera_receives_letterboxed_frames_in_order(stage, recorder):
+    sink = VirtualCameraSink(Renderer("color"), "color", 160, 90, 30.0, backend="test-recorder")
+    source = PatternSource("testsrc:96x64@30", frames=6, live=False)  # 3:2 into 16:9 -> side bars
+    Pipeline(source, stage, [sink]).run()
+    frames = recorder.received
+    assert len(frames) >= 6 and all(f.shape == (90, 160, 3) for f in frames)
+    assert frames[0][:, :10].max() == 0 and frames[0][:, 40:120].std() > 0  # black bars left and right
+    assert sink.frames_sent == len(frames)
+
+
+def test_virtual_camera_repeats_the_last_frame_when_the_model_is_slow(stage, recorder):
+    sink = VirtualCameraSink(Renderer("gray"), "gray", 64, 48, 50.0, backend="test-recorder")
+    Pipeline(PatternSource("testsrc:96x64@4", frames=3), stage, [sink]).run()  # 4 fps into a 50 fps camera
+    assert len(recorder.received) > 3
+
+
+def test_missing_virtual_camera_backend_says_what_to_install(stage):
+    sink = VirtualCameraSink(Renderer(), backend="v4l2loopback", device="/dev/video99")
+    with pytest.raises(SinkError) as info:
+        sink.open(PatternSource("testsrc").info, None)
+    assert "v4l2loopback" in str(info.value)
+
+
+def test_installed_opencv_has_a_gui_backend():
+    """opencv-python (GUI) must win over controlnet_aux's opencv-python-headless."""
+    assert opencv_gui_backend() is not None, cv2.getBuildInformation()
+
+
+def test_preview_without_display_points_to_other_sinks(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(SinkError, match="no display.*transcode.*virtualcam"):
+        PreviewSink(Renderer()).open(PatternSource("testsrc").info, None)
+
+
+@pytest.fixture
+def virtual_display(monkeypatch):
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
+    display = ":97"
+    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    monkeypatch.setenv("DISPLAY", display)
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    yield display
+    server.terminate()
+    server.wait(5)
+
+
+def test_preview_window_shows_frames(stage, virtual_display):
+    sink = PreviewSink(Renderer("side-by-side"), window="streamer-test")
+    Pipeline(PatternSource("testsrc:96x64@20", frames=5), stage, [sink]).run()
+    assert sink.frames_shown >= 1
+    assert os.environ["DISPLAY"] == virtual_display
+
+
+def test_preview_keys_switch_view_colormap_and_quit():
+    sink = PreviewSink(Renderer("color", "turbo"))
+    sink.handle_key(ord("v"))
+    sink.handle_key(ord("c"))
+    assert (sink.renderer.view, sink.renderer.colormap) == ("normal", "inferno")
+    with pytest.raises(StopRequested):
+        sink.handle_key(ord("q"))

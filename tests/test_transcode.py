@@ -1,0 +1,155 @@
+"""Transcoding through the CLI: frame counts, timestamps, audio, metric round trips, sidecars."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from conftest import TINY_INPUT, video_timestamps, write_video
+from streamer.cli.main import main
+from streamer.sinks.images import decode_exr
+from streamer.sources import VideoSource
+from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
+from streamer.engine.pipeline import Pipeline
+from streamer.sinks import Sink
+
+TINY = f"{TINY_INPUT[0]}x{TINY_INPUT[1]}"
+
+
+def transcode(checkpoint, *args: str) -> int:
+    return main(["transcode", *args, "--checkpoint", str(checkpoint), "--input-size", TINY, "--device", "cpu"])
+
+
+class Collect(Sink):
+    def __init__(self):
+        self.depths = []
+
+    def write(self, result):
+        self.depths.append(result.depth)
+
+
+def reference_depths(small_model, path):
+    """The model's depth for each input frame, computed directly through the pipeline API."""
+    sink = Collect()
+    stage = Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), lambda w: (1000.0, 1000.0))
+    Pipeline(VideoSource(str(path)), stage, [sink]).run()
+    return sink.depths
+
+
+def test_mp4_keeps_frames_timestamps_and_audio(tmp_path, checkpoint):
+    src = write_video(tmp_path / "in.mp4", frames=12, audio=True)
+    out = tmp_path / "out.mp4"
+    assert transcode(checkpoint, str(src), "-o", str(out)) == 0
+    assert video_timestamps(out) == video_timestamps(src)
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (96, 64)
+        assert c.streams.audio[0].codec_context.name == "aac"
+    with av.open(str(src)) as a, av.open(str(out)) as b:
+        src_audio = [bytes(p) for p in a.demux(audio=0) if p.size]
+        out_audio = [bytes(p) for p in b.demux(audio=0) if p.size]
+    assert out_audio == src_audio  # copied untouched
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["frames"] == 12 and sidecar["complete"] is True
+    assert not (tmp_path / "out.partial.mp4").exists()
+
+
+def test_variable_frame_rate_is_kept(tmp_path, checkpoint):
+    pts = [0, 100, 150, 400, 410, 900, 1000, 1300]
+    src = write_video(tmp_path / "vfr.mkv", frames=8, pts=pts, time_base=Fraction(1, 1000), codec="ffv1")
+    out = tmp_path / "vfr_out.mkv"
+    assert transcode(checkpoint, str(src), "-o", str(out)) == 0
+    assert video_timestamps(out) == pytest.approx(video_timestamps(src), abs=1e-3)
+    assert video_timestamps(src) == pytest.approx([p / 1000 for p in pts])
+
+
+def test_metric16_decodes_back_to_the_model_depth_within_1mm(tmp_path, checkpoint, small_model):
+    src = write_video(tmp_path / "in.mp4", frames=5, audio=True)
+    out = tmp_path / "depth16.mkv"
+    assert transcode(checkpoint, str(src), "-o", str(out), "--format", "metric16", "--fx", "40") == 0
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.name == "ffv1"
+        frames = [f.to_ndarray() for f in c.decode(stream)]
+        assert c.streams.audio  # audio came along
+    assert all(f.dtype == np.uint16 for f in frames)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    expected = reference_depths(small_model, src)
+    scale = 40 / 1000  # fx=40 instead of the 1000 the reference used
+    for frame, depth in zip(frames, expected, strict=True):
+        metres = frame.astype(np.float64) * sidecar["scale_to_metres"]
+        assert np.abs(metres - np.clip(depth * scale, 0, sidecar["max_metres"])).max() <= 0.0005 + 1e-6
+    for key in ("units", "scale_to_metres", "fx", "fy", "backbone", "checkpoint"):
+        assert key in sidecar
+    assert sidecar["units"] == "millimetres" and sidecar["fx"] == 40.0 and sidecar["backbone"] == "vit-small"
+
+
+def test_npz_and_exr_sequences_hold_float_metres(tmp_path, checkpoint, small_model):
+    src = write_video(tmp_path / "in.mp4", frames=3)
+    expected = reference_depths(small_model, src)
+    for fmt in ("npz", "exr"):
+        out = tmp_path / fmt
+        assert transcode(checkpoint, str(src), "-o", str(out), "--format", fmt) == 0
+        files = sorted(out.glob(f"frame_*.{fmt}"))
+        assert len(files) == 3
+        for path, depth in zip(files, expected, strict=True):
+            if fmt == "npz":
+                data = np.load(path)
+                got = data["depth"]
+                assert data["normal"].shape == (64, 96, 3) and float(data["fx"]) == 1000.0
+                assert {"confidence", "kappa"} <= set(data.files)
+            else:
+                got = decode_exr(path.read_bytes())
+            assert got.dtype == np.float32
+            assert np.abs(got - depth).max() <= 1e-3
+        meta = json.loads((out / "metadata.json").read_text())
+        assert meta["units"] == "metres" and meta["frames"] == 3
+
+
+@pytest.mark.parametrize("fmt", ["gray", "color", "normal", "side-by-side", "comfy-depth"])
+def test_picture_formats_make_playable_videos(tmp_path, checkpoint, fmt):
+    src = write_video(tmp_path / "in.mp4", frames=4)
+    out = tmp_path / f"{fmt}.mp4"
+    assert transcode(checkpoint, str(src), "-o", str(out), "--format", fmt) == 0
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 4
+    width = {"side-by-side": 192}.get(fmt, 96)
+    if fmt == "comfy-depth":
+        assert frames[0].shape[0] == 512  # the node's resolution default
+    else:
+        assert frames[0].shape == (64, width, 3)
+    assert frames[0].std() > 0
+
+
+def test_start_and_end_select_a_time_range(tmp_path, checkpoint):
+    src = write_video(tmp_path / "in.mp4", frames=20)
+    out = tmp_path / "cut.mkv"
+    assert transcode(checkpoint, str(src), "-o", str(out), "--start", "0.5", "--end", "1.2") == 0
+    assert video_timestamps(out) == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1], abs=1e-3)
+
+
+def test_rotation_metadata_is_honoured(tmp_path, checkpoint):
+    src = write_video(tmp_path / "rot.mp4", frames=3, rotation=90)
+    source = VideoSource(str(src))
+    assert (source.info.width, source.info.height) == (64, 96)
+    out = tmp_path / "rot_out.mp4"
+    assert transcode(checkpoint, str(src), "-o", str(out)) == 0
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 96)
+    source.close()
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, checkpoint, capsys):
+    src = write_video(tmp_path / "in.mp4", frames=2)
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"keep me")
+    assert transcode(checkpoint, str(src), "-o", str(out)) == 1
+    assert out.read_bytes() == b"keep me"
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert transcode(checkpoint, str(src), "-o", str(out), "--overwrite") == 0
+    assert len(video_timestamps(out)) == 2

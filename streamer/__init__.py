@@ -4,11 +4,11 @@ Python API (see README): `DepthEstimator` for single images; `open_source`, `loa
 `run_pipeline` and the sinks in `streamer.sinks` for streams.
 """
 
-__version__ = "0.1.0"
-
 # OpenCV must be loaded before PyAV: both wheels bundle libxcb, and when PyAV's copy is loaded
 # first, OpenCV's Qt window hangs in cv2.namedWindow (measured here with opencv-python 5.0 + av 18).
-import cv2  # noqa: E402, F401, I001
+import cv2  # noqa: F401
+
+__version__ = "0.1.0"
 
 from streamer.api import DepthEstimator, load_model, load_stage, run_pipeline
 from streamer.config import Config, load_config
@@ -16,6 +16,13 @@ from streamer.errors import StreamerError
 from streamer.sources import open_source
 
 __all__ = [
-    "Config", "DepthEstimator", "StreamerError", "__version__", "load_config", "load_model", "load_stage",
-    "open_source", "run_pipeline",
+    "Config",
+    "DepthEstimator",
+    "StreamerError",
+    "__version__",
+    "load_config",
+    "load_model",
+    "load_stage",
+    "open_source",
+    "run_pipeline",
 ]

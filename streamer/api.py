@@ -1,7 +1,7 @@
 """The Python API: load the model once, open a source and sinks, run the pipeline.
 
-    from streamer import Config, open_source, load_stage, run_pipeline
-    from streamer.sinks import VideoSink
+from streamer import Config, open_source, load_stage, run_pipeline
+from streamer.sinks import VideoSink
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
-from streamer.config import Config, ModelConfig
+from streamer.config import Config, ModelConfig, describe_validation_error
 from streamer.engine.device import resolve_device, resolve_dtype
 from streamer.engine.pipeline import Pipeline
 from streamer.engine.stats import Stats
+from streamer.errors import ConfigError
 from streamer.models.metric3d import Metric3D, build_metric3d
 from streamer.models.metric3d.weights import load_weights, read_checkpoint, resolve_checkpoint
 from streamer.processors.comfy import COMFY_RESOLUTION
@@ -91,8 +93,11 @@ class DepthEstimator:
     """
 
     def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
-        cfg = (config or ModelConfig()).model_copy(update=overrides)
-        self.config = ModelConfig.model_validate(cfg.model_dump())
+        base = (config or ModelConfig()).model_dump()
+        try:
+            self.config = ModelConfig.model_validate({**base, **overrides})
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from None
         self.processor, self.meta = load_processor(self.config)
 
     @classmethod

@@ -94,7 +94,9 @@ def sync(device: torch.device) -> None:
 
 def engine_kwargs(cfg: Config) -> dict:
     e = cfg.engine
-    return dict(batch_size=e.batch_size, queue_size=e.queue_size, pinned_memory=e.pinned_memory, cuda_stream=e.cuda_stream)
+    return dict(
+        batch_size=e.batch_size, queue_size=e.queue_size, pinned_memory=e.pinned_memory, cuda_stream=e.cuda_stream
+    )
 
 
 def run_model_only(stage, images: list[np.ndarray], cfg: Config) -> float:
@@ -150,7 +152,9 @@ def bench_run(cfg: Config, frames: int, source_size: tuple[int, int], live_fps: 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result: dict = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "backbone": cfg.model.backbone,
         "input_size": list(cfg.model.input_size),
@@ -176,7 +180,10 @@ def bench_run(cfg: Config, frames: int, source_size: tuple[int, int], live_fps: 
             memory.update(frames_long=frames * memory_factor, peak_rss_mb_long=peak_rss_mb())
             memory["rss_growth_pct"] = 100 * (memory["peak_rss_mb_long"] / rss_n - 1)
     result["fps"] = {"model_only": model_only, "serial": serial, "pipeline": pipeline["fps"], "live_out": live["fps"]}
-    result["ratio"] = {"pipeline_vs_model_only": pipeline["fps"] / model_only, "pipeline_vs_serial": pipeline["fps"] / serial}
+    result["ratio"] = {
+        "pipeline_vs_model_only": pipeline["fps"] / model_only,
+        "pipeline_vs_serial": pipeline["fps"] / serial,
+    }
     result["latency_ms"] = {"p50": live["latency_ms"]["p50"], "p95": live["latency_ms"]["p95"]}
     result["live_fps_in"] = live_fps
     result["frames_dropped"] = live["frames_dropped"]
@@ -191,21 +198,31 @@ def bench_run(cfg: Config, frames: int, source_size: tuple[int, int], live_fps: 
 def table(result: dict) -> str:
     rows = [
         ("device", result["device"]),
-        ("model", f"{result['backbone']} {result['precision']} input {result['input_size'][0]}x{result['input_size'][1]} batch {result['batch_size']}"),
+        (
+            "model",
+            f"{result['backbone']} {result['precision']} input {result['input_size'][0]}x{result['input_size'][1]} batch {result['batch_size']}",
+        ),
         ("source", f"{result['source_size'][0]}x{result['source_size'][1]}, {result['frames']} frames"),
         ("fps model only", f"{result['fps']['model_only']:.2f}"),
         ("fps serial loop", f"{result['fps']['serial']:.2f}"),
         ("fps pipeline", f"{result['fps']['pipeline']:.2f}"),
         ("pipeline / model only", f"{result['ratio']['pipeline_vs_model_only']:.3f}"),
         ("pipeline / serial", f"{result['ratio']['pipeline_vs_serial']:.3f}"),
-        (f"live @ {result['live_fps_in']:g} fps: out", f"{result['fps']['live_out']:.2f} fps, dropped {result['frames_dropped']}"),
+        (
+            f"live @ {result['live_fps_in']:g} fps: out",
+            f"{result['fps']['live_out']:.2f} fps, dropped {result['frames_dropped']}",
+        ),
         ("live latency p50 / p95", f"{result['latency_ms']['p50']:.0f} / {result['latency_ms']['p95']:.0f} ms"),
         ("peak RSS", f"{result['peak_rss_mb']:.0f} MB"),
     ]
     mem = result["memory"]
     if "peak_rss_mb_long" in mem:
-        rows.append((f"RSS {mem['frames']} -> {mem['frames_long']} frames",
-                     f"{mem['peak_rss_mb']:.0f} -> {mem['peak_rss_mb_long']:.0f} MB ({mem['rss_growth_pct']:+.1f}%)"))
+        rows.append(
+            (
+                f"RSS {mem['frames']} -> {mem['frames_long']} frames",
+                f"{mem['peak_rss_mb']:.0f} -> {mem['peak_rss_mb_long']:.0f} MB ({mem['rss_growth_pct']:+.1f}%)",
+            )
+        )
     if "peak_cuda_mb" in result:
         rows.append(("peak CUDA memory", f"{result['peak_cuda_mb']:.0f} MB"))
     width = max(len(r[0]) for r in rows)
@@ -220,16 +237,23 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-@click.command(epilog="""\b
+@click.command(
+    epilog="""\b
 Examples:
   streamer bench --device cpu --input-size 224x392 --frames 24 --source-size 640x360
   streamer bench --device cuda --precision fp16 --source-size 1920x1080 --frames 300 --json gpu.json
-  streamer bench --device cuda --no-pinned --no-stream --batch-size 1   # each switch's effect""")
+  streamer bench --device cuda --no-pinned --no-stream --batch-size 1   # each switch's effect"""
+)
 @click.option("--frames", type=int, default=32, show_default=True, help="Frames per measurement.")
 @click.option("--source-size", default="1280x720", show_default=True, help="Synthetic source size WxH.")
 @click.option("--live-fps", type=float, default=30.0, show_default=True, help="Rate of the paced live source.")
-@click.option("--memory-factor", type=int, default=10, show_default=True,
-              help="Re-run the pipeline on this many times more frames to check RSS stays flat (1 = skip).")
+@click.option(
+    "--memory-factor",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Re-run the pipeline on this many times more frames to check RSS stays flat (1 = skip).",
+)
 @click.option("--no-pinned", is_flag=True, help="Turn pinned host buffers off (CUDA).")
 @click.option("--no-stream", is_flag=True, help="Turn the side copy stream off (CUDA).")
 @click.option("--no-batching", is_flag=True, help="Force batch size 1.")

@@ -136,7 +136,7 @@ class Config(Section):
     virtualcam: VirtualCamConfig = VirtualCamConfig()
 
 
-def _describe(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
     value = first.get("input")
@@ -167,7 +167,9 @@ def read_yaml(path: str | Path) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections", hint="e.g. model: {backbone: vit-small}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections", hint="e.g. model: {backbone: vit-small}"
+        )
     return data
 
 
@@ -187,4 +189,4 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             for part in section:
                 model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
             allowed = f"allowed: {', '.join(model.model_fields)}"
-        raise ConfigError(_describe(exc) + where, hint=allowed or None) from None
+        raise ConfigError(describe_validation_error(exc) + where, hint=allowed or None) from None

@@ -36,10 +36,14 @@ def torch_checks() -> list[Check]:
         checks.append(Check("cuda", True, f"{torch.version.cuda}, {name}"))
         checks.append(sdpa_check(torch))
     else:
-        checks.append(Check(
-            "cuda", False, "not available: the model runs on the CPU (slow, far from real time)",
-            "install an NVIDIA driver and a CUDA build of torch (https://pytorch.org/get-started)",
-        ))
+        checks.append(
+            Check(
+                "cuda",
+                False,
+                "not available: the model runs on the CPU (slow, far from real time)",
+                "install an NVIDIA driver and a CUDA build of torch (https://pytorch.org/get-started)",
+            )
+        )
         checks.append(Check("sdpa kernels", False, "flash / memory-efficient attention need CUDA", "see cuda"))
     return checks
 
@@ -57,7 +61,9 @@ def sdpa_check(torch) -> Check:
         except RuntimeError:
             pass
     ok = bool(usable)
-    return Check("sdpa kernels", ok, ", ".join(usable) or "none usable", "" if ok else "update torch and the GPU driver")
+    return Check(
+        "sdpa kernels", ok, ", ".join(usable) or "none usable", "" if ok else "update torch and the GPU driver"
+    )
 
 
 def av_checks() -> list[Check]:
@@ -67,10 +73,14 @@ def av_checks() -> list[Check]:
     checks = [Check("pyav", True, f"{av.__version__} (FFmpeg {getattr(av, 'ffmpeg_version_info', ffmpeg)})")]
     have = [e for e in ENCODERS if e in av.codecs_available]
     missing = [e for e in ENCODERS if e not in av.codecs_available]
-    checks.append(Check(
-        "encoders", "ffv1" in have and "libx264" in have, ", ".join(have) + (f" (missing: {', '.join(missing)})" if missing else ""),
-        "install PyAV wheels from PyPI (they include libx264 and ffv1)" if "libx264" not in have else "",
-    ))
+    checks.append(
+        Check(
+            "encoders",
+            "ffv1" in have and "libx264" in have,
+            ", ".join(have) + (f" (missing: {', '.join(missing)})" if missing else ""),
+            "install PyAV wheels from PyPI (they include libx264 and ffv1)" if "libx264" not in have else "",
+        )
+    )
     return checks
 
 
@@ -82,10 +92,18 @@ def opencv_checks() -> list[Check]:
     gui = opencv_gui_backend()
     checks = [
         Check("opencv", True, cv2.__version__),
-        Check("opencv gui", gui is not None, gui or "none (headless build: no preview window)",
-              "" if gui else "pip install --force-reinstall --no-deps opencv-python"),
-        Check("display", has_display(), "present" if has_display() else "none ($DISPLAY unset)",
-              "" if has_display() else "preview needs a desktop session; transcode and virtualcam work without"),
+        Check(
+            "opencv gui",
+            gui is not None,
+            gui or "none (headless build: no preview window)",
+            "" if gui else "pip install --force-reinstall --no-deps opencv-python",
+        ),
+        Check(
+            "display",
+            has_display(),
+            "present" if has_display() else "none ($DISPLAY unset)",
+            "" if has_display() else "preview needs a desktop session; transcode and virtualcam work without",
+        ),
     ]
     checks.append(camera_check(cv2))
     return checks
@@ -101,11 +119,17 @@ def camera_check(cv2) -> Check:
     for index in candidates:
         cap = cv2.VideoCapture(index)
         if cap.isOpened():
-            found.append(f"{index} ({int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))})")
+            found.append(
+                f"{index} ({int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))})"
+            )
         cap.release()
     ok = bool(found)
-    return Check("cameras", ok, ", ".join(found) or f"none at indices 0..{MAX_CAMERA_INDEX}",
-                 "" if ok else "connect a camera, or use --source testsrc / a video file")
+    return Check(
+        "cameras",
+        ok,
+        ", ".join(found) or f"none at indices 0..{MAX_CAMERA_INDEX}",
+        "" if ok else "connect a camera, or use --source testsrc / a video file",
+    )
 
 
 def loopback_devices() -> list[str]:
@@ -123,10 +147,18 @@ def virtualcam_check() -> Check:
     if sys.platform.startswith("linux"):
         devices = loopback_devices()
         ok = bool(devices)
-        return Check("virtual camera", ok, f"backends: {names}; v4l2loopback devices: {', '.join(devices) or 'none'}",
-                     "" if ok else "sudo apt install v4l2loopback-dkms && sudo modprobe v4l2loopback devices=1 exclusive_caps=1")
-    return Check("virtual camera", bool(backends), f"backends: {names}",
-                 "" if backends else "install OBS Studio 28+ (or Unity Capture on Windows)")
+        return Check(
+            "virtual camera",
+            ok,
+            f"backends: {names}; v4l2loopback devices: {', '.join(devices) or 'none'}",
+            "" if ok else "sudo apt install v4l2loopback-dkms && sudo modprobe v4l2loopback devices=1 exclusive_caps=1",
+        )
+    return Check(
+        "virtual camera",
+        bool(backends),
+        f"backends: {names}",
+        "" if backends else "install OBS Studio 28+ (or Unity Capture on Windows)",
+    )
 
 
 def checkpoint_check() -> Check:
@@ -135,8 +167,12 @@ def checkpoint_check() -> Check:
 
     present = [name for name in VARIANTS if cached_checkpoint(name) is not None]
     ok = bool(present)
-    return Check("checkpoints", ok, f"cache {hf_cache_dir()}: {', '.join(present) or 'none downloaded yet'}",
-                 "" if ok else "they download on first use (needs internet), or pass --checkpoint PATH")
+    return Check(
+        "checkpoints",
+        ok,
+        f"cache {hf_cache_dir()}: {', '.join(present) or 'none downloaded yet'}",
+        "" if ok else "they download on first use (needs internet), or pass --checkpoint PATH",
+    )
 
 
 def aux_check() -> Check:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import streamer  # noqa: F401, I001  (first: it loads OpenCV before PyAV, see streamer/__init__.py)
+import cv2  # noqa: F401  (before av: see streamer/__init__.py)
+
 import json
 import os
 import threading
@@ -94,7 +95,9 @@ def write_video(
             n = 16000 * frames // rate
             samples = (0.3 * np.sin(np.arange(n) / 8)).astype(np.float32)[None]
             for start in range(0, n, 1024):
-                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + 1024]), format="fltp", layout="mono")
+                chunk = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(samples[:, start : start + 1024]), format="fltp", layout="mono"
+                )
                 chunk.sample_rate = 16000
                 chunk.pts = start
                 for packet in astream.encode(chunk):

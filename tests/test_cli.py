@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import cv2
+
 import json
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
-
 from conftest import DATA, TINY_INPUT
+
 from streamer.cli.main import main
 
 COMMANDS = ["preview", "transcode", "virtualcam", "depth", "bench", "doctor"]
@@ -68,8 +69,19 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, monkeypatch, capsys, 
 def test_doctor_reports_every_component(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
-    for item in ("python", "torch", "cuda", "sdpa kernels", "pyav", "encoders", "opencv gui", "cameras",
-                 "virtual camera", "checkpoints", "controlnet_aux"):
+    for item in (
+        "python",
+        "torch",
+        "cuda",
+        "sdpa kernels",
+        "pyav",
+        "encoders",
+        "opencv gui",
+        "cameras",
+        "virtual camera",
+        "checkpoints",
+        "controlnet_aux",
+    ):
         assert f"] {item}" in out, item
     assert "ffv1" in out and "libx264" in out
     assert "fix:" in out  # no GPU here: the cuda line says how to fix it
@@ -80,8 +92,21 @@ def test_depth_writes_picture_and_metric_npz(tmp_path, checkpoint, capsys):
     cv2.imwrite(str(tmp_path / "a.png"), image)
     cv2.imwrite(str(tmp_path / "b.jpg"), image[:100, :150])
     out = tmp_path / "out"
-    args = ["depth", str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "-o", str(out),
-            "--checkpoint", str(checkpoint), "--input-size", TINY, "--fx", "500", "--fy", "600"]
+    args = [
+        "depth",
+        str(tmp_path / "a.png"),
+        str(tmp_path / "b.jpg"),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+        "--input-size",
+        TINY,
+        "--fx",
+        "500",
+        "--fy",
+        "600",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     for name, shape in (("a", (240, 320)), ("b", (100, 150))):
         data = np.load(out / f"{name}.npz")
@@ -97,8 +122,17 @@ def test_depth_writes_picture_and_metric_npz(tmp_path, checkpoint, capsys):
 def test_depth_comfy_mode_writes_the_node_pictures(tmp_path, checkpoint, capsys):
     cv2.imwrite(str(tmp_path / "g.png"), cv2.imread(str(DATA / "golden_input.png")))
     out = tmp_path / "comfy"
-    args = ["depth", str(tmp_path / "g.png"), "-o", str(out), "--comfy", "--resolution", "240",
-            "--checkpoint", str(checkpoint)]
+    args = [
+        "depth",
+        str(tmp_path / "g.png"),
+        "-o",
+        str(out),
+        "--comfy",
+        "--resolution",
+        "240",
+        "--checkpoint",
+        str(checkpoint),
+    ]
     assert main(args) == 0, capsys.readouterr().err
     golden = np.load(DATA / "golden_vit_small_comfy.npz")
     depth = cv2.cvtColor(cv2.imread(str(out / "g.png")), cv2.COLOR_BGR2RGB)

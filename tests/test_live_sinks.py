@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import cv2
+
 import os
 import shutil
 import subprocess
 import time
 
-import cv2
 import numpy as np
 import pytest
 import pyvirtualcam
-
 from conftest import TINY_INPUT
+
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import SinkError, StopRequested
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
@@ -96,8 +97,11 @@ def virtual_display(monkeypatch):
     if shutil.which("Xvfb") is None:
         pytest.skip("Xvfb is not installed (apt-get install xvfb)")
     display = ":97"
-    server = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)
     monkeypatch.setenv("DISPLAY", display)
     monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import cv2
+
 import numpy as np
 import pytest
 import torch
-
 from conftest import DATA, manifest
+
 from streamer.models.metric3d import BACKBONES, build_metric3d
 from streamer.models.metric3d.weights import official_state_dict
 from streamer.processors.comfy import comfy_pictures
@@ -118,6 +119,7 @@ def test_half_precision_is_finite_and_close_to_fp32(small_model, dtype):
 
 def test_forward_has_no_host_sync(small_model, monkeypatch):
     """.item(), .tolist() and bool(tensor) block on CUDA; the forward must not call them."""
+
     def forbidden(*args, **kwargs):
         raise AssertionError("host sync in forward")
 

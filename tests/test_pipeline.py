@@ -8,8 +8,8 @@ import time
 
 import av
 import pytest
-
 from conftest import TINY_INPUT, write_video
+
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import Interrupted, PipelineError, StopRequested
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage

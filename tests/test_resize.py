@@ -1,6 +1,7 @@
 """The device-side letterbox resize is bit-identical to cv2.resize(INTER_LINEAR)."""
 
 import cv2
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +11,14 @@ from streamer.processors.resize import LinearResizeU8
 
 @pytest.mark.parametrize(
     "src,dst",
-    [((240, 320), (616, 821)), ((1080, 1920), (598, 1064)), ((100, 77), (616, 474)), ((37, 53), (30, 40)),
-     ((480, 640), (616, 821)), ((720, 1280), (308, 547))],
+    [
+        ((240, 320), (616, 821)),
+        ((1080, 1920), (598, 1064)),
+        ((100, 77), (616, 474)),
+        ((37, 53), (30, 40)),
+        ((480, 640), (616, 821)),
+        ((720, 1280), (308, 547)),
+    ],
 )
 def test_matches_opencv_exactly(src, dst):
     rng = np.random.default_rng(sum(src) + sum(dst))

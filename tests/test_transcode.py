@@ -8,14 +8,14 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-
 from conftest import TINY_INPUT, video_timestamps, write_video
+
 from streamer.cli.main import main
+from streamer.engine.pipeline import Pipeline
+from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
+from streamer.sinks import Sink
 from streamer.sinks.images import decode_exr
 from streamer.sources import VideoSource
-from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
-from streamer.engine.pipeline import Pipeline
-from streamer.sinks import Sink
 
 TINY = f"{TINY_INPUT[0]}x{TINY_INPUT[1]}"
 

@@ -12,7 +12,11 @@ from streamer.api import load_model
 from streamer.errors import ModelError
 from streamer.models.metric3d import build_metric3d
 from streamer.models.metric3d.weights import (
-    detect_backbone, load_weights, read_checkpoint, resolve_checkpoint, save_official_checkpoint,
+    detect_backbone,
+    load_weights,
+    read_checkpoint,
+    resolve_checkpoint,
+    save_official_checkpoint,
 )
 
 

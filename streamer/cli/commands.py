@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from streamer.cli.options import model_options, render_options, with_flags
-from streamer.cli.running import echo, file_sink, preview_sink, renderer, run, virtualcam_sink
+from streamer.cli.running import file_sink, preview_sink, renderer, run, virtualcam_sink
 from streamer.config import OUTPUT_FORMATS, Config
 from streamer.errors import ConfigError
 from streamer.sinks import ImageSequenceSink
@@ -17,15 +17,22 @@ from streamer.sources.video import VideoSource
 VIEWS = ("gray", "color", "normal", "side-by-side")
 
 
-@click.command(epilog="""\b
+@click.command(
+    epilog="""\b
 Examples:
   streamer transcode clip.mp4 -o depth.mp4
   streamer transcode clip.mp4 -o depth16.mkv --format metric16 --hfov 70
-  streamer transcode clip.mp4 -o frames/ --format exr --start 5 --end 10""")
+  streamer transcode clip.mp4 -o frames/ --format exr --start 5 --end 10"""
+)
 @click.argument("input_path", metavar="INPUT")
-@click.option("-o", "--output", required=True, help="Video file (.mp4 .mkv .mov .webm) or a directory for image sequences.")
-@click.option("--format", type=click.Choice(OUTPUT_FORMATS),
-              help="What each frame becomes: pictures (gray color normal side-by-side comfy-*), metric16 (uint16 mm), exr/npz (float32 m).  [default: color]")
+@click.option(
+    "-o", "--output", required=True, help="Video file (.mp4 .mkv .mov .webm) or a directory for image sequences."
+)
+@click.option(
+    "--format",
+    type=click.Choice(OUTPUT_FORMATS),
+    help="What each frame becomes: pictures (gray color normal side-by-side comfy-*), metric16 (uint16 mm), exr/npz (float32 m).  [default: color]",
+)
 @render_options
 @click.option("--codec", help="Encoder (default: libx264 for .mp4/.mov, ffv1 for .mkv, libvpx-vp9 for .webm).")
 @click.option("--crf", type=int, help="x264/x265 quality, lower is better.  [default: 18]")
@@ -55,12 +62,14 @@ def live_sinks(cfg: Config, record: str | None) -> list:
     return [file_sink(cfg, record)] if record else []
 
 
-@click.command(epilog="""\b
+@click.command(
+    epilog="""\b
 Examples:
   streamer preview                       # camera 0
   streamer preview --source testsrc      # no camera needed
   streamer preview --source 1 --view color --record out.mp4
-Keys: q/Esc quit, v switch view, c cycle colormap.""")
+Keys: q/Esc quit, v switch view, c cycle colormap."""
+)
 @click.option("--source", help="Camera index, /dev/videoN, video file, URL or testsrc[:WxH][@FPS].  [default: 0]")
 @click.option("--width", type=int, help="Requested camera width.")
 @click.option("--height", type=int, help="Requested camera height.")
@@ -80,16 +89,22 @@ def preview(cfg: Config, flags: dict) -> None:
     run(cfg, open_source(cfg.source), sinks)
 
 
-@click.command(epilog="""\b
+@click.command(
+    epilog="""\b
 Examples:
   streamer virtualcam                    # camera 0 -> virtual camera, 1280x720@30
   streamer virtualcam --source testsrc --backend v4l2loopback --cam-device /dev/video10
-Needs OBS 28+ (Windows/macOS), Unity Capture (Windows) or v4l2loopback (Linux, exclusive_caps=1).""")
+Needs OBS 28+ (Windows/macOS), Unity Capture (Windows) or v4l2loopback (Linux, exclusive_caps=1)."""
+)
 @click.option("--source", help="Camera index, /dev/videoN, video file, URL or testsrc.  [default: 0]")
 @click.option("--width", type=int, help="Requested camera width.")
 @click.option("--height", type=int, help="Requested camera height.")
 @click.option("--fps", type=float, help="Requested camera rate.")
-@click.option("--backend", type=click.Choice(["auto", "obs", "v4l2loopback", "unitycapture"]), help="pyvirtualcam backend.  [default: auto]")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "obs", "v4l2loopback", "unitycapture"]),
+    help="pyvirtualcam backend.  [default: auto]",
+)
 @click.option("--cam-device", help="Virtual camera device (e.g. /dev/video10).")
 @click.option("--cam-width", type=int, help="Virtual camera width.  [default: 1280]")
 @click.option("--cam-height", type=int, help="Virtual camera height.  [default: 720]")
@@ -109,16 +124,23 @@ def virtualcam(cfg: Config, flags: dict) -> None:
     run(cfg, open_source(cfg.source), sinks)
 
 
-@click.command(epilog="""\b
+@click.command(
+    epilog="""\b
 Examples:
   streamer depth photo.jpg -o out/
   streamer depth 'shots/*.png' -o out/ --fx 1450 --fy 1450 --format gray
-  streamer depth photo.jpg -o out/ --comfy     # the same images as the ComfyUI node""")
+  streamer depth photo.jpg -o out/ --comfy     # the same images as the ComfyUI node"""
+)
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the results.")
-@click.option("--format", type=click.Choice(["gray", "color", "normal", "metric16"]),
-              help="The picture written as NAME.png (metric16 = 16-bit millimetres).  [default: color]")
-@click.option("--comfy", is_flag=True, help="Write NAME.png/NAME_normal.png exactly as the ComfyUI Metric3D node would.")
+@click.option(
+    "--format",
+    type=click.Choice(["gray", "color", "normal", "metric16"]),
+    help="The picture written as NAME.png (metric16 = 16-bit millimetres).  [default: color]",
+)
+@click.option(
+    "--comfy", is_flag=True, help="Write NAME.png/NAME_normal.png exactly as the ComfyUI Metric3D node would."
+)
 @render_options
 @click.option("--overwrite", is_flag=True, default=None, help="Replace existing results.")
 @model_options
@@ -131,7 +153,9 @@ def depth(cfg: Config, flags: dict) -> None:
     if flags["comfy"]:
         sinks = [
             ImageSequenceSink(out, "comfy-depth", renderer(cfg), overwrite),
-            ImageSequenceSink(out, "comfy-normal", renderer(cfg), overwrite, name_suffix="_normal", write_metadata=False),
+            ImageSequenceSink(
+                out, "comfy-normal", renderer(cfg), overwrite, name_suffix="_normal", write_metadata=False
+            ),
         ]
     else:
         sinks = [ImageSequenceSink(out, cfg.output.format, renderer(cfg), overwrite, write_metadata=False)]

@@ -66,20 +66,42 @@ def build_config(config_path: str | None, flags: dict) -> Config:
 def model_options(command: Callable) -> Callable:
     """--config and the model flags (the ComfyUI node's backbone/fx/fy/resolution and friends)."""
     options = [
-        click.option("--config", "config_path", metavar="FILE|PRESET",
-                     help="YAML config file or preset name (default, webcam-preview, transcode, obs-virtualcam); flags override it."),
+        click.option(
+            "--config",
+            "config_path",
+            metavar="FILE|PRESET",
+            help="YAML config file or preset name (default, webcam-preview, transcode, obs-virtualcam); flags override it.",
+        ),
         click.option("--backbone", type=click.Choice(BACKBONES), help="Metric3D v2 backbone.  [default: vit-small]"),
-        click.option("--checkpoint", type=click.Path(dir_okay=True), help="Local .pth file instead of the Hugging Face download."),
+        click.option(
+            "--checkpoint", type=click.Path(dir_okay=True), help="Local .pth file instead of the Hugging Face download."
+        ),
         click.option("--fx", type=float, help="Focal length x of the source in pixels.  [default: 1000]"),
-        click.option("--fy", type=float, help="Focal length y in pixels (used with --focal-mode mean).  [default: 1000]"),
-        click.option("--hfov", type=float, help="Horizontal field of view in degrees; sets fx=fy for the source width."),
-        click.option("--focal-mode", type=click.Choice(["fx", "mean"]),
-                     help="fx: official inference script (fy ignored); mean: official test script's (fx+fy)/2.  [default: fx]"),
-        click.option("--resolution", type=int, help="Short side of the output in pixels.  [default: source size; 512 with --comfy]"),
-        click.option("--input-size", metavar="HxW", help="Model input, multiples of 28; smaller is faster.  [default: 616x1064]"),
+        click.option(
+            "--fy", type=float, help="Focal length y in pixels (used with --focal-mode mean).  [default: 1000]"
+        ),
+        click.option(
+            "--hfov", type=float, help="Horizontal field of view in degrees; sets fx=fy for the source width."
+        ),
+        click.option(
+            "--focal-mode",
+            type=click.Choice(["fx", "mean"]),
+            help="fx: official inference script (fy ignored); mean: official test script's (fx+fy)/2.  [default: fx]",
+        ),
+        click.option(
+            "--resolution",
+            type=int,
+            help="Short side of the output in pixels.  [default: source size; 512 with --comfy]",
+        ),
+        click.option(
+            "--input-size", metavar="HxW", help="Model input, multiples of 28; smaller is faster.  [default: 616x1064]"
+        ),
         click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]"),
-        click.option("--precision", type=click.Choice(["auto", "fp16", "bf16", "fp32"]),
-                     help="auto = fp16 on CUDA, fp32 on CPU.  [default: auto]"),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "fp16", "bf16", "fp32"]),
+            help="auto = fp16 on CUDA, fp32 on CPU.  [default: auto]",
+        ),
         click.option("--offline", is_flag=True, default=None, help="Use only cached weights; never download."),
         click.option("--batch-size", type=int, help="Frames per forward pass for files.  [default: 1]"),
     ]
@@ -91,8 +113,12 @@ def model_options(command: Callable) -> Callable:
 def render_options(command: Callable) -> Callable:
     options = [
         click.option("--colormap", help="turbo, inferno, magma, plasma, viridis, jet, bone.  [default: turbo]"),
-        click.option("--range", "range_mode", type=click.Choice(["auto", "fixed", "frame"]),
-                     help="Display range: auto = smoothed 2-98th percentiles, fixed = --near/--far, frame = per-frame min-max.  [default: auto]"),
+        click.option(
+            "--range",
+            "range_mode",
+            type=click.Choice(["auto", "fixed", "frame"]),
+            help="Display range: auto = smoothed 2-98th percentiles, fixed = --near/--far, frame = per-frame min-max.  [default: auto]",
+        ),
         click.option("--near", type=float, help="Metres at the near end of a fixed range.  [default: 0.1]"),
         click.option("--far", type=float, help="Metres at the far end of a fixed range.  [default: 10]"),
     ]

@@ -27,8 +27,16 @@ def file_sink(cfg: Config, path: str | Path, inputs: list[str] = (), audio_from:
     path = Path(path)
     fmt = cfg.output.format
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        return VideoSink(path, fmt, renderer(cfg), cfg.output.codec, cfg.output.crf, cfg.output.overwrite,
-                         audio_from if cfg.output.copy_audio else None, inputs)
+        return VideoSink(
+            path,
+            fmt,
+            renderer(cfg),
+            cfg.output.codec,
+            cfg.output.crf,
+            cfg.output.overwrite,
+            audio_from if cfg.output.copy_audio else None,
+            inputs,
+        )
     return ImageSequenceSink(path, fmt, renderer(cfg), cfg.output.overwrite)
 
 
@@ -51,14 +59,15 @@ def run(cfg: Config, source, sinks: list, comfy: bool = False, unit: str = "fram
     echo(f"loading {cfg.model.backbone} ...")
     stage = load_stage(cfg.model, comfy=comfy)
     fx, fy = cfg.model.focal_for(info.width)
-    echo(f"source {info.name}: {info.width}x{info.height}"
-         f"{f' @ {float(info.rate):.3g} fps' if info.rate else ''}, {'live' if info.live else 'file'}; "
-         f"fx={fx:.1f} fy={fy:.1f} px; device {stage.device}, {stage.meta['precision']}")
+    echo(
+        f"source {info.name}: {info.width}x{info.height}"
+        f"{f' @ {float(info.rate):.3g} fps' if info.rate else ''}, {'live' if info.live else 'file'}; "
+        f"fx={fx:.1f} fy={fy:.1f} px; device {stage.device}, {stage.meta['precision']}"
+    )
     stats = Stats()
     pipeline = make_pipeline(source, stage, sinks, cfg, stats)
     total = info.frame_count if not info.live else None
-    bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr,
-               disable=None, smoothing=0.1)
+    bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr, disable=None, smoothing=0.1)
 
     def tick(s: Stats) -> None:
         bar.update(s.frames_out - bar.n)

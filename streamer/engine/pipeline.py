@@ -24,7 +24,7 @@ from streamer.engine.device import DeviceTransfer
 from streamer.engine.queues import StageQueue
 from streamer.engine.stats import Stats
 from streamer.errors import Interrupted, PipelineError, StopRequested
-from streamer.types import EndOfStream, Frame, Result, StreamInfo
+from streamer.types import EndOfStream, Frame, Result
 
 log = logging.getLogger(__name__)
 END = EndOfStream()
@@ -60,12 +60,9 @@ class Pipeline:
         self.stats = stats or Stats()
         self.transfer = DeviceTransfer(processor.device, pinned_memory, cuda_stream)
         # live: a one-slot queue that always holds the newest frame; files: back-pressure
-        self.frames = (
-            StageQueue(1, "latest", "frames") if self.live else StageQueue(queue_size, "block", "frames")
-        )
+        self.frames = StageQueue(1, "latest", "frames") if self.live else StageQueue(queue_size, "block", "frames")
         self.outputs = [
-            StageQueue(queue_size, "latest" if getattr(s, "live", False) else "block", s.name)
-            for s in sinks
+            StageQueue(queue_size, "latest" if getattr(s, "live", False) else "block", s.name) for s in sinks
         ]
         for q in (self.frames, *self.outputs):
             self.stats.queue_depths[q.name] = q.__len__
@@ -112,7 +109,7 @@ class Pipeline:
         """
         self._tick = tick
         self._open_sinks()
-        for sink, queue in zip(self.sinks, self.outputs):
+        for sink, queue in zip(self.sinks, self.outputs, strict=False):
             self._spawn(f"sink:{sink.name}", lambda s=sink, q=queue: self._sink_loop(s, q))
         self._spawn("capture", self._capture_loop)
         try:
@@ -131,9 +128,7 @@ class Pipeline:
         if self._error is not None:
             raise self._error
         if self._interrupted:
-            raise Interrupted(
-                f"interrupted after {self.stats.frames_out} frames; outputs were finalised"
-            )
+            raise Interrupted(f"interrupted after {self.stats.frames_out} frames; outputs were finalised")
         return self.stats.snapshot()
 
     def _open_sinks(self) -> None:

@@ -77,9 +77,7 @@ class Stats:
                     "p95": float(np.percentile(lat, 95)),
                     "max": float(lat.max()),
                 },
-                "stage_ms": {
-                    name: 1000 * t.total / max(t.count, 1) for name, t in self.stages.items()
-                },
+                "stage_ms": {name: 1000 * t.total / max(t.count, 1) for name, t in self.stages.items()},
                 "queue_depth": {name: fn() for name, fn in self.queue_depths.items()},
                 "dropped": {name: fn() for name, fn in self.drop_counters.items()},
                 "frames_dropped": sum(fn() for fn in self.drop_counters.values()),

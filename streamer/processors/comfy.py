@@ -10,6 +10,7 @@ picture's size.
 from __future__ import annotations
 
 import cv2
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -61,12 +62,10 @@ def comfy_pictures(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Network outputs of every iteration (`all_iterations=True`) -> per image (depth, normal) pictures."""
     depths = box.crop(out["depth"][-1][:, 0]).float().cpu().numpy()
-    normals = F.interpolate(
-        box.crop(out["normal"][0][:, :3]).float(), box.src_hw, mode="bilinear", align_corners=False
-    )
+    normals = F.interpolate(box.crop(out["normal"][0][:, :3]).float(), box.src_hw, mode="bilinear", align_corners=False)
     normals = normals.permute(0, 2, 3, 1).cpu().numpy()
     pictures = []
-    for depth, normal in zip(depths, normals):
+    for depth, normal in zip(depths, normals, strict=False):
         depth_pic, normal_pic = greys(depth), normal_picture(normal)
         if detect_resolution:
             th, tw = target_size(depth_pic.shape[:2], detect_resolution)

@@ -89,9 +89,7 @@ class Metric3DProcessor:
         box, resize = self.letterbox((images.shape[1], images.shape[2]))
         resized = resize(images).permute(0, 3, 1, 2)
         top, bottom, left, right = box.pad
-        canvas = torch.empty(
-            (images.shape[0], 3, *self.input_size), dtype=torch.uint8, device=images.device
-        )
+        canvas = torch.empty((images.shape[0], 3, *self.input_size), dtype=torch.uint8, device=images.device)
         for c, value in enumerate(PAD_RGB):
             canvas[:, c] = value
         canvas[:, :, top : top + box.resized_hw[0], left : left + box.resized_hw[1]] = resized
@@ -139,6 +137,7 @@ class Metric3DProcessor:
             "kappa": maps[:, 5],
         }
 
+
 def short_side_size(src_hw: tuple[int, int], resolution: int) -> tuple[int, int]:
     """The ComfyUI node's `resolution`: the short side of the produced image, aspect kept."""
     k = resolution / min(src_hw)
@@ -153,8 +152,14 @@ class Metric3DStage:
     node's depth and normal pictures are made too (`comfy_depth`, `comfy_normal`).
     """
 
-    def __init__(self, processor: Metric3DProcessor, focal, resolution: int | None = None,
-                 meta: dict | None = None, comfy_resolution: int | None = None) -> None:
+    def __init__(
+        self,
+        processor: Metric3DProcessor,
+        focal,
+        resolution: int | None = None,
+        meta: dict | None = None,
+        comfy_resolution: int | None = None,
+    ) -> None:
         self.processor = processor
         self.comfy_resolution = comfy_resolution
         self.focal = focal

@@ -7,9 +7,10 @@ min-max are available on request.
 
 from __future__ import annotations
 
+import cv2
+
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from streamer.errors import ConfigError

@@ -6,19 +6,26 @@ them says how to read the values back.
 
 from __future__ import annotations
 
+import cv2
+
 import io
 import os
 from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 
 from streamer.errors import SinkError
 from streamer.processors.render import Renderer
 from streamer.sinks.base import (
-    METRIC16_MAX_M, METRIC16_SCALE, Sink, metric16, render_picture, sidecar, write_json,
+    METRIC16_MAX_M,
+    METRIC16_SCALE,
+    Sink,
+    metric16,
+    render_picture,
+    sidecar,
+    write_json,
 )
 from streamer.types import Result, StreamInfo
 
@@ -62,8 +69,15 @@ def encode_png(picture: np.ndarray) -> bytes:
 class ImageSequenceSink(Sink):
     """One file per frame in `directory`, named after the source image or `frame_NNNNNN`."""
 
-    def __init__(self, directory: str | Path, fmt: str, renderer: Renderer, overwrite: bool = False,
-                 name_suffix: str = "", write_metadata: bool = True) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        fmt: str,
+        renderer: Renderer,
+        overwrite: bool = False,
+        name_suffix: str = "",
+        write_metadata: bool = True,
+    ) -> None:
         self.directory = Path(directory)
         self.fmt = fmt
         self.renderer = renderer
@@ -87,7 +101,9 @@ class ImageSequenceSink(Sink):
         except OSError as exc:
             raise SinkError(f"cannot create {self.directory}: {exc.strerror}", hint="choose a writable -o") from exc
         if not os.access(self.directory, os.W_OK):
-            raise SinkError(f"output directory {self.directory} is not writable", hint="choose a directory you can write to")
+            raise SinkError(
+                f"output directory {self.directory} is not writable", hint="choose a directory you can write to"
+            )
 
     def path_for(self, result: Result) -> Path:
         stem = result.frame.name or f"frame_{result.frame.index:06d}"
@@ -119,14 +135,20 @@ class ImageSequenceSink(Sink):
     def close(self, complete: bool) -> None:
         if not self.write_metadata or self.frames_written == 0:
             return
-        extra: dict = {"format": self.fmt, "frames": self.frames_written, "complete": complete,
-                       "file_suffix": self.suffix}
+        extra: dict = {
+            "format": self.fmt,
+            "frames": self.frames_written,
+            "complete": complete,
+            "file_suffix": self.suffix,
+        }
         if self.fmt == "metric16":
-            extra.update(units="millimetres", scale_to_metres=METRIC16_SCALE, max_metres=METRIC16_MAX_M,
-                         dtype="uint16")
+            extra.update(units="millimetres", scale_to_metres=METRIC16_SCALE, max_metres=METRIC16_MAX_M, dtype="uint16")
         elif self.fmt in ("exr", "npz"):
-            extra.update(units="metres", dtype="float32",
-                         arrays="depth (m), normal (HxWx3 unit), kappa, confidence" if self.fmt == "npz" else "Y = depth (m)")
+            extra.update(
+                units="metres",
+                dtype="float32",
+                arrays="depth (m), normal (HxWx3 unit), kappa, confidence" if self.fmt == "npz" else "Y = depth (m)",
+            )
         else:
             extra.update(units="display (not metric)")
         write_json(self.directory / f"metadata{self.name_suffix}.json", sidecar(self.meta, extra))

@@ -5,11 +5,12 @@ Keys: q or Esc quits, v switches the view, c cycles the colormap.
 
 from __future__ import annotations
 
+import cv2
+
 import os
 import re
 import sys
 
-import cv2
 import numpy as np
 
 from streamer.errors import SinkError, StopRequested

@@ -13,12 +13,18 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 
 from streamer.errors import SinkError
 from streamer.processors.render import Renderer
 from streamer.sinks.base import (
-    METRIC16_MAX_M, METRIC16_SCALE, Sink, check_output, metric16, partial_path, render_picture, sidecar,
+    METRIC16_MAX_M,
+    METRIC16_SCALE,
+    Sink,
+    check_output,
+    metric16,
+    partial_path,
+    render_picture,
+    sidecar,
     write_json,
 )
 from streamer.types import Result, StreamInfo
@@ -37,23 +43,39 @@ FFV1_OPTIONS = {"level": "3", "slices": "24", "slicecrc": "1", "g": "1"}
 
 
 class VideoSink(Sink):
-    def __init__(self, path: str | Path, fmt: str, renderer: Renderer, codec: str | None = None,
-                 crf: int = 18, overwrite: bool = False, audio_from: str | Path | None = None,
-                 inputs: list[str | Path] = ()) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        fmt: str,
+        renderer: Renderer,
+        codec: str | None = None,
+        crf: int = 18,
+        overwrite: bool = False,
+        audio_from: str | Path | None = None,
+        inputs: list[str | Path] = (),
+    ) -> None:
         self.path = Path(path)
         self.suffix = self.path.suffix.lower()
         if self.suffix not in VIDEO_SUFFIXES:
-            raise SinkError(f"{self.path.name}: unknown video container", hint=f"use one of {' '.join(sorted(VIDEO_SUFFIXES))}")
+            raise SinkError(
+                f"{self.path.name}: unknown video container", hint=f"use one of {' '.join(sorted(VIDEO_SUFFIXES))}"
+            )
         if fmt in ("exr", "npz"):
             raise SinkError(f"format {fmt} is written as an image sequence, not a video", hint="pass a directory as -o")
         if fmt == "metric16" and self.suffix != ".mkv":
-            raise SinkError("metric16 video is lossless 16-bit FFV1, which needs .mkv", hint=f"use -o {self.path.with_suffix('.mkv')}")
+            raise SinkError(
+                "metric16 video is lossless 16-bit FFV1, which needs .mkv",
+                hint=f"use -o {self.path.with_suffix('.mkv')}",
+            )
         check_output(self.path, overwrite, inputs)
         self.fmt = fmt
         self.renderer = renderer
         self.codec = "ffv1" if fmt == "metric16" else codec or DEFAULT_CODEC[self.suffix]
         if self.codec not in av.codecs_available:
-            raise SinkError(f"encoder {self.codec} is not in this FFmpeg build", hint="pick another with --codec (see `streamer doctor`)")
+            raise SinkError(
+                f"encoder {self.codec} is not in this FFmpeg build",
+                hint="pick another with --codec (see `streamer doctor`)",
+            )
         self.crf = crf
         self.audio_from = audio_from
         self.name = f"video:{self.path.name}"
@@ -72,7 +94,9 @@ class VideoSink(Sink):
             options = {"avoid_negative_ts": "disabled"} if self.suffix in (".mkv", ".webm") else {}
             self.container = av.open(str(self.work_path), "w", options=options)
         except (av.FFmpegError, OSError) as exc:
-            raise SinkError(f"cannot create {self.work_path}: {exc}", hint="check the directory and free space") from exc
+            raise SinkError(
+                f"cannot create {self.work_path}: {exc}", hint="check the directory and free space"
+            ) from exc
         self._audio = None
         self._stream = None
         if self.audio_from is not None:
@@ -118,7 +142,9 @@ class VideoSink(Sink):
             out = self.container.add_stream(allowed[0], rate=src.rate)
             out.layout = src.layout
             self._reencode = out
-            self.audio_note = f"audio re-encoded {src.codec_context.name} -> {allowed[0]} ({self.suffix} cannot hold it)"
+            self.audio_note = (
+                f"audio re-encoded {src.codec_context.name} -> {allowed[0]} ({self.suffix} cannot hold it)"
+            )
             log.warning(self.audio_note)
         self._audio = (src, out, self._audio_in.demux(src))
         self._audio_pending = None
@@ -218,8 +244,9 @@ class VideoSink(Sink):
             "source": self.info.name,
         }
         if self.fmt == "metric16":
-            extra.update(units="millimetres", scale_to_metres=METRIC16_SCALE, max_metres=METRIC16_MAX_M,
-                         pixel_format="gray16le")
+            extra.update(
+                units="millimetres", scale_to_metres=METRIC16_SCALE, max_metres=METRIC16_MAX_M, pixel_format="gray16le"
+            )
         else:
             extra.update(units="display (not metric)", display_range=self.renderer.display.mode)
         if self.audio_note:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import cv2
+
 import sys
 import time
 
-import cv2
 import numpy as np
 import pyvirtualcam
 
@@ -36,8 +37,16 @@ def letterbox(picture: np.ndarray, width: int, height: int) -> np.ndarray:
 class VirtualCameraSink(Sink):
     live = True
 
-    def __init__(self, renderer: Renderer, view: str = "color", width: int = 1280, height: int = 720,
-                 fps: float = 30.0, backend: str = "auto", device: str | None = None) -> None:
+    def __init__(
+        self,
+        renderer: Renderer,
+        view: str = "color",
+        width: int = 1280,
+        height: int = 720,
+        fps: float = 30.0,
+        backend: str = "auto",
+        device: str | None = None,
+    ) -> None:
         self.renderer = renderer
         self.view = view
         self.width, self.height, self.fps = width, height, fps
@@ -52,13 +61,18 @@ class VirtualCameraSink(Sink):
     def open(self, info: StreamInfo, stats) -> None:
         try:
             self.camera = pyvirtualcam.Camera(
-                self.width, self.height, self.fps, fmt=pyvirtualcam.PixelFormat.RGB,
-                backend=self.backend, device=self.device,
+                self.width,
+                self.height,
+                self.fps,
+                fmt=pyvirtualcam.PixelFormat.RGB,
+                backend=self.backend,
+                device=self.device,
             )
         except KeyError:
             available = ", ".join(pyvirtualcam.camera.BACKENDS) or "none"
-            raise SinkError(f"virtual camera backend {self.backend!r} does not exist on this system",
-                            hint=f"available: {available}") from None
+            raise SinkError(
+                f"virtual camera backend {self.backend!r} does not exist on this system", hint=f"available: {available}"
+            ) from None
         except (RuntimeError, ValueError, OSError) as exc:
             hint = INSTALL_HINT.get(sys.platform, INSTALL_HINT["linux"])
             reason = "; ".join(str(exc).splitlines()) or type(exc).__name__

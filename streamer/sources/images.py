@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import cv2
+
 import glob
 import threading
 import time
@@ -9,7 +11,6 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from streamer.errors import SourceError

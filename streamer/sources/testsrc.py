@@ -35,8 +35,15 @@ def pattern_image(width: int, height: int, t: float) -> np.ndarray:
 class PatternSource(Source):
     """`testsrc[:WxH][@FPS]`; live (paced, timestamps from the monotonic clock) unless `live=False`."""
 
-    def __init__(self, spec: str = "testsrc", width: int | None = None, height: int | None = None,
-                 fps: float | None = None, frames: int | None = None, live: bool | None = None) -> None:
+    def __init__(
+        self,
+        spec: str = "testsrc",
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        frames: int | None = None,
+        live: bool | None = None,
+    ) -> None:
         match = PATTERN.match(spec)
         if not match:
             raise SourceError(f"bad test source {spec!r}", hint="use testsrc, testsrc:640x480 or testsrc:640x480@30")

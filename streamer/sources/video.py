@@ -29,9 +29,13 @@ def check_input_file(path: Path) -> None:
     if not path.exists():
         raise SourceError(f"input {path} does not exist", hint="check the path")
     if path.is_dir():
-        raise SourceError(f"input {path} is a directory", hint="pass a video file (for image folders use `streamer depth`)")
+        raise SourceError(
+            f"input {path} is a directory", hint="pass a video file (for image folders use `streamer depth`)"
+        )
     if path.stat().st_size == 0:
-        raise SourceError(f"input {path} is empty (0 bytes)", hint="the file was not written completely; use another copy")
+        raise SourceError(
+            f"input {path} is empty (0 bytes)", hint="the file was not written completely; use another copy"
+        )
 
 
 def clockwise_rotation(frame: av.VideoFrame) -> int:
@@ -48,8 +52,14 @@ def upright_rgb(frame: av.VideoFrame) -> np.ndarray:
 
 
 class VideoSource(Source):
-    def __init__(self, uri: str, start: float | None = None, end: float | None = None,
-                 frames: int | None = None, live: bool | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        start: float | None = None,
+        end: float | None = None,
+        frames: int | None = None,
+        live: bool | None = None,
+    ) -> None:
         self.uri = uri
         network = is_network(uri)
         if not network:
@@ -61,7 +71,9 @@ class VideoSource(Source):
             what = "stream" if network else "file"
             raise SourceError(
                 f"{uri} could not be opened as a video {what}: {exc.strerror or exc}",
-                hint="check the URL and that the server is up" if network else "is it a video file? try playing it with ffplay",
+                hint="check the URL and that the server is up"
+                if network
+                else "is it a video file? try playing it with ffplay",
             ) from exc
         if not self.container.streams.video:
             self.container.close()
@@ -76,8 +88,13 @@ class VideoSource(Source):
         rotation = 0 if network else self._probe_rotation()
         width, height = (ctx.height, ctx.width) if rotation in (90, 270) else (ctx.width, ctx.height)
         self.info = StreamInfo(
-            width, height, self.stream.time_base or Fraction(1, 90000), Fraction(rate) if rate else None,
-            network if live is None else live, self.stream.frames or None, Path(uri).name if not network else uri,
+            width,
+            height,
+            self.stream.time_base or Fraction(1, 90000),
+            Fraction(rate) if rate else None,
+            network if live is None else live,
+            self.stream.frames or None,
+            Path(uri).name if not network else uri,
         )
 
     def _probe_rotation(self) -> int:
@@ -118,7 +135,14 @@ class VideoSource(Source):
             self.truncated = f"decoding stopped after {index} frames: {exc.strerror or exc}"
             log.warning("%s: %s", self.uri, self.truncated)
         expected = self.stream.frames
-        if not self.truncated and expected and index < expected and self.start is None and self.end is None and self.limit is None:
+        if (
+            not self.truncated
+            and expected
+            and index < expected
+            and self.start is None
+            and self.end is None
+            and self.limit is None
+        ):
             self.truncated = f"the stream declares {expected} frames but only {index} could be decoded"
             log.warning("%s: %s (truncated file?)", self.uri, self.truncated)
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
+
 import logging
 import threading
 import time
 from collections.abc import Iterator
-
-import cv2
 
 from streamer.errors import SourceError
 from streamer.sources.base import Source
@@ -19,8 +19,14 @@ STALL_TIMEOUT_S = 3.0  # no frame for this long mid-run: the camera is gone
 
 
 class WebcamSource(Source):
-    def __init__(self, device: str | int, width: int | None = None, height: int | None = None,
-                 fps: float | None = None, frames: int | None = None) -> None:
+    def __init__(
+        self,
+        device: str | int,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        frames: int | None = None,
+    ) -> None:
         self.device = int(device) if str(device).isdigit() else str(device)
         self.limit = frames
         self.cap = cv2.VideoCapture(self.device)
@@ -47,7 +53,12 @@ class WebcamSource(Source):
         from fractions import Fraction
 
         self.info = StreamInfo(
-            w, h, MICROSECONDS, Fraction(rate).limit_denominator(1001) if rate else None, True, None,
+            w,
+            h,
+            MICROSECONDS,
+            Fraction(rate).limit_denominator(1001) if rate else None,
+            True,
+            None,
             f"camera {self.device}",
         )
 

@@ -47,7 +47,7 @@ class Readout(nn.Module):
 
     def forward(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
         B, _, D = tokens.shape
-        patches = tokens[:, 1 + NUM_REGISTERS:].reshape(B, h, w, D)
+        patches = tokens[:, 1 + NUM_REGISTERS :].reshape(B, h, w, D)
         learned = tokens[:, : 1 + NUM_REGISTERS].reshape(B, 1, 1, (1 + NUM_REGISTERS) * D)
         x = F.gelu(self.project_patch(patches) + self.project_learn(learned))
         return x.permute(0, 3, 1, 2).contiguous()  # (B, D, h, w)
@@ -85,7 +85,7 @@ class EncoderFeature(nn.Module):
     def forward(self, features: list[torch.Tensor], h: int, w: int) -> list[torch.Tensor]:
         """-> [1/14, 1/14, 1/7, 1/4] feature maps."""
         reads = (self.read_3, self.read_2, self.read_1, self.read_0)
-        return [read(f, h, w) for read, f in zip(reads, features[::-1])]
+        return [read(f, h, w) for read, f in zip(reads, features[::-1], strict=False)]
 
 
 class ConvBlock(nn.Module):
@@ -270,9 +270,12 @@ class RAFTDepthNormalDPT5(nn.Module):
             nn.Conv2d(dc1, NUM_BINS, 3, padding=1), nn.ReLU(), nn.Conv2d(NUM_BINS, NUM_BINS, 1)
         )
         self.normal_predictor = nn.Sequential(
-            nn.Conv2d(dc1, 128, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(128, 128, 1), nn.ReLU(),
-            nn.Conv2d(128, 128, 1), nn.ReLU(),
+            nn.Conv2d(dc1, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(128, 128, 1),
+            nn.ReLU(),
+            nn.Conv2d(128, 128, 1),
+            nn.ReLU(),
             nn.Conv2d(128, 3, 1),
         )
         self.context_feature_encoder = ContextFeatureEncoder(feature_channels, hidden)
@@ -308,7 +311,7 @@ class RAFTDepthNormalDPT5(nn.Module):
         net = [torch.tanh(hidden) for hidden, _ in ctx_maps]
         ctx = [
             conv(F.relu(context)).chunk(3, dim=1)
-            for (_, context), conv in zip(ctx_maps, self.context_zqr_convs)
+            for (_, context), conv in zip(ctx_maps, self.context_zqr_convs, strict=False)
         ]
         # The state and its upsampling stay float32 under half precision: the state accumulates
         # deltas over the iterations, and bf16 steps near |s| = 1 are 0.008, i.e. 0.8 m of depth.

@@ -26,16 +26,43 @@ VARIANTS: dict[str, Metric3DVariant] = {
     v.name: v
     for v in (
         Metric3DVariant(
-            "vit-small", "metric_depth_vit_small_800k.pth", 384, 12, 6, "mlp", False,
-            (96, 192, 384, 768), (48, 96, 192, 384, 384), 48, 4,
+            "vit-small",
+            "metric_depth_vit_small_800k.pth",
+            384,
+            12,
+            6,
+            "mlp",
+            False,
+            (96, 192, 384, 768),
+            (48, 96, 192, 384, 384),
+            48,
+            4,
         ),
         Metric3DVariant(
-            "vit-large", "metric_depth_vit_large_800k.pth", 1024, 24, 16, "mlp", False,
-            (256, 512, 1024, 1024), (128, 256, 512, 1024, 1024), 128, 8,
+            "vit-large",
+            "metric_depth_vit_large_800k.pth",
+            1024,
+            24,
+            16,
+            "mlp",
+            False,
+            (256, 512, 1024, 1024),
+            (128, 256, 512, 1024, 1024),
+            128,
+            8,
         ),
         Metric3DVariant(
-            "vit-giant2", "metric_depth_vit_giant2_800k.pth", 1536, 40, 24, "swiglu", True,
-            (384, 768, 1536, 1536), (192, 384, 768, 1536, 1536), 192, 8,
+            "vit-giant2",
+            "metric_depth_vit_giant2_800k.pth",
+            1536,
+            40,
+            24,
+            "swiglu",
+            True,
+            (384, 768, 1536, 1536),
+            (192, 384, 768, 1536, 1536),
+            192,
+            8,
         ),
     )
 }
@@ -49,7 +76,5 @@ def get_variant(name: str) -> Metric3DVariant:
     if key not in VARIANTS:
         from streamer.errors import ConfigError
 
-        raise ConfigError(
-            f"unknown backbone {name!r}", hint=f"choose one of: {', '.join(BACKBONES)}"
-        )
+        raise ConfigError(f"unknown backbone {name!r}", hint=f"choose one of: {', '.join(BACKBONES)}")
     return VARIANTS[key]

@@ -78,9 +78,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         ) from exc
     state = obj.get("model_state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(
-            f"{path} holds no Metric3D state dict", hint="expected a dict with 'model_state_dict'"
-        )
+        raise ModelError(f"{path} holds no Metric3D state dict", hint="expected a dict with 'model_state_dict'")
     out = {}
     for key, value in state.items():
         key = key.removeprefix("module.")

@@ -115,9 +115,11 @@ def camera_check(cv2) -> Check:
         candidates = [i for i in candidates if i <= MAX_CAMERA_INDEX]
     else:
         candidates = list(range(MAX_CAMERA_INDEX + 1))
+    from streamer.sources.webcam import open_capture
+
     found = []
     for index in candidates:
-        cap = cv2.VideoCapture(index)
+        cap = open_capture(index)
         if cap.isOpened():
             found.append(
                 f"{index} ({int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))})"

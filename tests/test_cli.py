@@ -10,9 +10,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import DATA, TINY_INPUT
 
 from streamer.cli.main import main
+
+from conftest import DATA, TINY_INPUT
 
 COMMANDS = ["preview", "transcode", "virtualcam", "depth", "bench", "doctor"]
 MODEL_FLAGS = ["--backbone", "--checkpoint", "--fx", "--fy", "--resolution", "--input-size", "--device", "--precision"]

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 import pyvirtualcam
-from conftest import TINY_INPUT
 
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import SinkError, StopRequested
@@ -21,6 +20,8 @@ from streamer.processors.render import Renderer
 from streamer.sinks import PreviewSink, VirtualCameraSink
 from streamer.sinks.preview import opencv_gui_backend
 from streamer.sources import PatternSource
+
+from conftest import TINY_INPUT
 
 
 class RecordingBackend:

@@ -7,12 +7,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, manifest
 
 from streamer.models.metric3d import BACKBONES, build_metric3d
 from streamer.models.metric3d.weights import official_state_dict
 from streamer.processors.comfy import comfy_pictures
 from streamer.processors.metric3d import MEAN, STD, Metric3DProcessor
+
+from conftest import DATA, manifest
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

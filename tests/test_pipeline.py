@@ -8,7 +8,6 @@ import time
 
 import av
 import pytest
-from conftest import TINY_INPUT, write_video
 
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import Interrupted, PipelineError, StopRequested
@@ -16,6 +15,8 @@ from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.processors.render import Renderer
 from streamer.sinks import Sink, VideoSink
 from streamer.sources import PatternSource, VideoSource
+
+from conftest import TINY_INPUT, write_video
 
 
 class RecordingSink(Sink):

@@ -8,7 +8,6 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from conftest import TINY_INPUT, video_timestamps, write_video
 
 from streamer.cli.main import main
 from streamer.engine.pipeline import Pipeline
@@ -16,6 +15,8 @@ from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.sinks import Sink
 from streamer.sinks.images import decode_exr
 from streamer.sources import VideoSource
+
+from conftest import TINY_INPUT, video_timestamps, write_video
 
 TINY = f"{TINY_INPUT[0]}x{TINY_INPUT[1]}"
 

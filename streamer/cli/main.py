@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="streamer", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "streamer"
+        click.echo(f"error: {exc.format_message().rstrip('.')}; see '{command} --help'", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from streamer.api import load_stage, make_pipeline
 from streamer.config import Config
 from streamer.engine.stats import Stats
+from streamer.errors import SourceError
 from streamer.processors.render import DisplayRange, Renderer
 from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PreviewSink, VideoSink, VirtualCameraSink
 
@@ -82,9 +83,6 @@ def run(cfg: Config, source, sinks: list, comfy: bool = False, unit: str = "fram
     finally:
         tick(stats)
         bar.close()
-    truncated = getattr(source, "truncated", None)
-    if truncated:
-        echo(f"warning: input ended early: {truncated}; the output holds every decodable frame")
     echo(f"done: {result['frames_out']} {unit}s, {stats.summary_line()}")
     for sink in sinks:
         final = getattr(sink, "final_path", None)
@@ -93,4 +91,10 @@ def run(cfg: Config, source, sinks: list, comfy: bool = False, unit: str = "fram
         note = getattr(sink, "audio_note", None)
         if note:
             echo(f"note: {note}")
+    damage = getattr(source, "damage", None)
+    if damage:
+        raise SourceError(
+            f"input {info.name} is damaged: {damage}",
+            hint=f"the output is complete for the {result['frames_out']} frames that could be decoded",
+        )
     return result

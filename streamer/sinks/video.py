@@ -127,7 +127,7 @@ class VideoSink(Sink):
 
     def _open_audio(self) -> None:
         try:
-            self._audio_in = av.open(str(self.audio_from))
+            self._audio_in = av.open(str(self.audio_from), metadata_errors="replace")
         except av.FFmpegError:
             return
         if not self._audio_in.streams.audio:
@@ -231,7 +231,7 @@ class VideoSink(Sink):
         if target is not None:
             write_json(target.with_suffix(".json"), self.describe(final))
         self.final_path = target
-        if error is not None:
+        if error is not None and complete:  # after a failed write, that first error is the one reported
             raise SinkError(f"finishing {self.work_path} failed: {error}", hint="check free disk space") from error
 
     def describe(self, complete: bool) -> dict:

@@ -3,8 +3,8 @@ rotation kept, `start`/`end` in seconds, truncated inputs decoded as far as they
 
 from __future__ import annotations
 
-import logging
 import threading
+import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -16,7 +16,6 @@ from streamer.errors import SourceError
 from streamer.sources.base import Source
 from streamer.types import Frame, StreamInfo
 
-log = logging.getLogger(__name__)
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "tcp://", "srt://")
 NETWORK_TIMEOUT_S = 10.0
 
@@ -66,7 +65,9 @@ class VideoSource(Source):
             check_input_file(Path(uri))
         options = {"rw_timeout": str(int(NETWORK_TIMEOUT_S * 1e6))} if network else {}
         try:
-            self.container = av.open(uri, options=options, timeout=NETWORK_TIMEOUT_S if network else None)
+            self.container = av.open(
+                uri, options=options, timeout=NETWORK_TIMEOUT_S if network else None, metadata_errors="replace"
+            )
         except av.FFmpegError as exc:
             what = "stream" if network else "file"
             raise SourceError(
@@ -79,9 +80,16 @@ class VideoSource(Source):
             self.container.close()
             raise SourceError(f"{uri} has no video stream", hint="pass a file with video in it")
         self.stream = self.container.streams.video[0]
+        if self.stream.codec_context is None or not self.stream.codec_context.width:
+            self.container.close()
+            raise SourceError(
+                f"{uri}: the video stream cannot be decoded (unknown codec or damaged header)",
+                hint="check the file plays in ffplay or VLC; re-encode it if it does",
+            )
         self.stream.thread_type = "AUTO"
         self.start, self.end, self.limit = start, end, frames
         self.truncated: str | None = None
+        self.corrupt_packets = 0
         self.decoded = 0
         rate = self.stream.average_rate or self.stream.guessed_rate
         ctx = self.stream.codec_context
@@ -104,47 +112,75 @@ class VideoSource(Source):
             for frame in self.container.decode(self.stream):
                 rotation = clockwise_rotation(frame)
                 break
-        except av.FFmpegError:
-            pass
-        self.container.seek(0, stream=self.stream)
+            self.container.seek(0, stream=self.stream)
+        except av.FFmpegError:  # a damaged file may not seek: start over from a fresh demuxer
+            self.container.close()
+            self.container = av.open(self.uri, metadata_errors="replace")
+            self.stream = self.container.streams.video[0]
+            self.stream.thread_type = "AUTO"
         return rotation
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
-        import time
-
+        """Decode in order; a corrupt packet is skipped and counted, a broken container ends the stream."""
         tb = self.stream.time_base
         if self.start:
-            self.container.seek(int(self.start / tb), stream=self.stream, backward=True)
+            try:
+                self.container.seek(int(self.start / tb), stream=self.stream, backward=True)
+            except av.FFmpegError as exc:
+                raise SourceError(
+                    f"cannot seek to {self.start} s in {self.uri}: {exc.strerror or exc}",
+                    hint="drop --start, or remux the file first",
+                ) from exc
         index = 0
-        try:
-            for frame in self.container.decode(self.stream):
-                if stop.is_set():
-                    return
+        last_seconds = None
+        packets = self.container.demux(self.stream)
+        while not stop.is_set():
+            try:
+                packet = next(packets, None)
+            except av.FFmpegError as exc:
+                self.truncated = f"reading stopped after {index} frames: {exc.strerror or exc}"
+                break
+            if packet is None:
+                break
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError:
+                self.corrupt_packets += 1
+                continue
+            for frame in decoded:
                 pts = frame.pts if frame.pts is not None else index
-                seconds = float(pts * tb) if tb else 0.0
+                seconds = float(pts * tb)
                 if self.start is not None and seconds < self.start:
                     continue
-                if self.end is not None and seconds >= self.end:
-                    return
-                if self.limit is not None and index >= self.limit:
+                if (self.end is not None and seconds >= self.end) or (self.limit is not None and index >= self.limit):
                     return
                 yield Frame(upright_rgb(frame), index, pts, tb, time.monotonic())
                 index += 1
-                self.decoded = index
-        except av.FFmpegError as exc:
-            self.truncated = f"decoding stopped after {index} frames: {exc.strerror or exc}"
-            log.warning("%s: %s", self.uri, self.truncated)
-        expected = self.stream.frames
-        if (
-            not self.truncated
-            and expected
-            and index < expected
-            and self.start is None
-            and self.end is None
-            and self.limit is None
-        ):
-            self.truncated = f"the stream declares {expected} frames but only {index} could be decoded"
-            log.warning("%s: %s (truncated file?)", self.uri, self.truncated)
+                last_seconds = seconds
+        self.decoded = index
+        if not stop.is_set() and self.start is None and self.end is None and self.limit is None:
+            self._check_complete(index, last_seconds)
+
+    def _check_complete(self, decoded: int, last_seconds: float | None) -> None:
+        """Compare what was decoded with what the container declares (frame count, duration)."""
+        if self.truncated:
+            return
+        declared = self.stream.frames
+        duration = float(self.container.duration / av.time_base) if self.container.duration else None
+        interval = 1 / float(self.info.rate) if self.info.rate else 0.1
+        if declared and decoded < declared:
+            self.truncated = f"the stream declares {declared} frames but only {decoded} could be decoded"
+        elif duration and (last_seconds is None or last_seconds + 2.5 * interval < duration):
+            shown = 0.0 if last_seconds is None else last_seconds
+            self.truncated = f"decoding ended at {shown:.2f} s of {duration:.2f} s"
+
+    @property
+    def damage(self) -> str | None:
+        """What was wrong with the input, once it has been read; None for a clean input."""
+        parts = [self.truncated] if self.truncated else []
+        if self.corrupt_packets:
+            parts.append(f"{self.corrupt_packets} corrupt packets were skipped")
+        return "; ".join(parts) or None
 
     def close(self) -> None:
         self.container.close()

@@ -18,6 +18,16 @@ log = logging.getLogger(__name__)
 STALL_TIMEOUT_S = 3.0  # no frame for this long mid-run: the camera is gone
 
 
+def open_capture(device: int | str) -> cv2.VideoCapture:
+    """cv2.VideoCapture without OpenCV's own warnings on stderr (we report failures ourselves)."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoCapture(device)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 class WebcamSource(Source):
     def __init__(
         self,
@@ -29,7 +39,7 @@ class WebcamSource(Source):
     ) -> None:
         self.device = int(device) if str(device).isdigit() else str(device)
         self.limit = frames
-        self.cap = cv2.VideoCapture(self.device)
+        self.cap = open_capture(self.device)
         if not self.cap.isOpened():
             self.cap.release()
             raise SourceError(

@@ -12,12 +12,14 @@ __version__ = "0.1.0"
 
 from streamer.api import DepthEstimator, load_model, load_stage, run_pipeline
 from streamer.config import Config, load_config
+from streamer.detector import Metric3DDetector
 from streamer.errors import StreamerError
 from streamer.sources import open_source
 
 __all__ = [
     "Config",
     "DepthEstimator",
+    "Metric3DDetector",
     "StreamerError",
     "__version__",
     "load_config",

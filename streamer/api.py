@@ -20,6 +20,7 @@ from streamer.engine.stats import Stats
 from streamer.errors import ConfigError
 from streamer.models.metric3d import Metric3D, build_metric3d
 from streamer.models.metric3d.weights import load_weights, read_checkpoint, resolve_checkpoint
+from streamer.processors.aux import AuxStage, load_detector
 from streamer.processors.comfy import COMFY_RESOLUTION
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage, short_side_size
 from streamer.types import Result
@@ -62,11 +63,16 @@ def load_processor(cfg: ModelConfig) -> tuple[Metric3DProcessor, dict]:
     return processor, meta
 
 
-def load_stage(cfg: ModelConfig, comfy: bool = False) -> Metric3DStage:
+def load_stage(cfg: ModelConfig, comfy: bool = False) -> Metric3DStage | AuxStage:
     """The inference stage the pipeline runs, with the model loaded once.
 
     `comfy` adds the ComfyUI node's pictures; `resolution` then defaults to the node's 512.
+    Any other `processor` than metric3d loads that controlnet_aux preprocessor.
     """
+    if cfg.processor != "metric3d":
+        weights = str(cfg.processor_weights) if cfg.processor_weights else None
+        detector = load_detector(cfg.processor, weights, cfg.local_files_only)
+        return AuxStage(detector, cfg.processor, cfg.processor_args, resolve_device(cfg.device), cfg.resolution)
     processor, meta = load_processor(cfg)
     comfy_resolution = (cfg.resolution or COMFY_RESOLUTION) if comfy else None
     resolution = None if comfy else cfg.resolution

@@ -41,8 +41,14 @@ class SourceConfig(Section):
 
 
 class ModelConfig(Section):
-    """The ComfyUI node's parameters (backbone, fx, fy, resolution) plus how to run the model."""
+    """The ComfyUI node's parameters (backbone, fx, fy, resolution) plus how to run the model.
 
+    `processor` picks what runs: metric3d, or a controlnet_aux preprocessor id (canny, ...).
+    """
+
+    processor: str = "metric3d"
+    processor_args: dict[str, Any] = {}
+    processor_weights: Path | None = None
     backbone: str = "vit-small"
     checkpoint: Path | None = None
     fx: float = Field(1000.0, ge=1, description="focal length x in pixels of the source image")

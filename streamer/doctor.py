@@ -181,9 +181,12 @@ def aux_check() -> Check:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return Check("controlnet_aux", True, version("controlnet_aux"))
+        installed = version("controlnet_aux")
     except PackageNotFoundError:
         return Check("controlnet_aux", False, "not installed", "pip install controlnet_aux")
+    from streamer.processors.aux import aux_processor_ids
+
+    return Check("controlnet_aux", True, f"{installed}; --processor metric3d or: {', '.join(aux_processor_ids())}")
 
 
 def run_checks() -> list[Check]:

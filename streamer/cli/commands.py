@@ -159,7 +159,10 @@ def depth(cfg: Config, flags: dict) -> None:
         ]
     else:
         sinks = [ImageSequenceSink(out, cfg.output.format, renderer(cfg), overwrite, write_metadata=False)]
-    sinks.append(ImageSequenceSink(out, "npz", renderer(cfg), overwrite))
+    if cfg.model.processor == "metric3d":
+        sinks.append(ImageSequenceSink(out, "npz", renderer(cfg), overwrite))
+    else:
+        sinks[0].write_metadata = True
     run(cfg, source, sinks, comfy=flags["comfy"], unit="image")
 
 

@@ -6,12 +6,17 @@ import functools
 from collections.abc import Callable
 
 import click
+import yaml
 
 from streamer.config import Config, load_config
+from streamer.errors import ConfigError
 from streamer.models.metric3d.variants import BACKBONES
 
 # flag name -> (section, key) in the config
 FLAG_TO_CONFIG = {
+    "processor": ("model", "processor"),
+    "processor_args": ("model", "processor_args"),
+    "processor_weights": ("model", "processor_weights"),
     "backbone": ("model", "backbone"),
     "checkpoint": ("model", "checkpoint"),
     "fx": ("model", "fx"),
@@ -56,11 +61,26 @@ def build_config(config_path: str | None, flags: dict) -> Config:
     """Defaults < --config FILE < flags that were given on the command line (None = not given)."""
     overrides: dict = {}
     for name, value in flags.items():
+        if name == "processor_args":
+            value = parse_processor_args(value) or None
         if value is None or name not in FLAG_TO_CONFIG:
             continue
         section, key = FLAG_TO_CONFIG[name]
         overrides.setdefault(section, {})[key] = value
     return load_config(config_path, overrides)
+
+
+def parse_processor_args(items: tuple[str, ...] | None) -> dict:
+    """('low_threshold=50', 'safe=true') -> {'low_threshold': 50, 'safe': True} (values read as YAML)."""
+    args = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--processor-arg {item!r} is not KEY=VALUE", hint="e.g. --processor-arg low_threshold=50"
+            )
+        args[key.strip()] = yaml.safe_load(value)
+    return args
 
 
 def model_options(command: Callable) -> Callable:
@@ -71,6 +91,24 @@ def model_options(command: Callable) -> Callable:
             "config_path",
             metavar="FILE|PRESET",
             help="YAML config file or preset name (default, webcam-preview, transcode, obs-virtualcam); flags override it.",
+        ),
+        click.option(
+            "--processor",
+            metavar="ID",
+            help="What runs on each frame: metric3d, or a controlnet_aux preprocessor (canny, depth_midas, "
+            "lineart_realistic, normal_bae, openpose, shuffle, ...; `streamer doctor` lists all).  [default: metric3d]",
+        ),
+        click.option(
+            "--processor-arg",
+            "processor_args",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="A preprocessor parameter, repeatable (e.g. low_threshold=50).",
+        ),
+        click.option(
+            "--processor-weights",
+            type=click.Path(file_okay=False),
+            help="Folder with a preprocessor's weight files instead of the hub (lllyasviel/Annotators).",
         ),
         click.option("--backbone", type=click.Choice(BACKBONES), help="Metric3D v2 backbone.  [default: vit-small]"),
         click.option(

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from streamer.api import load_stage, make_pipeline
 from streamer.config import Config
 from streamer.engine.stats import Stats
-from streamer.errors import SourceError
+from streamer.errors import ConfigError, SourceError
 from streamer.processors.render import DisplayRange, Renderer
 from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PreviewSink, VideoSink, VirtualCameraSink
 
@@ -54,16 +54,30 @@ def echo(message: str) -> None:
     click.echo(message, err=True)
 
 
+METRIC_FORMATS = ("metric16", "exr", "npz", "comfy-depth", "comfy-normal")
+
+
+def check_processor_format(cfg: Config, formats: list[str]) -> None:
+    if cfg.model.processor != "metric3d":
+        wrong = [f for f in formats if f in METRIC_FORMATS]
+        if wrong:
+            raise ConfigError(
+                f"format {wrong[0]} needs Metric3D, but the processor is {cfg.model.processor}",
+                hint="use a picture format (color, gray, side-by-side) with ControlNet preprocessors",
+            )
+
+
 def run(cfg: Config, source, sinks: list, comfy: bool = False, unit: str = "frame") -> dict:
     """Load the model, run with a progress display on stderr, print a summary line."""
     info = source.info
-    echo(f"loading {cfg.model.backbone} ...")
+    check_processor_format(cfg, [getattr(s, "fmt", "") for s in sinks])
+    echo(f"loading {cfg.model.processor if cfg.model.processor != 'metric3d' else cfg.model.backbone} ...")
     stage = load_stage(cfg.model, comfy=comfy)
     fx, fy = cfg.model.focal_for(info.width)
     echo(
         f"source {info.name}: {info.width}x{info.height}"
         f"{f' @ {float(info.rate):.3g} fps' if info.rate else ''}, {'live' if info.live else 'file'}; "
-        f"fx={fx:.1f} fy={fy:.1f} px; device {stage.device}, {stage.meta['precision']}"
+        f"fx={fx:.1f} fy={fy:.1f} px; device {stage.device}, {stage.meta.get('precision', stage.meta['processor'])}"
     )
     stats = Stats()
     pipeline = make_pipeline(source, stage, sinks, cfg, stats)

@@ -71,7 +71,7 @@ def synthetic_video(path: Path, frames: int, size: tuple[int, int], rate: int = 
     return path
 
 
-def build_stage(cfg: Config) -> Metric3DStage:
+def build_stage(cfg: Config, compile: bool) -> Metric3DStage:
     device = resolve_device(cfg.model.device)
     model = build_metric3d(cfg.model.backbone, device="meta")
     if cfg.model.checkpoint is not None:
@@ -80,7 +80,7 @@ def build_stage(cfg: Config) -> Metric3DStage:
         state = {k.removeprefix("depth_model."): v for k, v in rule_weights(model).items()}
     load_weights(model, state)
     model = model.to(device=device, dtype=resolve_dtype(cfg.model.precision, device)).eval()
-    if cfg.model.compile:
+    if compile:
         model = torch.compile(model)
     processor = Metric3DProcessor(model, cfg.model.input_size, cfg.model.focal_mode)
     meta = {"backbone": cfg.model.backbone, "precision": str(processor.dtype).removeprefix("torch.")}
@@ -145,10 +145,10 @@ def run_live(stage, size: tuple[int, int], fps: float, frames: int) -> dict:
 
 
 def bench_run(cfg: Config, frames: int, source_size: tuple[int, int], live_fps: float, memory_factor: int) -> dict:
-    stage = build_stage(cfg)
+    stage = build_stage(cfg, cfg.model.compile)
     device = stage.device
     images = [pattern_image(*source_size, i / 30) for i in range(frames)]
-    run_model_only(stage, images[: max(2, cfg.engine.batch_size * 2)], cfg)  # warm-up, lazy inits
+    run_model_only(stage, images[: max(2, cfg.engine.batch_size * 2)], cfg)  # warm-up, lazy inits, compilation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result: dict = {
@@ -180,6 +180,11 @@ def bench_run(cfg: Config, frames: int, source_size: tuple[int, int], live_fps: 
             memory.update(frames_long=frames * memory_factor, peak_rss_mb_long=peak_rss_mb())
             memory["rss_growth_pct"] = 100 * (memory["peak_rss_mb_long"] / rss_n - 1)
     result["fps"] = {"model_only": model_only, "serial": serial, "pipeline": pipeline["fps"], "live_out": live["fps"]}
+    if cfg.model.compile:  # the same measurement with the eager model, for the ratio
+        eager = build_stage(cfg, compile=False)
+        run_model_only(eager, images[:2], cfg)
+        result["fps"]["model_only_eager"] = run_model_only(eager, images, cfg)
+        result["ratio_compiled_vs_eager"] = model_only / result["fps"]["model_only_eager"]
     result["ratio"] = {
         "pipeline_vs_model_only": pipeline["fps"] / model_only,
         "pipeline_vs_serial": pipeline["fps"] / serial,
@@ -208,6 +213,11 @@ def table(result: dict) -> str:
         ("fps pipeline", f"{result['fps']['pipeline']:.2f}"),
         ("pipeline / model only", f"{result['ratio']['pipeline_vs_model_only']:.3f}"),
         ("pipeline / serial", f"{result['ratio']['pipeline_vs_serial']:.3f}"),
+        *(
+            [("compiled / eager (model only)", f"{result['ratio_compiled_vs_eager']:.3f}")]
+            if "ratio_compiled_vs_eager" in result
+            else []
+        ),
         (
             f"live @ {result['live_fps_in']:g} fps: out",
             f"{result['fps']['live_out']:.2f} fps, dropped {result['frames_dropped']}",

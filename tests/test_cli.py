@@ -140,3 +140,42 @@ def test_depth_comfy_mode_writes_the_node_pictures(tmp_path, checkpoint, capsys)
     normal = cv2.cvtColor(cv2.imread(str(out / "g_normal.png")), cv2.COLOR_BGR2RGB)
     assert np.abs(depth.astype(int) - golden["comfy_depth_u8"]).max() <= 1
     assert np.abs(normal.astype(int) - golden["comfy_normal_u8"]).max() <= 1
+
+
+def test_bench_writes_every_figure_as_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "--device",
+        "cpu",
+        "--input-size",
+        TINY,
+        "--frames",
+        "3",
+        "--source-size",
+        "96x64",
+        "--memory-factor",
+        "2",
+        "--live-fps",
+        "20",
+        "--json",
+        str(out),
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    for key in ("model_only", "serial", "pipeline", "live_out"):
+        assert result["fps"][key] > 0
+    assert set(result["ratio"]) == {"pipeline_vs_model_only", "pipeline_vs_serial"}
+    assert {"p50", "p95"} <= set(result["latency_ms"])
+    assert {
+        "frames_dropped",
+        "peak_rss_mb",
+        "device",
+        "torch",
+        "backbone",
+        "input_size",
+        "precision",
+        "batch_size",
+    } <= set(result)
+    assert result["memory"]["frames_long"] == 6 and "rss_growth_pct" in result["memory"]
+    assert "pipeline / model only" in capsys.readouterr().out

@@ -152,7 +152,7 @@ def test_unwritable_output_directory(tmp_path, capsys, model_args, video):
     assert_one_line(err, "/proc")
 
 
-def test_bad_backbone_and_checkpoints(tmp_path, capsys, video, rule_state):
+def test_bad_backbone_and_checkpoints(tmp_path, capsys, video, checkpoint):
     out = str(tmp_path / "o.mp4")
     code, err = run_cli(capsys, "transcode", str(video), "-o", out, "--backbone", "vit-huge")
     assert code == 2
@@ -165,6 +165,16 @@ def test_bad_backbone_and_checkpoints(tmp_path, capsys, video, rule_state):
     code, err = run_cli(capsys, "transcode", str(video), "-o", out, "--checkpoint", str(bad))
     assert code == 1
     assert_one_line(err, "not a readable weights-only checkpoint")
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(checkpoint.read_bytes()[:100_000])
+    code, err = run_cli(capsys, "transcode", str(video), "-o", out, "--checkpoint", str(cut))
+    assert code == 1
+    assert_one_line(err, "not a readable weights-only checkpoint")
+    code, err = run_cli(
+        capsys, "transcode", str(video), "-o", out, "--checkpoint", str(checkpoint), "--backbone", "vit-large"
+    )
+    assert code == 1
+    assert_one_line(err, "is for vit-small, but the model is vit-large", "--backbone vit-small")
     assert not Path(out).exists() and not (tmp_path / "o.partial.mp4").exists()
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from streamer.cli.options import model_options, render_options, with_flags
+from streamer.cli.options import live_extra_options, live_source_options, model_options, render_options, with_flags
 from streamer.cli.running import file_sink, preview_sink, renderer, run, virtualcam_sink
 from streamer.config import OUTPUT_FORMATS, Config
 from streamer.errors import ConfigError
@@ -70,15 +70,11 @@ Examples:
   streamer preview --source 1 --view color --record out.mp4
 Keys: q/Esc quit, v switch view, c cycle colormap."""
 )
-@click.option("--source", help="Camera index, /dev/videoN, video file, URL or testsrc[:WxH][@FPS].  [default: 0]")
-@click.option("--width", type=int, help="Requested camera width.")
-@click.option("--height", type=int, help="Requested camera height.")
-@click.option("--fps", type=float, help="Requested camera rate.")
+@live_source_options
 @click.option("--view", type=click.Choice(VIEWS), help="What the window shows.  [default: side-by-side]")
 @render_options
-@click.option("--record", type=click.Path(), help="Also write the depth video to this file.")
 @click.option("--virtualcam", "also_virtualcam", is_flag=True, help="Also send frames to the virtual camera.")
-@click.option("--max-frames", type=int, help="Stop after this many frames.")
+@live_extra_options
 @model_options
 @with_flags
 def preview(cfg: Config, flags: dict) -> None:
@@ -96,10 +92,7 @@ Examples:
   streamer virtualcam --source testsrc --backend v4l2loopback --cam-device /dev/video10
 Needs OBS 28+ (Windows/macOS), Unity Capture (Windows) or v4l2loopback (Linux, exclusive_caps=1)."""
 )
-@click.option("--source", help="Camera index, /dev/videoN, video file, URL or testsrc.  [default: 0]")
-@click.option("--width", type=int, help="Requested camera width.")
-@click.option("--height", type=int, help="Requested camera height.")
-@click.option("--fps", type=float, help="Requested camera rate.")
+@live_source_options
 @click.option(
     "--backend",
     type=click.Choice(["auto", "obs", "v4l2loopback", "unitycapture"]),
@@ -112,8 +105,7 @@ Needs OBS 28+ (Windows/macOS), Unity Capture (Windows) or v4l2loopback (Linux, e
 @click.option("--cam-view", type=click.Choice(VIEWS), help="What the camera shows.  [default: color]")
 @render_options
 @click.option("--preview", "also_preview", is_flag=True, help="Also show the preview window.")
-@click.option("--record", type=click.Path(), help="Also write the depth video to this file.")
-@click.option("--max-frames", type=int, help="Stop after this many frames.")
+@live_extra_options
 @model_options
 @with_flags
 def virtualcam(cfg: Config, flags: dict) -> None:

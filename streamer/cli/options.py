@@ -83,86 +83,98 @@ def parse_processor_args(items: tuple[str, ...] | None) -> dict:
     return args
 
 
-def model_options(command: Callable) -> Callable:
-    """--config and the model flags (the ComfyUI node's backbone/fx/fy/resolution and friends)."""
-    options = [
-        click.option(
-            "--config",
-            "config_path",
-            metavar="FILE|PRESET",
-            help="YAML config file or preset name (default, webcam-preview, transcode, obs-virtualcam); flags override it.",
-        ),
-        click.option(
-            "--processor",
-            metavar="ID",
-            help="What runs on each frame: metric3d, or a controlnet_aux preprocessor (canny, depth_midas, "
-            "lineart_realistic, normal_bae, openpose, shuffle, ...; `streamer doctor` lists all).  [default: metric3d]",
-        ),
-        click.option(
-            "--processor-arg",
-            "processor_args",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="A preprocessor parameter, repeatable (e.g. low_threshold=50).",
-        ),
-        click.option(
-            "--processor-weights",
-            type=click.Path(file_okay=False),
-            help="Folder with a preprocessor's weight files instead of the hub (lllyasviel/Annotators).",
-        ),
-        click.option("--backbone", type=click.Choice(BACKBONES), help="Metric3D v2 backbone.  [default: vit-small]"),
-        click.option(
-            "--checkpoint", type=click.Path(dir_okay=True), help="Local .pth file instead of the Hugging Face download."
-        ),
-        click.option("--fx", type=float, help="Focal length x of the source in pixels.  [default: 1000]"),
-        click.option(
-            "--fy", type=float, help="Focal length y in pixels (used with --focal-mode mean).  [default: 1000]"
-        ),
-        click.option(
-            "--hfov", type=float, help="Horizontal field of view in degrees; sets fx=fy for the source width."
-        ),
-        click.option(
-            "--focal-mode",
-            type=click.Choice(["fx", "mean"]),
-            help="fx: official inference script (fy ignored); mean: official test script's (fx+fy)/2.  [default: fx]",
-        ),
-        click.option(
-            "--resolution",
-            type=int,
-            help="Short side of the output in pixels.  [default: source size; 512 with --comfy]",
-        ),
-        click.option(
-            "--input-size", metavar="HxW", help="Model input, multiples of 28; smaller is faster.  [default: 616x1064]"
-        ),
-        click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]"),
-        click.option(
-            "--precision",
-            type=click.Choice(["auto", "fp16", "bf16", "fp32"]),
-            help="auto = fp16 on CUDA, fp32 on CPU.  [default: auto]",
-        ),
-        click.option("--offline", is_flag=True, default=None, help="Use only cached weights; never download."),
-        click.option("--batch-size", type=int, help="Frames per forward pass for files.  [default: 1]"),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def stack(*options: Callable) -> Callable[[Callable], Callable]:
+    """Apply click options in the order they are listed (as they show in --help)."""
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
-def render_options(command: Callable) -> Callable:
-    options = [
-        click.option("--colormap", help="turbo, inferno, magma, plasma, viridis, jet, bone.  [default: turbo]"),
-        click.option(
-            "--range",
-            "range_mode",
-            type=click.Choice(["auto", "fixed", "frame"]),
-            help="Display range: auto = smoothed 2-98th percentiles, fixed = --near/--far, frame = per-frame min-max.  [default: auto]",
-        ),
-        click.option("--near", type=float, help="Metres at the near end of a fixed range.  [default: 0.1]"),
-        click.option("--far", type=float, help="Metres at the far end of a fixed range.  [default: 10]"),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+# --config and the model flags (the ComfyUI node's backbone/fx/fy/resolution and friends)
+model_options = stack(
+    click.option(
+        "--config",
+        "config_path",
+        metavar="FILE|PRESET",
+        help="YAML config file or preset name (default, webcam-preview, transcode, obs-virtualcam); flags override it.",
+    ),
+    click.option(
+        "--processor",
+        metavar="ID",
+        help="What runs on each frame: metric3d, or a controlnet_aux preprocessor (canny, depth_midas, "
+        "lineart_realistic, normal_bae, openpose, shuffle, ...; `streamer doctor` lists all).  [default: metric3d]",
+    ),
+    click.option(
+        "--processor-arg",
+        "processor_args",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="A preprocessor parameter, repeatable (e.g. low_threshold=50).",
+    ),
+    click.option(
+        "--processor-weights",
+        type=click.Path(file_okay=False),
+        help="Folder with a preprocessor's weight files instead of the hub (lllyasviel/Annotators).",
+    ),
+    click.option("--backbone", type=click.Choice(BACKBONES), help="Metric3D v2 backbone.  [default: vit-small]"),
+    click.option(
+        "--checkpoint", type=click.Path(dir_okay=True), help="Local .pth file instead of the Hugging Face download."
+    ),
+    click.option("--fx", type=float, help="Focal length x of the source in pixels.  [default: 1000]"),
+    click.option("--fy", type=float, help="Focal length y in pixels (used with --focal-mode mean).  [default: 1000]"),
+    click.option("--hfov", type=float, help="Horizontal field of view in degrees; sets fx=fy for the source width."),
+    click.option(
+        "--focal-mode",
+        type=click.Choice(["fx", "mean"]),
+        help="fx: official inference script (fy ignored); mean: official test script's (fx+fy)/2.  [default: fx]",
+    ),
+    click.option(
+        "--resolution",
+        type=int,
+        help="Short side of the output in pixels.  [default: source size; 512 with --comfy]",
+    ),
+    click.option(
+        "--input-size", metavar="HxW", help="Model input, multiples of 28; smaller is faster.  [default: 616x1064]"
+    ),
+    click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]"),
+    click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp16", "bf16", "fp32"]),
+        help="auto = fp16 on CUDA, fp32 on CPU.  [default: auto]",
+    ),
+    click.option("--offline", is_flag=True, default=None, help="Use only cached weights; never download."),
+    click.option("--batch-size", type=int, help="Frames per forward pass for files.  [default: 1]"),
+)
+
+
+live_source_options = stack(
+    click.option("--source", help="Camera index, /dev/videoN, video file, URL or testsrc[:WxH][@FPS].  [default: 0]"),
+    click.option("--width", type=int, help="Requested camera width."),
+    click.option("--height", type=int, help="Requested camera height."),
+    click.option("--fps", type=float, help="Requested camera rate."),
+)
+
+live_extra_options = stack(
+    click.option("--record", type=click.Path(), help="Also write the depth video to this file."),
+    click.option("--max-frames", type=int, help="Stop after this many frames."),
+)
+
+
+render_options = stack(
+    click.option("--colormap", help="turbo, inferno, magma, plasma, viridis, jet, bone.  [default: turbo]"),
+    click.option(
+        "--range",
+        "range_mode",
+        type=click.Choice(["auto", "fixed", "frame"]),
+        help="Display range: auto = smoothed 2-98th percentiles, fixed = --near/--far, frame = per-frame min-max.  [default: auto]",
+    ),
+    click.option("--near", type=float, help="Metres at the near end of a fixed range.  [default: 0.1]"),
+    click.option("--far", type=float, help="Metres at the far end of a fixed range.  [default: 10]"),
+)
 
 
 def with_flags(command: Callable) -> Callable:

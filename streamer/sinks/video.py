@@ -7,6 +7,7 @@ so the partial file plays and holds every frame written, and its name says it is
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from fractions import Fraction
@@ -122,7 +123,8 @@ class VideoSink(Sink):
             stream.options = {"crf": str(self.crf), "preset": "veryfast"}
         stream.codec_context.thread_type = "AUTO"
         stream.codec_context.thread_count = 0
-        self.container.metadata["comment"] = "metric depth by streamer"
+        # the sidecar's units, scale, fx/fy and model also travel inside the file
+        self.container.metadata["comment"] = json.dumps(sidecar(self.meta, self.encoding()))
         self._stream = stream
 
     def _open_audio(self) -> None:
@@ -140,7 +142,9 @@ class VideoSink(Sink):
             self._reencode = None
         else:
             out = self.container.add_stream(allowed[0], rate=src.rate)
-            out.layout = src.layout
+            # a named layout: encoders refuse an unordered one such as "1 channels"
+            out.layout = {1: "mono", 2: "stereo"}.get(src.layout.nb_channels, src.layout)
+            out.format = out.codec_context.codec.audio_formats[0]  # e.g. fltp for aac; PyAV resamples
             self._reencode = out
             self.audio_note = (
                 f"audio re-encoded {src.codec_context.name} -> {allowed[0]} ({self.suffix} cannot hold it)"
@@ -159,8 +163,8 @@ class VideoSink(Sink):
             picture = render_picture(self.fmt, self.renderer, result)
             frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
         if self._stream is None:
-            self._open_video_stream(picture.shape[1], picture.shape[0])
             self.meta = result.meta
+            self._open_video_stream(picture.shape[1], picture.shape[0])
         frame.pts = result.frame.pts
         frame.time_base = result.frame.time_base
         self._mux_audio_until(result.frame.seconds)
@@ -234,21 +238,19 @@ class VideoSink(Sink):
         if error is not None and complete:  # after a failed write, that first error is the one reported
             raise SinkError(f"finishing {self.work_path} failed: {error}", hint="check free disk space") from error
 
-    def describe(self, complete: bool) -> dict:
-        extra: dict = {
-            "format": self.fmt,
-            "codec": self.codec,
-            "frames": self.frames_written,
-            "complete": complete,
-            "time_base": str(self.info.time_base),
-            "source": self.info.name,
-        }
+    def encoding(self) -> dict:
+        """How pixel values relate to depth."""
+        info: dict = {"format": self.fmt, "codec": self.codec, "time_base": str(self.info.time_base)}
         if self.fmt == "metric16":
-            extra.update(
+            info.update(
                 units="millimetres", scale_to_metres=METRIC16_SCALE, max_metres=METRIC16_MAX_M, pixel_format="gray16le"
             )
         else:
-            extra.update(units="display (not metric)", display_range=self.renderer.display.mode)
+            info.update(units="display (not metric)", display_range=self.renderer.display.mode)
+        return info
+
+    def describe(self, complete: bool) -> dict:
+        extra = {**self.encoding(), "frames": self.frames_written, "complete": complete, "source": self.info.name}
         if self.audio_note:
             extra["audio"] = self.audio_note
         return sidecar(self.meta, extra)

@@ -109,7 +109,7 @@ class Pipeline:
         """
         self._tick = tick
         self._open_sinks()
-        for sink, queue in zip(self.sinks, self.outputs, strict=False):
+        for sink, queue in zip(self.sinks, self.outputs, strict=True):
             self._spawn(f"sink:{sink.name}", lambda s=sink, q=queue: self._sink_loop(s, q))
         self._spawn("capture", self._capture_loop)
         try:
@@ -163,10 +163,6 @@ class Pipeline:
         if self._tick is not None and (force or now - self._last_tick >= TICK_S):
             self._last_tick = now
             self._tick(self.stats)
-
-    @property
-    def interrupted(self) -> bool:
-        return self._interrupted
 
     # -- stages ----------------------------------------------------------------------------
 

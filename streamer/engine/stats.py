@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,8 +37,8 @@ class Stats:
         self.latencies: deque[float] = deque(maxlen=WINDOW * 8)
         self._out_times: deque[float] = deque(maxlen=64)
         self._in_times: deque[float] = deque(maxlen=64)
-        self.queue_depths: dict[str, callable] = {}
-        self.drop_counters: dict[str, callable] = {}
+        self.queue_depths: dict[str, Callable[[], int]] = {}
+        self.drop_counters: dict[str, Callable[[], int]] = {}
 
     def stage(self, name: str, seconds: float, items: int = 1) -> None:
         with self._lock:

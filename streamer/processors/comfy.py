@@ -65,7 +65,7 @@ def comfy_pictures(
     normals = F.interpolate(box.crop(out["normal"][0][:, :3]).float(), box.src_hw, mode="bilinear", align_corners=False)
     normals = normals.permute(0, 2, 3, 1).cpu().numpy()
     pictures = []
-    for depth, normal in zip(depths, normals, strict=False):
+    for depth, normal in zip(depths, normals, strict=True):
         depth_pic, normal_pic = greys(depth), normal_picture(normal)
         if detect_resolution:
             th, tw = target_size(depth_pic.shape[:2], detect_resolution)

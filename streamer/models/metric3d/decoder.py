@@ -85,7 +85,7 @@ class EncoderFeature(nn.Module):
     def forward(self, features: list[torch.Tensor], h: int, w: int) -> list[torch.Tensor]:
         """-> [1/14, 1/14, 1/7, 1/4] feature maps."""
         reads = (self.read_3, self.read_2, self.read_1, self.read_0)
-        return [read(f, h, w) for read, f in zip(reads, features[::-1], strict=False)]
+        return [read(f, h, w) for read, f in zip(reads, features[::-1], strict=True)]
 
 
 class ConvBlock(nn.Module):
@@ -311,7 +311,7 @@ class RAFTDepthNormalDPT5(nn.Module):
         net = [torch.tanh(hidden) for hidden, _ in ctx_maps]
         ctx = [
             conv(F.relu(context)).chunk(3, dim=1)
-            for (_, context), conv in zip(ctx_maps, self.context_zqr_convs, strict=False)
+            for (_, context), conv in zip(ctx_maps, self.context_zqr_convs, strict=True)
         ]
         # The state and its upsampling stay float32 under half precision: the state accumulates
         # deltas over the iterations, and bf16 steps near |s| = 1 are 0.008, i.e. 0.8 m of depth.

@@ -98,11 +98,11 @@ class Metric3DProcessor:
     def normalize(self, canvas: torch.Tensor) -> torch.Tensor:
         return ((canvas.float() - self._mean) / self._std).to(self.dtype)
 
+    @torch.inference_mode()
     def forward(self, images: torch.Tensor, all_iterations: bool = False):
         """Raw network outputs on the padded canonical canvas, and the letterbox that made it."""
         canvas, box = self.canvas(images)
-        with torch.inference_mode():
-            return self.model(self.normalize(canvas), all_iterations=all_iterations), box
+        return self.model(self.normalize(canvas), all_iterations=all_iterations), box
 
     def metric_scale(self, fx: float, fy: float, box: Letterbox) -> float:
         focal = fx if self.focal_mode == "fx" else (fx + fy) / 2
@@ -122,6 +122,7 @@ class Metric3DProcessor:
         out, box = self.forward(images)
         return self.metric_maps(out, box, fx, fy, out_hw)
 
+    @torch.inference_mode()
     def metric_maps(
         self, out: dict, box: Letterbox, fx: float, fy: float, out_hw: tuple[int, int] | None = None
     ) -> dict[str, torch.Tensor]:

@@ -46,6 +46,7 @@ class PreviewSink(Sink):
         self.renderer = renderer
         self.window = window
         self.frames_shown = 0
+        self._window_open = False
 
     def open(self, info: StreamInfo, stats) -> None:
         if opencv_gui_backend() is None:
@@ -56,7 +57,6 @@ class PreviewSink(Sink):
         if not has_display():
             raise SinkError("no display for the preview window", hint=HEADLESS_HINT)
         self.stats = stats
-        self._window_open = False
 
     def _open_window(self) -> None:
         """On the sink's own thread: GUI toolkits (Qt) hang when a window is used from two threads."""
@@ -91,7 +91,7 @@ class PreviewSink(Sink):
             self.renderer.colormap = names[(names.index(self.renderer.colormap) + 1) % len(names)]
 
     def close(self, complete: bool) -> None:
-        if not getattr(self, "_window_open", False):
+        if not self._window_open:
             return
         try:
             cv2.destroyWindow(self.window)

@@ -84,6 +84,12 @@ class VideoSink(Sink):
         self.frames_written = 0
         self.meta: dict = {}
         self.audio_note: str | None = None
+        self.container = None
+        self._stream = None
+        self._audio_in = None
+        self._audio = None  # (output stream, packet iterator) while input audio remains
+        self._audio_pending = None
+        self._reencode = None  # the output audio stream when it is encoded rather than copied
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -98,8 +104,6 @@ class VideoSink(Sink):
             raise SinkError(
                 f"cannot create {self.work_path}: {exc}", hint="check the directory and free space"
             ) from exc
-        self._audio = None
-        self._stream = None
         if self.audio_from is not None:
             self._open_audio()
 
@@ -134,12 +138,12 @@ class VideoSink(Sink):
             return
         if not self._audio_in.streams.audio:
             self._audio_in.close()
+            self._audio_in = None
             return
         src = self._audio_in.streams.audio[0]
         allowed = AUDIO_COPY.get(self.suffix)
         if allowed is None or src.codec_context.name in allowed:
             out = self.container.add_stream_from_template(src)
-            self._reencode = None
         else:
             out = self.container.add_stream(allowed[0], rate=src.rate)
             # a named layout: encoders refuse an unordered one such as "1 channels"
@@ -150,8 +154,7 @@ class VideoSink(Sink):
                 f"audio re-encoded {src.codec_context.name} -> {allowed[0]} ({self.suffix} cannot hold it)"
             )
             log.warning(self.audio_note)
-        self._audio = (src, out, self._audio_in.demux(src))
-        self._audio_pending = None
+        self._audio = (out, self._audio_in.demux(src))
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -167,8 +170,8 @@ class VideoSink(Sink):
             self._open_video_stream(picture.shape[1], picture.shape[0])
         frame.pts = result.frame.pts
         frame.time_base = result.frame.time_base
-        self._mux_audio_until(result.frame.seconds)
         try:
+            self._mux_audio_until(result.frame.seconds)
             for packet in self._stream.encode(frame):
                 self.container.mux(packet)
         except (av.FFmpegError, OSError) as exc:
@@ -179,7 +182,7 @@ class VideoSink(Sink):
         """Copy (or re-encode) audio packets up to `seconds` so the file stays interleaved."""
         if self._audio is None:
             return
-        src, out, packets = self._audio
+        out, packets = self._audio
         while True:
             packet = self._audio_pending or next(packets, None)
             self._audio_pending = None
@@ -204,16 +207,16 @@ class VideoSink(Sink):
     # -- finalising ------------------------------------------------------------------------
 
     def close(self, complete: bool) -> None:
-        if not hasattr(self, "container"):
+        if self.container is None:
             return
         error: Exception | None = None
         try:
             if self._stream is not None:
                 for packet in self._stream.encode(None):
                     self.container.mux(packet)
-            if self._audio is not None and complete:
+            if complete:
                 self._mux_audio_until(None)
-            if self._audio is not None and getattr(self, "_reencode", None) is not None:
+            if self._reencode is not None:
                 for packet in self._reencode.encode(None):
                     self.container.mux(packet)
         except (av.FFmpegError, OSError) as exc:
@@ -223,7 +226,7 @@ class VideoSink(Sink):
                 self.container.close()
             except (av.FFmpegError, OSError) as exc:
                 error = error or exc
-            if getattr(self, "_audio_in", None) is not None:
+            if self._audio_in is not None:
                 self._audio_in.close()
         final = complete and error is None and self.frames_written > 0
         target = self.path if final else self.work_path

@@ -55,6 +55,7 @@ class VirtualCameraSink(Sink):
         self.idle_interval = 1.0 / fps
         self.name = "virtualcam"
         self.frames_sent = 0
+        self.camera = None
         self._last: np.ndarray | None = None
         self._last_sent = 0.0
 
@@ -93,6 +94,5 @@ class VirtualCameraSink(Sink):
             self._send(self._last)
 
     def close(self, complete: bool) -> None:
-        camera = getattr(self, "camera", None)
-        if camera is not None:
-            camera.close()
+        if self.camera is not None:
+            self.camera.close()

@@ -43,20 +43,23 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=5000)
     parser.add_argument("--fps", type=float, default=120.0)
     parser.add_argument("--input-size", default="56x84")
+    parser.add_argument("--every", type=int, default=100, help="print RSS every N frames out")
     args = parser.parse_args()
     h, w = (int(v) for v in args.input_size.split("x"))
     model = build_metric3d("vit-small", device="meta")
     load_weights(model, {k.removeprefix("depth_model."): v for k, v in rule_weights(model).items()})
     stage = Metric3DStage(Metric3DProcessor(model.eval(), (h, w)), lambda width: (1000.0, 1000.0))
-    probe = RssProbe(every=max(1, args.frames // 20))
+    probe = RssProbe(every=args.every)
     started = time.monotonic()
     stats = Pipeline(PatternSource(f"testsrc:160x120@{args.fps}", frames=args.frames), stage, [probe]).run()
     first, last = probe.samples[1][1], probe.samples[-1][1]
-    print(f"{stats['frames_in']} in, {stats['frames_out']} out, {stats['frames_dropped']} dropped "
-          f"in {time.monotonic() - started:.0f} s; latency p50 {stats['latency_ms']['p50']:.0f} ms "
-          f"p95 {stats['latency_ms']['p95']:.0f} ms max {stats['latency_ms']['max']:.0f} ms; "
-          f"RSS {first:.0f} -> {last:.0f} MB ({100 * (last / first - 1):+.1f}%); threads left: "
-          f"{[t.name for t in threading.enumerate() if t.name.startswith('streamer-')]}")
+    print(
+        f"{stats['frames_in']} in, {stats['frames_out']} out, {stats['frames_dropped']} dropped "
+        f"in {time.monotonic() - started:.0f} s; latency p50 {stats['latency_ms']['p50']:.0f} ms "
+        f"p95 {stats['latency_ms']['p95']:.0f} ms max {stats['latency_ms']['max']:.0f} ms; "
+        f"RSS {first:.0f} -> {last:.0f} MB ({100 * (last / first - 1):+.1f}%); threads left: "
+        f"{[t.name for t in threading.enumerate() if t.name.startswith('streamer-')]}"
+    )
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
-        pickle.dump({"model_state_dict": RunsCode()}, f)
+        pickle.dump({"model_state_dict": RunsCode()}, f, protocol=2)
     with pytest.raises(ModelError, match="weights-only"):
         read_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
@@ -110,3 +110,11 @@ def test_shape_mismatch_is_named(rule_state):
     state["decoder.update_block.mask.2.bias"] = torch.zeros(3)
     with pytest.raises(ModelError, match=r"wrong shape .*mask.2.bias: \(3,\) != \(144,\)"):
         load_weights(build_metric3d("vit-small", device="meta"), state)
+
+
+def test_legacy_serialization_format_loads(tmp_path, rule_state):
+    """Files written before torch's zip format cannot be memory-mapped; they still load."""
+    path = tmp_path / "legacy.pth"
+    torch.save({"model_state_dict": rule_state}, path, _use_new_zipfile_serialization=False)
+    state = read_checkpoint(path)
+    assert len(state) == 362 and "encoder.pos_embed" in state

@@ -64,13 +64,23 @@ def resolve_checkpoint(backbone: str, checkpoint: str | Path | None, local_files
         ) from exc
 
 
+def load_weights_only(path: Path):
+    """torch.load without running pickled code; memory-mapped unless the file predates the zip format."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint with `weights_only=True` (no pickled code runs) -> keys without `depth_model.`."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise ModelError(f"checkpoint {path} is empty", hint="download it again")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = load_weights_only(path)
     except Exception as exc:  # torch raises many kinds for bad files: pickle, zip, unsafe globals
         raise ModelError(
             f"{path} is not a readable weights-only checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",

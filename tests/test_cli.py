@@ -56,6 +56,7 @@ def test_usage_error_exits_2(capsys):
         (["transcode", "in.mp4", "-o", "o.mp4", "--fx", "0"], "bad value for 'model.fx': 0.0"),
         (["transcode", "in.mp4", "-o", "o.mp4", "--input-size", "100x100"], "multiples of 28"),
         (["depth", "nope.png", "-o", "out"], "input nope.png does not exist"),
+        (["transcode", "in.mp4", "-o", "frame.png", "--format", "metric16"], "written into a directory: -o frame/"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(tmp_path, monkeypatch, capsys, args, message):

@@ -11,9 +11,10 @@ from tqdm import tqdm
 from streamer.api import load_stage, make_pipeline
 from streamer.config import Config
 from streamer.engine.stats import Stats
-from streamer.errors import ConfigError, SourceError
+from streamer.errors import ConfigError, SinkError, SourceError
 from streamer.processors.render import DisplayRange, Renderer
 from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PreviewSink, VideoSink, VirtualCameraSink
+from streamer.sources.images import IMAGE_SUFFIXES
 
 
 def renderer(cfg: Config, view: str | None = None) -> Renderer:
@@ -27,6 +28,11 @@ def renderer(cfg: Config, view: str | None = None) -> Renderer:
 def file_sink(cfg: Config, path: str | Path, inputs: list[str] = (), audio_from: str | None = None):
     path = Path(path)
     fmt = cfg.output.format
+    if path.suffix.lower() in IMAGE_SUFFIXES | {".exr", ".npz"}:
+        raise SinkError(
+            f"{path} names a single image",
+            hint=f"image sequences are written into a directory: -o {path.with_suffix('')}/",
+        )
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoSink(
             path,

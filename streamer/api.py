@@ -20,8 +20,8 @@ from streamer.engine.stats import Stats
 from streamer.errors import ConfigError
 from streamer.models.metric3d import Metric3D, build_metric3d
 from streamer.models.metric3d.weights import load_weights, read_checkpoint, resolve_checkpoint
-from streamer.processors.aux import AuxStage, load_detector
 from streamer.processors.comfy import COMFY_RESOLUTION
+from streamer.processors.controlnet import AuxStage, load_detector
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage, short_side_size
 from streamer.types import Result
 

@@ -184,7 +184,7 @@ def aux_check() -> Check:
         installed = version("controlnet_aux")
     except PackageNotFoundError:
         return Check("controlnet_aux", False, "not installed", "pip install controlnet_aux")
-    from streamer.processors.aux import aux_processor_ids
+    from streamer.processors.controlnet import aux_processor_ids
 
     return Check("controlnet_aux", True, f"{installed}; --processor metric3d or: {', '.join(aux_processor_ids())}")
 

@@ -12,7 +12,7 @@ from streamer import Metric3DDetector
 from streamer.cli.main import main
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import ConfigError
-from streamer.processors.aux import AuxStage, load_detector
+from streamer.processors.controlnet import AuxStage, load_detector
 from streamer.processors.render import Renderer
 from streamer.sinks import Sink, VideoSink
 from streamer.sources import PatternSource, VideoSource

@@ -14,7 +14,7 @@ import time
 import streamer  # noqa: F401  (loads OpenCV before PyAV)
 from streamer.engine.pipeline import Pipeline
 from streamer.models.metric3d import build_metric3d
-from streamer.models.metric3d.weights import load_weights, rule_weights
+from streamer.models.metric3d.weights import load_weights, rule_weights, to_model_keys
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.sinks import Sink
 from streamer.sources import PatternSource
@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     h, w = (int(v) for v in args.input_size.split("x"))
     model = build_metric3d("vit-small", device="meta")
-    load_weights(model, {k.removeprefix("depth_model."): v for k, v in rule_weights(model).items()})
+    load_weights(model, to_model_keys(rule_weights(model)))
     stage = Metric3DStage(Metric3DProcessor(model.eval(), (h, w)), lambda width: (1000.0, 1000.0))
     probe = RssProbe(every=args.every)
     started = time.monotonic()

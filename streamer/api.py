@@ -6,7 +6,6 @@ from streamer.sinks import VideoSink
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,6 @@ from streamer.processors.controlnet import AuxStage, load_detector
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage, short_side_size
 from streamer.types import Result
 
-log = logging.getLogger(__name__)
-
 
 def load_model(
     backbone: str = "vit-small",
@@ -38,14 +35,16 @@ def load_model(
 ) -> tuple[Metric3D, Path]:
     """Build Metric3D, load its weights strictly, move it to the device in the chosen precision."""
     path = resolve_checkpoint(backbone, checkpoint, local_files_only)
-    state = read_checkpoint(path)
     model = build_metric3d(backbone, device="meta")
-    load_weights(model, state, source=str(path))
+    load_weights(model, read_checkpoint(path), source=str(path))
+    return place_model(model, device, precision, compile), path
+
+
+def place_model(model: Metric3D, device: str = "auto", precision: str = "auto", compile: bool = False) -> Metric3D:
+    """Loaded weights -> the device and precision to run in (auto: fp16 on CUDA, fp32 on CPU)."""
     dev = resolve_device(device)
     model = model.to(device=dev, dtype=resolve_dtype(precision, dev)).eval()
-    if compile:
-        model = torch.compile(model)
-    return model, path
+    return torch.compile(model) if compile else model
 
 
 def load_processor(cfg: ModelConfig) -> tuple[Metric3DProcessor, dict]:
@@ -106,14 +105,6 @@ class DepthEstimator:
             raise ConfigError(describe_validation_error(exc)) from None
         self.processor, self.meta = load_processor(self.config)
 
-    @classmethod
-    def from_model(cls, model: Metric3D, **overrides) -> DepthEstimator:
-        self = cls.__new__(cls)
-        self.config = ModelConfig.model_validate(overrides)
-        self.processor = Metric3DProcessor(model, self.config.input_size, self.config.focal_mode)
-        self.meta = {"processor": "metric3d", "backbone": model.variant.name}
-        return self
-
     def predict(self, rgb: np.ndarray, fx: float | None = None, fy: float | None = None) -> dict[str, np.ndarray]:
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError("expected an RGB uint8 array of shape (H, W, 3)")
@@ -127,4 +118,13 @@ class DepthEstimator:
         return out
 
 
-__all__ = ["DepthEstimator", "Result", "load_model", "load_processor", "load_stage", "make_pipeline", "run_pipeline"]
+__all__ = [
+    "DepthEstimator",
+    "Result",
+    "load_model",
+    "load_processor",
+    "place_model",
+    "load_stage",
+    "make_pipeline",
+    "run_pipeline",
+]

@@ -21,12 +21,13 @@ import click
 import numpy as np
 import torch
 
+from streamer.api import load_model, place_model
 from streamer.cli.options import model_options, with_flags
 from streamer.config import Config
-from streamer.engine.device import DeviceTransfer, resolve_device, resolve_dtype
+from streamer.engine.device import DeviceTransfer, resolve_device
 from streamer.engine.pipeline import Pipeline
 from streamer.models.metric3d import build_metric3d
-from streamer.models.metric3d.weights import load_weights, read_checkpoint, resolve_checkpoint, rule_weights
+from streamer.models.metric3d.weights import load_weights, rule_weights, to_model_keys
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.processors.render import Renderer
 from streamer.sinks import VideoSink
@@ -72,16 +73,13 @@ def synthetic_video(path: Path, frames: int, size: tuple[int, int], rate: int = 
 
 
 def build_stage(cfg: Config, compile: bool) -> Metric3DStage:
-    device = resolve_device(cfg.model.device)
-    model = build_metric3d(cfg.model.backbone, device="meta")
-    if cfg.model.checkpoint is not None:
-        state = read_checkpoint(resolve_checkpoint(cfg.model.backbone, cfg.model.checkpoint))
+    m = cfg.model
+    if m.checkpoint is not None:
+        model, _ = load_model(m.backbone, m.checkpoint, m.device, m.precision, compile=compile)
     else:
-        state = {k.removeprefix("depth_model."): v for k, v in rule_weights(model).items()}
-    load_weights(model, state)
-    model = model.to(device=device, dtype=resolve_dtype(cfg.model.precision, device)).eval()
-    if compile:
-        model = torch.compile(model)
+        model = build_metric3d(m.backbone, device="meta")
+        load_weights(model, to_model_keys(rule_weights(model)))
+        model = place_model(model, m.device, m.precision, compile)
     processor = Metric3DProcessor(model, cfg.model.input_size, cfg.model.focal_mode)
     meta = {"backbone": cfg.model.backbone, "precision": str(processor.dtype).removeprefix("torch.")}
     return Metric3DStage(processor, cfg.model.focal_for, None, meta)

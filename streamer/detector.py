@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from streamer.api import load_model
 from streamer.errors import ModelError
-from streamer.models.metric3d import HF_REPO_ID, build_metric3d
-from streamer.models.metric3d.weights import load_weights, read_checkpoint
+from streamer.models.metric3d import HF_REPO_ID
 from streamer.processors.comfy import UPSCALE_METHODS, comfy_pictures
 from streamer.processors.metric3d import Metric3DProcessor
 
@@ -60,9 +60,8 @@ class Metric3DDetector:
                     pretrained_model_or_path, filename, local_files_only=kwargs.get("local_files_only", False)
                 )
             )
-        model = build_metric3d(f"vit-{match.group(1)}", device="meta")
-        load_weights(model, read_checkpoint(path), source=str(path))
-        return cls(model.float().eval())
+        model, _ = load_model(f"vit-{match.group(1)}", path, device="cpu", precision="fp32")
+        return cls(model)
 
     def to(self, device: str | torch.device) -> Metric3DDetector:
         self.model.to(device)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from streamer.models.metric3d import build_metric3d
-from streamer.models.metric3d.weights import load_weights, rule_weights, save_official_checkpoint
+from streamer.models.metric3d.weights import load_weights, rule_weights, save_official_checkpoint, to_model_keys
 from streamer.sources.testsrc import pattern_image
 
 DATA = Path(__file__).parent / "data"
@@ -38,7 +38,7 @@ def rule_state() -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def small_model(rule_state):
     model = build_metric3d("vit-small", device="meta")
-    load_weights(model, {k.removeprefix("depth_model."): v for k, v in rule_state.items()})
+    load_weights(model, to_model_keys(rule_state))
     return model.eval()
 
 

@@ -17,6 +17,7 @@ from streamer.models.metric3d.weights import (
     read_checkpoint,
     resolve_checkpoint,
     save_official_checkpoint,
+    to_model_keys,
 )
 
 
@@ -106,7 +107,7 @@ def test_missing_checkpoint_path():
 
 
 def test_shape_mismatch_is_named(rule_state):
-    state = {k.removeprefix("depth_model."): v for k, v in rule_state.items()}
+    state = to_model_keys(rule_state)
     state["decoder.update_block.mask.2.bias"] = torch.zeros(3)
     with pytest.raises(ModelError, match=r"wrong shape .*mask.2.bias: \(3,\) != \(144,\)"):
         load_weights(build_metric3d("vit-small", device="meta"), state)

@@ -10,11 +10,10 @@ from streamer.cli.options import live_extra_options, live_source_options, model_
 from streamer.cli.running import file_sink, preview_sink, renderer, run, virtualcam_sink
 from streamer.config import OUTPUT_FORMATS, Config
 from streamer.errors import ConfigError
+from streamer.processors.render import VIEW_FORMATS
 from streamer.sinks import ImageSequenceSink
 from streamer.sources import ImageSource, open_source
 from streamer.sources.video import VideoSource
-
-VIEWS = ("gray", "color", "normal", "side-by-side")
 
 
 @click.command(
@@ -71,7 +70,7 @@ Examples:
 Keys: q/Esc quit, v switch view, c cycle colormap."""
 )
 @live_source_options
-@click.option("--view", type=click.Choice(VIEWS), help="What the window shows.  [default: side-by-side]")
+@click.option("--view", type=click.Choice(VIEW_FORMATS), help="What the window shows.  [default: side-by-side]")
 @render_options
 @click.option("--virtualcam", "also_virtualcam", is_flag=True, help="Also send frames to the virtual camera.")
 @live_extra_options
@@ -102,7 +101,7 @@ Needs OBS 28+ (Windows/macOS), Unity Capture (Windows) or v4l2loopback (Linux, e
 @click.option("--cam-width", type=int, help="Virtual camera width.  [default: 1280]")
 @click.option("--cam-height", type=int, help="Virtual camera height.  [default: 720]")
 @click.option("--cam-fps", type=float, help="Virtual camera rate.  [default: 30]")
-@click.option("--cam-view", type=click.Choice(VIEWS), help="What the camera shows.  [default: color]")
+@click.option("--cam-view", type=click.Choice(VIEW_FORMATS), help="What the camera shows.  [default: color]")
 @render_options
 @click.option("--preview", "also_preview", is_flag=True, help="Also show the preview window.")
 @live_extra_options

@@ -12,7 +12,7 @@ from streamer.api import load_stage, make_pipeline
 from streamer.config import Config
 from streamer.engine.stats import Stats
 from streamer.errors import ConfigError, SinkError, SourceError
-from streamer.processors.render import DisplayRange, Renderer
+from streamer.processors.render import VIEW_FORMATS, DisplayRange, Renderer
 from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PreviewSink, VideoSink, VirtualCameraSink
 from streamer.sources.images import IMAGE_SUFFIXES
 
@@ -21,7 +21,7 @@ def renderer(cfg: Config, view: str | None = None) -> Renderer:
     out = cfg.output
     fmt = view or out.format
     display = DisplayRange(out.range, out.near, out.far)
-    view = fmt if fmt in ("gray", "color", "normal", "side-by-side") else "color"
+    view = fmt if fmt in VIEW_FORMATS else "color"
     return Renderer(view, out.colormap, display)
 
 

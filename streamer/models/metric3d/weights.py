@@ -89,11 +89,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     state = obj.get("model_state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path} holds no Metric3D state dict", hint="expected a dict with 'model_state_dict'")
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.")
-        out[key.removeprefix(CHECKPOINT_PREFIX)] = value
-    return out
+    return to_model_keys(state)
+
+
+def to_model_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official checkpoint keys (`depth_model.…`, maybe `module.…`) -> this model's keys."""
+    return {key.removeprefix("module.").removeprefix(CHECKPOINT_PREFIX): value for key, value in state.items()}
 
 
 def detect_backbone(state: dict[str, torch.Tensor]) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import cv2
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class DisplayRange:
     near: float = 0.1
     far: float = 10.0
     smoothing: float = 0.1  # EMA weight of the newest frame in auto mode
-    _initialised: bool = False
+    _initialised: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in RANGE_MODES:
@@ -73,10 +73,14 @@ def gray(depth: np.ndarray, near: float, far: float) -> np.ndarray:
     return cv2.cvtColor(depth_to_u8(depth, near, far), cv2.COLOR_GRAY2RGB)
 
 
+def colormap_code(name: str) -> int:
+    if name not in COLORMAPS:
+        raise ConfigError(f"colormap {name!r} is unknown", hint=f"use one of {', '.join(COLORMAPS)}")
+    return COLORMAPS[name]
+
+
 def color(depth: np.ndarray, near: float, far: float, colormap: str = "turbo") -> np.ndarray:
-    if colormap not in COLORMAPS:
-        raise ConfigError(f"colormap {colormap!r} is unknown", hint=f"use one of {', '.join(COLORMAPS)}")
-    bgr = cv2.applyColorMap(depth_to_u8(depth, near, far), COLORMAPS[colormap])
+    bgr = cv2.applyColorMap(depth_to_u8(depth, near, far), colormap_code(colormap))
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -91,10 +95,10 @@ class Renderer:
     def __init__(self, view: str = "color", colormap: str = "turbo", display: DisplayRange | None = None):
         if view not in VIEW_FORMATS:
             raise ConfigError(f"view {view!r} is unknown", hint=f"use one of {', '.join(VIEW_FORMATS)}")
+        colormap_code(colormap)  # an unknown name fails now, not on the first frame
         self.view = view
         self.colormap = colormap
         self.display = display or DisplayRange()
-        color(np.zeros((1, 1), np.float32), 0, 1, colormap)  # validate the colormap name now
 
     def __call__(self, maps: dict[str, np.ndarray], source: np.ndarray | None = None) -> np.ndarray:
         if "image" in maps:  # an image processor already made the picture

@@ -90,7 +90,6 @@ class VideoSource(Source):
         self.start, self.end, self.limit = start, end, frames
         self.truncated: str | None = None
         self.corrupt_packets = 0
-        self.decoded = 0
         rate = self.stream.average_rate or self.stream.guessed_rate
         ctx = self.stream.codec_context
         rotation = 0 if network else self._probe_rotation()
@@ -157,7 +156,6 @@ class VideoSource(Source):
                 yield Frame(upright_rgb(frame), index, pts, tb, time.monotonic())
                 index += 1
                 last_seconds = seconds
-        self.decoded = index
         if not stop.is_set() and self.start is None and self.end is None and self.limit is None:
             self._check_complete(index, last_seconds)
 

@@ -1,7 +1,8 @@
 """streamer: live video to metric depth with Metric3D v2, in real time.
 
-Python API (see README): `DepthEstimator` for single images; `open_source`, `load_stage`,
-`run_pipeline` and the sinks in `streamer.sinks` for streams.
+Python API (see README): `run(config)` for streams (or `prepare` then `execute`),
+`DepthEstimator` for single images; `open_source`, `load_stage`, `run_pipeline` and the sinks
+in `streamer.sinks` to wire a pipeline by hand.
 """
 
 # OpenCV must be loaded before PyAV: both wheels bundle libxcb, and when PyAV's copy is loaded
@@ -10,7 +11,7 @@ import cv2  # noqa: F401
 
 __version__ = "0.1.0"
 
-from streamer.api import DepthEstimator, load_model, load_stage, run_pipeline
+from streamer.api import DepthEstimator, execute, load_model, load_stage, prepare, run, run_pipeline
 from streamer.config import Config, load_config
 from streamer.detector import Metric3DDetector
 from streamer.errors import StreamerError
@@ -26,5 +27,8 @@ __all__ = [
     "load_model",
     "load_stage",
     "open_source",
+    "prepare",
+    "execute",
+    "run",
     "run_pipeline",
 ]

@@ -1,11 +1,17 @@
-"""The Python API: load the model once, open a source and sinks, run the pipeline.
+"""The Python API, and the one place where a run is put together from a config.
 
-from streamer import Config, open_source, load_stage, run_pipeline
-from streamer.sinks import VideoSink
+    import streamer
+    cfg = streamer.load_config("transcode", {"source": {"uri": "clip.mp4"}, "output": {"path": "depth.mp4"}})
+    stats = streamer.run(cfg)
+
+`prepare` checks the outputs, opens the source and loads the model; `execute` runs it; the CLI
+uses the two to report in between. `DepthEstimator` is for single images in memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +19,23 @@ import torch
 from pydantic import ValidationError
 
 from streamer.config import Config, ModelConfig, describe_validation_error
+from streamer.engine import worker
 from streamer.engine.device import resolve_device, resolve_dtype
 from streamer.engine.pipeline import Pipeline
 from streamer.engine.stats import Stats
-from streamer.errors import ConfigError
+from streamer.engine.threads import ThreadBudget
+from streamer.errors import ConfigError, SinkError, SourceError
 from streamer.models.metric3d import Metric3D, build_metric3d
 from streamer.models.metric3d.weights import load_weights, read_checkpoint, resolve_checkpoint
 from streamer.processors.comfy import COMFY_RESOLUTION
 from streamer.processors.controlnet import AuxStage, load_detector
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage, short_side_size
+from streamer.processors.null import NullStage
+from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PreviewSink, Sink, VideoSink, VirtualCameraSink
+from streamer.sources import Source, open_source
+from streamer.sources.images import IMAGE_SUFFIXES
 from streamer.types import Result
+from streamer.views import VIEW_FORMATS, PictureSettings
 
 
 def load_model(
@@ -62,12 +75,19 @@ def load_processor(cfg: ModelConfig) -> tuple[Metric3DProcessor, dict]:
     return processor, meta
 
 
-def load_stage(cfg: ModelConfig, comfy: bool = False) -> Metric3DStage | AuxStage:
+def load_stage(
+    cfg: ModelConfig, comfy: bool = False, threads: int | None = None
+) -> Metric3DStage | AuxStage | NullStage:
     """The inference stage the pipeline runs, with the model loaded once.
 
-    `comfy` adds the ComfyUI node's pictures; `resolution` then defaults to the node's 512.
-    Any other `processor` than metric3d loads that controlnet_aux preprocessor.
+    Call it on the model thread (engine/worker.py), where the pipeline will run it. `comfy` adds
+    the ComfyUI node's pictures; `resolution` then defaults to the node's 512. Any other
+    `processor` than metric3d loads that controlnet_aux preprocessor. `threads` sizes torch's pool.
     """
+    if threads:
+        torch.set_num_threads(threads)
+    if cfg.processor == "null":
+        return NullStage(resolve_device(cfg.device), cfg.resolution)
     if cfg.processor != "metric3d":
         weights = str(cfg.processor_weights) if cfg.processor_weights else None
         detector = load_detector(cfg.processor, weights, cfg.local_files_only)
@@ -78,11 +98,123 @@ def load_stage(cfg: ModelConfig, comfy: bool = False) -> Metric3DStage | AuxStag
     return Metric3DStage(processor, cfg.focal_for, resolution, meta, comfy_resolution)
 
 
+def picture_settings(cfg: Config, view: str | None = None) -> PictureSettings:
+    """A sink's picture from the output section; `view` for live sinks with their own view."""
+    out = cfg.output
+    fmt = view or out.format
+    return PictureSettings(fmt if fmt in VIEW_FORMATS else "color", out.colormap, out.range, out.near, out.far)
+
+
+def file_sink(cfg: Config, path: str | Path, inputs: list[str] = (), threads: int = 0) -> Sink:
+    """A video file, or an image sequence in a directory, for `cfg.output.format`."""
+    path = Path(path)
+    fmt = cfg.output.format
+    if path.suffix.lower() in IMAGE_SUFFIXES | {".exr", ".npz"}:
+        raise SinkError(
+            f"{path} names a single image",
+            hint=f"image sequences are written into a directory: -o {path.with_suffix('')}/",
+        )
+    out = cfg.output
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoSink(
+            path, fmt, picture_settings(cfg), out.codec, out.crf, out.overwrite, out.copy_audio, inputs, threads
+        )
+    return ImageSequenceSink(path, fmt, picture_settings(cfg), out.overwrite)
+
+
+def build_sinks(cfg: Config, threads: ThreadBudget | None = None) -> list[Sink]:
+    """Every output the config turns on: the file (`output.path`), window, virtual camera, server."""
+    sinks: list[Sink] = []
+    if cfg.preview.enabled:
+        sinks.append(PreviewSink(picture_settings(cfg, cfg.preview.view), cfg.preview.window))
+    if cfg.virtualcam.enabled:
+        v = cfg.virtualcam
+        sinks.append(VirtualCameraSink(picture_settings(cfg, v.view), v.width, v.height, v.fps, v.backend, v.device))
+    if cfg.serve.enabled:
+        from streamer.sinks.web import WebSink  # aiohttp loads only when serving
+
+        w = cfg.serve
+        sinks.append(WebSink(picture_settings(cfg, w.view), w.host, w.port, w.token, w.max_clients))
+    if cfg.output.path is not None:
+        sinks.append(file_sink(cfg, cfg.output.path, [cfg.source.uri], threads.encode if threads else 0))
+    if not sinks:
+        raise ConfigError("nothing to write or show", hint="give an output (-o), --preview, --virtualcam or --serve")
+    check_processor_format(cfg, sinks)
+    return sinks
+
+
+def check_processor_format(cfg: Config, sinks: list[Sink]) -> None:
+    if cfg.model.processor != "metric3d":
+        metric = [s for s in sinks if set(s.needs) - {"picture"}]
+        if metric:
+            raise ConfigError(
+                f"output {metric[0].name} needs Metric3D's metric depth, but the processor is {cfg.model.processor}",
+                hint="use a picture format (color, gray, side-by-side) with ControlNet preprocessors",
+            )
+
+
+@dataclass
+class Job:
+    """A run put together from a config: source and sinks open, model loaded, not yet started."""
+
+    config: Config
+    source: Source
+    sinks: list[Sink]
+    stage: Metric3DStage | AuxStage | NullStage
+    threads: ThreadBudget
+
+    @property
+    def focal(self) -> tuple[float, float]:
+        return self.config.model.focal_for(self.source.info.width)
+
+
+def prepare(cfg: Config, sinks: list[Sink] | None = None, source: Source | None = None) -> Job:
+    """Outputs checked first (nothing is overwritten), then the source opened, then the model loaded.
+
+    `sinks` and `source` replace what the config names (e.g. a list of still images)."""
+    threads = ThreadBudget.plan(resolve_device(cfg.model.device).type, cfg.engine.threads)
+    sinks = build_sinks(cfg, threads) if sinks is None else sinks
+    source = open_source(cfg.source, threads.decode) if source is None else source
+    try:
+        comfy = any(need.startswith("comfy") for sink in sinks for need in sink.needs)
+        stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch)
+    except BaseException:
+        source.close()
+        raise
+    return Job(cfg, source, sinks, stage, threads)
+
+
 def make_pipeline(source, stage, sinks: list, config: Config | None = None, stats: Stats | None = None) -> Pipeline:
-    engine = (config or Config()).engine
-    return Pipeline(
-        source, stage, sinks, engine.batch_size, engine.queue_size, engine.pinned_memory, engine.cuda_stream, stats
-    )
+    cfg = config or Config()
+    e = cfg.engine
+    pace = cfg.source.pace
+    if pace is None:  # a file feeding live outputs plays in real time
+        pace = any(s.live for s in sinks)
+    return Pipeline(source, stage, sinks, e.batch_size, e.queue_size, e.pinned_memory, e.cuda_stream, stats, pace)
+
+
+def execute(
+    job: Job, tick: Callable[[Stats], None] | None = None, stats: Stats | None = None, check: bool = True
+) -> dict:
+    """Run a prepared job to its end; a damaged input is reported (`check`) after its frames were written."""
+    result = make_pipeline(job.source, job.stage, job.sinks, job.config, stats).run(tick)
+    if check:
+        check_damage(job, result)
+    return result
+
+
+def check_damage(job: Job, result: dict) -> None:
+    damage = getattr(job.source, "damage", None)
+    if damage:
+        raise SourceError(
+            f"input {job.source.info.name} is damaged: {damage}",
+            hint=f"the output is complete for the {result['frames_out']} frames that could be decoded",
+        )
+
+
+def run(cfg: Config, tick: Callable[[Stats], None] | None = None) -> dict:
+    """Everything from a config: `streamer.run(load_config("transcode", {...}))` -> statistics."""
+    return execute(prepare(cfg), tick)
 
 
 def run_pipeline(source, stage, sinks: list, config: Config | None = None, stats: Stats | None = None) -> dict:
@@ -103,7 +235,7 @@ class DepthEstimator:
             self.config = ModelConfig.model_validate({**base, **overrides})
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
-        self.processor, self.meta = load_processor(self.config)
+        self.processor, self.meta = worker.on_device_thread(load_processor, self.config)
 
     def predict(self, rgb: np.ndarray, fx: float | None = None, fy: float | None = None) -> dict[str, np.ndarray]:
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -112,7 +244,7 @@ class DepthEstimator:
         fx, fy = fx or cfg_fx, fy or cfg_fy
         out_hw = short_side_size(rgb.shape[:2], self.config.resolution) if self.config.resolution else None
         images = torch.from_numpy(np.ascontiguousarray(rgb))[None].to(self.processor.device)
-        maps = self.processor(images, fx, fy, out_hw)
+        maps = worker.on_device_thread(self.processor, images, fx, fy, out_hw)
         out = {k: v[0].cpu().numpy() for k, v in maps.items()}
         out.update(fx=np.float32(fx), fy=np.float32(fy))
         return out
@@ -120,11 +252,19 @@ class DepthEstimator:
 
 __all__ = [
     "DepthEstimator",
+    "Job",
     "Result",
+    "build_sinks",
+    "check_damage",
+    "execute",
+    "file_sink",
     "load_model",
     "load_processor",
-    "place_model",
     "load_stage",
     "make_pipeline",
+    "picture_settings",
+    "place_model",
+    "prepare",
+    "run",
     "run_pipeline",
 ]

@@ -6,8 +6,6 @@ Weights do not change speed, so the bench uses the deterministic rule weights un
 
 from __future__ import annotations
 
-import json
-import resource
 import sys
 import threading
 import time
@@ -17,20 +15,22 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import av
-import click
 import numpy as np
 import torch
 
-from streamer.api import load_model, place_model
-from streamer.cli.options import model_options, with_flags
+from streamer.api import load_model, make_pipeline, picture_settings, place_model
 from streamer.config import Config
+from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, resolve_device
 from streamer.engine.pipeline import Pipeline
+from streamer.engine.threads import ThreadBudget
 from streamer.models.metric3d import build_metric3d
 from streamer.models.metric3d.weights import load_weights, rule_weights, to_model_keys
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
-from streamer.processors.render import Renderer
+from streamer.processors.null import NullStage
+from streamer.processors.outputs import Outputs
 from streamer.sinks import VideoSink
+from streamer.sinks.encoders import COLOR_TAGS
 from streamer.sources import PatternSource, VideoSource
 from streamer.sources.base import Source
 from streamer.sources.testsrc import pattern_image
@@ -52,7 +52,12 @@ class MemorySource(Source):
             yield Frame(image, i, i, self.info.time_base, time.monotonic())
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb() -> float | None:
+    """Peak resident memory; None where `resource` does not exist (Windows)."""
+    try:
+        import resource  # Unix only: imported here so the package imports everywhere
+    except ImportError:
+        return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
 
@@ -72,8 +77,11 @@ def synthetic_video(path: Path, frames: int, size: tuple[int, int], rate: int = 
     return path
 
 
-def build_stage(cfg: Config, compile: bool) -> Metric3DStage:
+def build_stage(cfg: Config, compile: bool):
+    """The stage under test, on the model thread; rule weights unless a checkpoint is given."""
     m = cfg.model
+    if m.processor == "null":
+        return NullStage(resolve_device(m.device))
     if m.checkpoint is not None:
         model, _ = load_model(m.backbone, m.checkpoint, m.device, m.precision, compile=compile)
     else:
@@ -81,7 +89,7 @@ def build_stage(cfg: Config, compile: bool) -> Metric3DStage:
         load_weights(model, to_model_keys(rule_weights(model)))
         model = place_model(model, m.device, m.precision, compile)
     processor = Metric3DProcessor(model, cfg.model.input_size, cfg.model.focal_mode)
-    meta = {"backbone": cfg.model.backbone, "precision": str(processor.dtype).removeprefix("torch.")}
+    meta = {"processor": "metric3d", "backbone": m.backbone, "precision": str(processor.dtype).removeprefix("torch.")}
     return Metric3DStage(processor, cfg.model.focal_for, None, meta)
 
 
@@ -104,20 +112,27 @@ def run_model_only(stage, images: list[np.ndarray], cfg: Config) -> float:
     return stats["frames_out"] / (time.perf_counter() - started)
 
 
-def run_serial(stage, video: Path, out: Path) -> float:
-    """Decode, infer, encode one frame after another in one thread, as reference scripts do."""
+def run_serial(stage, video: Path, out: Path, threads: ThreadBudget) -> float:
+    """Decode, infer, render, encode one frame after another in one thread, as reference scripts do
+    (with the same device-side picture as the pipeline, so only the overlap differs)."""
     transfer = DeviceTransfer(stage.device, pinned=False, side_stream=False)
-    renderer = Renderer("color")
+    probe = VideoSink(out, "color", picture_settings(Config()), overwrite=True)
+    outputs = Outputs([probe])
     started = time.perf_counter()
     frames = 0
     with av.open(str(video)) as src, av.open(str(out), "w") as dst:
         stream = src.streams.video[0]
+        stream.codec_context.thread_count = threads.decode
         enc = dst.add_stream("libx264", rate=30, options={"preset": "veryfast", "crf": "18"})
         enc.width, enc.height, enc.pix_fmt = stream.width, stream.height, "yuv420p"
+        enc.codec_context.thread_count = threads.encode
+        for key, value in COLOR_TAGS.items():
+            setattr(enc.codec_context, key, value)
         for frame in src.decode(stream):
-            maps, _ = stage(transfer.upload([frame.to_ndarray(format="rgb24")]))
-            depth = {k: v[0] for k, v in transfer.download(maps).wait().items()}
-            picture = av.VideoFrame.from_ndarray(renderer(depth), format="rgb24")
+            images = transfer.upload([frame.to_ndarray(format="rgb24")])
+            maps, _ = stage(images, outputs.stage_wants())
+            planes = transfer.download(outputs(maps, images)).wait()["picture:0"][0]
+            picture = av.VideoFrame.from_ndarray(planes, format="yuv420p")
             picture.pts = frame.pts
             for packet in enc.encode(picture):
                 dst.mux(packet)
@@ -127,10 +142,10 @@ def run_serial(stage, video: Path, out: Path) -> float:
     return frames / (time.perf_counter() - started)
 
 
-def run_pipeline(stage, video: Path, out: Path, cfg: Config) -> dict:
-    sink = VideoSink(out, "color", Renderer("color"), overwrite=True)
+def run_pipeline(stage, video: Path, out: Path, cfg: Config, fmt: str = "color", threads: int = 0) -> dict:
+    sink = VideoSink(out, fmt, picture_settings(cfg), overwrite=True, threads=threads)
     started = time.perf_counter()
-    stats = Pipeline(VideoSource(str(video)), stage, [sink], **engine_kwargs(cfg)).run()
+    stats = make_pipeline(VideoSource(str(video), threads=threads), stage, [sink], cfg).run()
     stats["fps"] = stats["frames_out"] / (time.perf_counter() - started)
     return stats
 
@@ -142,24 +157,39 @@ def run_live(stage, size: tuple[int, int], fps: float, frames: int) -> dict:
     return stats
 
 
-def bench_run(cfg: Config, frames: int, source_size: tuple[int, int], live_fps: float, memory_factor: int) -> dict:
-    stage = build_stage(cfg, cfg.model.compile)
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def bench_run(
+    cfg: Config,
+    frames: int,
+    source_size: tuple[int, int],
+    live_fps: float,
+    memory_factor: int,
+    formats: tuple[str, ...] = (),
+) -> dict:
+    """Every measurement in one process; the model is built and run on the model thread."""
+    threads = ThreadBudget.plan(resolve_device(cfg.model.device).type, cfg.engine.threads)
+    stage = worker.on_device_thread(_setup, cfg, threads)
     device = stage.device
     images = [pattern_image(*source_size, i / 30) for i in range(frames)]
     run_model_only(stage, images[: max(2, cfg.engine.batch_size * 2)], cfg)  # warm-up, lazy inits, compilation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result: dict = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)",
+        "device": device_name(device),
         "torch": torch.__version__,
+        "processor": stage.meta["processor"],
         "backbone": cfg.model.backbone,
         "input_size": list(cfg.model.input_size),
-        "precision": stage.meta["precision"],
+        "precision": stage.meta.get("precision", "-"),
         "batch_size": cfg.engine.batch_size,
         "source_size": list(source_size),
         "frames": frames,
+        "threads": threads.as_dict(),
         "pinned_memory": cfg.engine.pinned_memory and device.type == "cuda",
         "cuda_stream": cfg.engine.cuda_stream and device.type == "cuda",
         "compile": cfg.model.compile,
@@ -167,19 +197,23 @@ def bench_run(cfg: Config, frames: int, source_size: tuple[int, int], live_fps: 
     with TemporaryDirectory() as tmp:
         video = synthetic_video(Path(tmp) / "in.mp4", frames, source_size)
         model_only = run_model_only(stage, images, cfg)
-        serial = run_serial(stage, video, Path(tmp) / "serial.mp4")
-        pipeline = run_pipeline(stage, video, Path(tmp) / "pipeline.mp4", cfg)
+        serial = worker.on_device_thread(run_serial, stage, video, Path(tmp) / "serial.mp4", threads)
+        pipeline = run_pipeline(stage, video, Path(tmp) / "pipeline.mp4", cfg, threads=threads.encode)
+        per_format = {
+            fmt: run_pipeline(stage, video, Path(tmp) / f"f.{'mkv' if fmt == 'metric16' else 'mp4'}", cfg, fmt)
+            for fmt in formats
+        }
         rss_n = peak_rss_mb()
         live = run_live(stage, source_size, live_fps, frames)
         memory: dict = {"frames": frames, "peak_rss_mb": rss_n}
-        if memory_factor > 1:
+        if memory_factor > 1 and rss_n is not None:
             long_video = synthetic_video(Path(tmp) / "long.mp4", frames * memory_factor, source_size)
-            run_pipeline(stage, long_video, Path(tmp) / "long_out.mp4", cfg)
+            run_pipeline(stage, long_video, Path(tmp) / "long_out.mp4", cfg, threads=threads.encode)
             memory.update(frames_long=frames * memory_factor, peak_rss_mb_long=peak_rss_mb())
             memory["rss_growth_pct"] = 100 * (memory["peak_rss_mb_long"] / rss_n - 1)
     result["fps"] = {"model_only": model_only, "serial": serial, "pipeline": pipeline["fps"], "live_out": live["fps"]}
     if cfg.model.compile:  # the same measurement with the eager model, for the ratio
-        eager = build_stage(cfg, compile=False)
+        eager = worker.on_device_thread(build_stage, cfg, False)
         run_model_only(eager, images[:2], cfg)
         result["fps"]["model_only_eager"] = run_model_only(eager, images, cfg)
         result["ratio_compiled_vs_eager"] = model_only / result["fps"]["model_only_eager"]
@@ -188,14 +222,25 @@ def bench_run(cfg: Config, frames: int, source_size: tuple[int, int], live_fps: 
         "pipeline_vs_serial": pipeline["fps"] / serial,
     }
     result["latency_ms"] = {"p50": live["latency_ms"]["p50"], "p95": live["latency_ms"]["p95"]}
+    result["model_ms"] = 1000 / model_only
     result["live_fps_in"] = live_fps
     result["frames_dropped"] = live["frames_dropped"]
     result["stage_ms"] = pipeline["stage_ms"]
+    result["formats"] = {f: {"fps": r["fps"], "stage_ms": r["stage_ms"]} for f, r in per_format.items()}
     result["peak_rss_mb"] = peak_rss_mb()
     result["memory"] = memory
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return result
+
+
+def _setup(cfg: Config, threads: ThreadBudget):
+    torch.set_num_threads(threads.torch)
+    return build_stage(cfg, cfg.model.compile)
+
+
+def stage_line(stage_ms: dict) -> str:
+    return ", ".join(f"{name} {ms:.1f} ms" for name, ms in stage_ms.items())
 
 
 def table(result: dict) -> str:
@@ -221,7 +266,11 @@ def table(result: dict) -> str:
             f"{result['fps']['live_out']:.2f} fps, dropped {result['frames_dropped']}",
         ),
         ("live latency p50 / p95", f"{result['latency_ms']['p50']:.0f} / {result['latency_ms']['p95']:.0f} ms"),
-        ("peak RSS", f"{result['peak_rss_mb']:.0f} MB"),
+        ("model time per frame", f"{result['model_ms']:.1f} ms"),
+        ("threads torch / decode / encode", "{torch} / {decode} / {encode}".format(**result["threads"])),
+        *[(f"{fmt}: fps", f"{r['fps']:.2f}  ({stage_line(r['stage_ms'])})") for fmt, r in result["formats"].items()],
+        ("pipeline stages", stage_line(result["stage_ms"])),
+        ("peak RSS", f"{result['peak_rss_mb']:.0f} MB" if result["peak_rss_mb"] is not None else "n/a"),
     ]
     mem = result["memory"]
     if "peak_rss_mb_long" in mem:
@@ -237,47 +286,3 @@ def table(result: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(p) for p in text.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter("use WxH, e.g. 1920x1080") from None
-    return w, h
-
-
-@click.command(
-    epilog="""\b
-Examples:
-  streamer bench --device cpu --input-size 224x392 --frames 24 --source-size 640x360
-  streamer bench --device cuda --precision fp16 --source-size 1920x1080 --frames 300 --json gpu.json
-  streamer bench --device cuda --no-pinned --no-stream --batch-size 1   # each switch's effect"""
-)
-@click.option("--frames", type=int, default=32, show_default=True, help="Frames per measurement.")
-@click.option("--source-size", default="1280x720", show_default=True, help="Synthetic source size WxH.")
-@click.option("--live-fps", type=float, default=30.0, show_default=True, help="Rate of the paced live source.")
-@click.option(
-    "--memory-factor",
-    type=int,
-    default=10,
-    show_default=True,
-    help="Re-run the pipeline on this many times more frames to check RSS stays flat (1 = skip).",
-)
-@click.option("--no-pinned", is_flag=True, help="Turn pinned host buffers off (CUDA).")
-@click.option("--no-stream", is_flag=True, help="Turn the side copy stream off (CUDA).")
-@click.option("--no-batching", is_flag=True, help="Force batch size 1.")
-@click.option("--compile", is_flag=True, default=None, help="torch.compile the model (compare with a run without).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
-@model_options
-@with_flags
-def bench(cfg: Config, flags: dict) -> None:
-    """Measure model-only, serial-loop and pipeline fps, live latency and memory, in one run."""
-    cfg.engine.pinned_memory = not flags["no_pinned"]
-    cfg.engine.cuda_stream = not flags["no_stream"]
-    if flags["no_batching"]:
-        cfg.engine.batch_size = 1
-    size = parse_size(flags["source_size"])
-    click.echo(f"benchmarking {cfg.model.backbone} on {resolve_device(cfg.model.device)} ...", err=True)
-    result = bench_run(cfg, flags["frames"], size, flags["live_fps"], flags["memory_factor"])
-    click.echo(table(result))
-    if flags["json_path"]:
-        Path(flags["json_path"]).write_text(json.dumps(result, indent=2) + "\n")

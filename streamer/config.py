@@ -6,8 +6,9 @@ Unknown keys and bad values are rejected with the key, the value and what is all
 from __future__ import annotations
 
 import math
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -15,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from streamer.errors import ConfigError
 from streamer.models.metric3d.variants import BACKBONES, get_variant
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
+
+PRESETS = "streamer.configs"  # the top-level configs/, shipped inside the package (pyproject.toml)
 OutputFormat = Literal[
     "gray", "color", "normal", "side-by-side", "metric16", "exr", "npz", "comfy-depth", "comfy-normal"
 ]
@@ -38,6 +42,7 @@ class SourceConfig(Section):
     end: float | None = Field(None, gt=0, description="stop at this many seconds (files)")
     frames: int | None = Field(None, ge=1, description="stop after this many frames")
     live: bool | None = Field(None, description="drop stale frames (default: true for cameras/URLs)")
+    pace: bool | None = Field(None, description="play files in real time (default: when they feed live outputs)")
 
 
 class ModelConfig(Section):
@@ -104,6 +109,7 @@ class EngineConfig(Section):
     queue_size: int = Field(4, ge=1, le=256, description="frames buffered between stages")
     pinned_memory: bool = True
     cuda_stream: bool = True
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads in all (default: every core)")
 
 
 class OutputConfig(Section):
@@ -113,24 +119,37 @@ class OutputConfig(Section):
     range: Literal["auto", "fixed", "frame"] = "auto"
     near: float = Field(0.1, ge=0, description="metres shown brightest/first colour (fixed range)")
     far: float = Field(10.0, gt=0, description="metres shown darkest/last colour (fixed range)")
-    codec: str | None = None
+    codec: str | None = None  # auto (.mp4/.mov: NVENC if it opens, else libx264) or an FFmpeg encoder
     crf: int = Field(18, ge=0, le=51)
     overwrite: bool = False
     copy_audio: bool = True
 
 
 class PreviewConfig(Section):
+    enabled: bool = False  # show the window (the preview command turns it on)
     view: ViewFormat = "side-by-side"
     window: str = "streamer"
 
 
 class VirtualCamConfig(Section):
+    enabled: bool = False  # send to the virtual camera (the virtualcam command turns it on)
     backend: Literal["auto", "obs", "v4l2loopback", "unitycapture"] = "auto"
     device: str | None = None
     width: int = Field(1280, ge=16)
     height: int = Field(720, ge=16)
     fps: float = Field(30.0, gt=0)
     view: ViewFormat = "color"
+
+
+class ServeConfig(Section):
+    """The HTTP server for browsers and OBS (streamer/sinks/web.py)."""
+
+    enabled: bool = False  # the serve command, or --serve, turns it on
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: str | None = None  # required (generated when not given) on any non-loopback host
+    max_clients: int = Field(8, ge=1, le=1024)
+    view: ViewFormat = "side-by-side"
 
 
 class Config(Section):
@@ -140,6 +159,7 @@ class Config(Section):
     output: OutputConfig = OutputConfig()
     preview: PreviewConfig = PreviewConfig()
     virtualcam: VirtualCamConfig = VirtualCamConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -162,14 +182,32 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file() and not path.suffix and (CONFIG_DIR / f"{path}.yaml").is_file():
-        path = CONFIG_DIR / f"{path}.yaml"  # a preset by name: --config transcode
+def presets() -> Traversable:
+    """Where the presets are: inside the installed package, or beside it in a source checkout
+    that is first on sys.path (python -m from the repository root)."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return resources.files(PRESETS)
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in presets().iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file, or a preset by name (`--config transcode`)."""
+    path = Path(path)
+    try:
+        if not path.is_file() and not path.suffix and str(path) in preset_names():
+            text = presets().joinpath(f"{path}.yaml").read_text()
+        else:
+            text = path.read_text()
+        data = yaml.safe_load(text) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found", hint=f"presets live in {CONFIG_DIR}") from None
+        raise ConfigError(
+            f"config file {path} not found", hint=f"give a YAML file or a preset: {', '.join(preset_names())}"
+        ) from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
+
+METRIC16_SCALE = 0.001  # metres per unit of metric16 pictures: uint16 millimetres
 
 
 @dataclass
@@ -18,6 +21,9 @@ class Frame:
     time_base: Fraction
     capture_time: float  # time.monotonic() when the source produced it
     name: str = ""  # for image sources: the file's stem, used to name outputs
+    # compressed audio packets (PyAV) demuxed with this frame from the same input, in demux order:
+    # they travel beside the frames so sinks copy audio without opening the input again
+    audio: list = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -26,16 +32,23 @@ class Frame:
 
 @dataclass
 class Result:
-    """A processor's outputs for one frame, as host arrays at the output size.
+    """One sink's arrays for one frame, on the host, at the output size: what the sink `needs`.
 
-    Metric3D gives `depth` (H, W) float32 metres, `normal` (H, W, 3) unit vectors in camera
-    coordinates (x right, y down, z forward), `kappa` (H, W) normal concentration and `confidence`
-    (H, W). Image processors (ControlNet preprocessors) give `image` (H, W, 3) uint8.
+    `picture` is the sink's picture (RGB or YUV planes), `depth` (H, W) float32 metres, `depth_mm`
+    uint16 millimetres, `normal` (H, W, 3) unit vectors in camera coordinates (x right, y down,
+    z forward), `kappa` and `confidence` (H, W), `image` the input frame (see processors/outputs.py).
     """
 
     frame: Frame
     maps: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
+    # hands the host buffers back to the engine's download ring once the sink is done with them
+    release: Callable[[], None] | None = None
+
+    def done(self) -> None:
+        if self.release is not None:
+            self.release()
+            self.release = None
 
     @property
     def depth(self) -> np.ndarray:
@@ -53,6 +66,7 @@ class StreamInfo:
     live: bool
     frame_count: int | None = None
     name: str = ""
+    audio: tuple = ()  # the input's audio streams (PyAV), templates for sinks that copy audio
 
 
 class EndOfStream:

@@ -6,14 +6,21 @@ from pathlib import Path
 
 import click
 
-from streamer.cli.options import live_extra_options, live_source_options, model_options, render_options, with_flags
-from streamer.cli.running import file_sink, preview_sink, renderer, run, virtualcam_sink
+from streamer.api import picture_settings
+from streamer.cli.options import (
+    live_extra_options,
+    live_source_options,
+    model_options,
+    render_options,
+    serve_options,
+    with_flags,
+)
+from streamer.cli.running import run
 from streamer.config import OUTPUT_FORMATS, Config
 from streamer.errors import ConfigError
-from streamer.processors.render import VIEW_FORMATS
 from streamer.sinks import ImageSequenceSink
-from streamer.sources import ImageSource, open_source
-from streamer.sources.video import VideoSource
+from streamer.sources import ImageSource
+from streamer.views import VIEW_FORMATS
 
 
 @click.command(
@@ -33,7 +40,10 @@ Examples:
     help="What each frame becomes: pictures (gray color normal side-by-side comfy-*), metric16 (uint16 mm), exr/npz (float32 m).  [default: color]",
 )
 @render_options
-@click.option("--codec", help="Encoder (default: libx264 for .mp4/.mov, ffv1 for .mkv, libvpx-vp9 for .webm).")
+@click.option(
+    "--codec",
+    help="Encoder: auto (.mp4/.mov: NVENC when it opens here, else libx264), or any FFmpeg encoder (ffv1 for .mkv, libvpx-vp9 for .webm are the defaults there).",
+)
 @click.option("--crf", type=int, help="x264/x265 quality, lower is better.  [default: 18]")
 @click.option("--start", type=float, help="Start at this many seconds.")
 @click.option("--end", type=float, help="Stop at this many seconds.")
@@ -49,16 +59,21 @@ def transcode(cfg: Config, flags: dict) -> None:
     The output is written as NAME.partial.EXT and renamed when complete.
     """
     cfg.source.uri = flags["input_path"]
+    cfg.output.path = flags["output"]
     if cfg.source.live is None:
         cfg.source.live = False  # a transcode keeps every frame, even from a network stream
-    comfy = cfg.output.format.startswith("comfy")
-    sink = file_sink(cfg, flags["output"], [flags["input_path"]], flags["input_path"])
-    source = VideoSource(cfg.source.uri, cfg.source.start, cfg.source.end, cfg.source.frames, cfg.source.live)
-    run(cfg, source, [sink], comfy=comfy)
+    run(cfg)
 
 
-def live_sinks(cfg: Config, record: str | None) -> list:
-    return [file_sink(cfg, record)] if record else []
+def turn_on(cfg: Config, flags: dict, *sections: str) -> None:
+    """The command's own output plus the ones its flags add (--record, --virtualcam, --preview, --serve)."""
+    for section in sections:
+        getattr(cfg, section).enabled = True
+    for flag, section in (("also_virtualcam", "virtualcam"), ("also_preview", "preview"), ("also_serve", "serve")):
+        if flags.get(flag):
+            getattr(cfg, section).enabled = True
+    if flags.get("record"):
+        cfg.output.path = flags["record"]
 
 
 @click.command(
@@ -74,14 +89,13 @@ Keys: q/Esc quit, v switch view, c cycle colormap."""
 @render_options
 @click.option("--virtualcam", "also_virtualcam", is_flag=True, help="Also send frames to the virtual camera.")
 @live_extra_options
+@serve_options
 @model_options
 @with_flags
 def preview(cfg: Config, flags: dict) -> None:
     """Show live depth in a window, with fps and latency."""
-    sinks = [preview_sink(cfg), *live_sinks(cfg, flags["record"])]
-    if flags["also_virtualcam"]:
-        sinks.append(virtualcam_sink(cfg))
-    run(cfg, open_source(cfg.source), sinks)
+    turn_on(cfg, flags, "preview")
+    run(cfg)
 
 
 @click.command(
@@ -105,14 +119,38 @@ Needs OBS 28+ (Windows/macOS), Unity Capture (Windows) or v4l2loopback (Linux, e
 @render_options
 @click.option("--preview", "also_preview", is_flag=True, help="Also show the preview window.")
 @live_extra_options
+@serve_options
 @model_options
 @with_flags
 def virtualcam(cfg: Config, flags: dict) -> None:
     """Send live depth to a virtual camera for OBS, Zoom, Meet..."""
-    sinks = [virtualcam_sink(cfg), *live_sinks(cfg, flags["record"])]
-    if flags["also_preview"]:
-        sinks.append(preview_sink(cfg))
-    run(cfg, open_source(cfg.source), sinks)
+    turn_on(cfg, flags, "virtualcam")
+    run(cfg)
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  streamer serve --source testsrc                 # http://127.0.0.1:8080/ in a browser
+  streamer serve --host 0.0.0.0 --port 8080       # other machines too; prints the URL with its token
+  OBS: Browser Source -> http://127.0.0.1:8080/?bare=1, or Media Source -> http://127.0.0.1:8080/stream.mjpg
+Endpoints: / (page), /stream.mjpg, /snapshot.png, /depth.png (16-bit mm), /stats, /settings."""
+)
+@live_source_options
+@click.option("--host", help="Address to listen on; anything but loopback needs the token.  [default: 127.0.0.1]")
+@click.option("--port", type=int, help="Port (0: any free one).  [default: 8080]")
+@click.option("--token", help="Access token for every endpoint.  [default: generated off loopback]")
+@click.option("--serve-view", type=click.Choice(VIEW_FORMATS), help="What the page shows first.  [default: side-by-side]")
+@render_options
+@click.option("--preview", "also_preview", is_flag=True, help="Also show the preview window.")
+@click.option("--virtualcam", "also_virtualcam", is_flag=True, help="Also send frames to the virtual camera.")
+@live_extra_options
+@model_options
+@with_flags
+def serve(cfg: Config, flags: dict) -> None:
+    """Serve live depth to browsers and OBS over HTTP (a page, MJPEG, PNG snapshots, stats)."""
+    turn_on(cfg, flags, "serve")
+    run(cfg)
 
 
 @click.command(
@@ -138,23 +176,21 @@ Examples:
 @with_flags
 def depth(cfg: Config, flags: dict) -> None:
     """Depth for still images: NAME.png plus NAME.npz (depth m, normal, kappa, confidence, fx, fy)."""
-    source = ImageSource(list(flags["images"]))
     out = Path(flags["output"])
     overwrite = cfg.output.overwrite
+    picture = picture_settings(cfg)
     if flags["comfy"]:
         sinks = [
-            ImageSequenceSink(out, "comfy-depth", renderer(cfg), overwrite),
-            ImageSequenceSink(
-                out, "comfy-normal", renderer(cfg), overwrite, name_suffix="_normal", write_metadata=False
-            ),
+            ImageSequenceSink(out, "comfy-depth", picture, overwrite),
+            ImageSequenceSink(out, "comfy-normal", picture, overwrite, name_suffix="_normal", write_metadata=False),
         ]
     else:
-        sinks = [ImageSequenceSink(out, cfg.output.format, renderer(cfg), overwrite, write_metadata=False)]
+        sinks = [ImageSequenceSink(out, cfg.output.format, picture, overwrite, write_metadata=False)]
     if cfg.model.processor == "metric3d":
-        sinks.append(ImageSequenceSink(out, "npz", renderer(cfg), overwrite))
+        sinks.append(ImageSequenceSink(out, "npz", picture, overwrite))
     else:
         sinks[0].write_metadata = True
-    run(cfg, source, sinks, comfy=flags["comfy"], unit="image")
+    run(cfg, sinks, ImageSource(list(flags["images"])), unit="image")
 
 
 @click.command()

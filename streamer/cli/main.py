@@ -17,7 +17,7 @@ EXIT_INTERRUPTED = 130
 
 class Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return ["preview", "transcode", "virtualcam", "depth", "bench", "doctor"]
+        return ["preview", "transcode", "virtualcam", "serve", "depth", "bench", "doctor"]
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -45,10 +45,10 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from streamer.bench import bench
-    from streamer.cli.commands import depth, doctor, preview, transcode, virtualcam
+    from streamer.cli.bench import bench
+    from streamer.cli.commands import depth, doctor, preview, serve, transcode, virtualcam
 
-    for command in (preview, transcode, virtualcam, depth, bench, doctor):
+    for command in (preview, transcode, virtualcam, serve, depth, bench, doctor):
         cli.add_command(command)
 
 
@@ -56,9 +56,16 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def install_signal_handlers() -> None:
+    """Ctrl-C and SIGTERM stop the run cleanly. SIGINT is installed explicitly: a process started as
+    a background job of a script (or by some supervisors) inherits it as ignored."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     _register()
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    install_signal_handlers()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="streamer", standalone_mode=False)

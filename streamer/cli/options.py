@@ -30,6 +30,12 @@ FLAG_TO_CONFIG = {
     "offline": ("model", "local_files_only"),
     "compile": ("model", "compile"),
     "batch_size": ("engine", "batch_size"),
+    "threads": ("engine", "threads"),
+    "pace": ("source", "pace"),
+    "host": ("serve", "host"),
+    "port": ("serve", "port"),
+    "token": ("serve", "token"),
+    "serve_view": ("serve", "view"),
     "queue_size": ("engine", "queue_size"),
     "source": ("source", "uri"),
     "width": ("source", "width"),
@@ -148,6 +154,11 @@ model_options = stack(
     ),
     click.option("--offline", is_flag=True, default=None, help="Use only cached weights; never download."),
     click.option("--batch-size", type=int, help="Frames per forward pass for files.  [default: 1]"),
+    click.option(
+        "--threads",
+        type=int,
+        help="CPU threads for decoding, the model and encoding together (see `streamer doctor`).  [default: all cores]",
+    ),
 )
 
 
@@ -156,6 +167,20 @@ live_source_options = stack(
     click.option("--width", type=int, help="Requested camera width."),
     click.option("--height", type=int, help="Requested camera height."),
     click.option("--fps", type=float, help="Requested camera rate."),
+    click.option(
+        "--pace/--no-pace",
+        default=None,
+        help="Play a video file in real time, by its timestamps.  [default: on for these live outputs]",
+    ),
+)
+
+serve_options = stack(
+    click.option(
+        "--serve",
+        "also_serve",
+        is_flag=True,
+        help="Also serve the picture over HTTP (http://127.0.0.1:8080/, see `streamer serve --help`).",
+    ),
 )
 
 live_extra_options = stack(

@@ -1,11 +1,15 @@
-"""source -> [capture thread] -> queue -> [inference thread] -> queues -> [one thread per sink].
+"""source -> [capture thread] -> queue -> [model thread] -> queues -> [one thread per sink].
 
-The inference thread is the thread that calls `run()`, the one that loaded the model: on the CPU,
-PyTorch's OpenMP pool belongs to a thread, and a second thread running the model gets a second
-pool that competes with the first (measured: 2x slower on 2 cores). Ownership otherwise follows
-concurrent.futures: the Pipeline starts named, non-daemon threads for capture and sinks, records
-the first exception with its stage, stops the others through an Event plus end-of-stream
-sentinels, joins them all, and re-raises in the caller's thread. `stop()` is idempotent.
+The model runs on the process's one model thread (engine/worker.py), where it was loaded, so
+the CPU keeps a single OpenMP pool; the main thread, which calls `run()`, handles signals and
+runs the sinks that must live on it (GUI windows: macOS allows them only there). Ownership
+otherwise follows concurrent.futures: named, non-daemon threads for capture and sinks, the first
+exception recorded with its stage, the others stopped through an Event plus end-of-stream
+sentinels, all joined, the error re-raised in the caller's thread. `stop()` is idempotent.
+
+Live sources hand each result to the sinks as soon as its download is complete; files keep one
+batch in flight so the next batch computes while the last one downloads. A person's stop (a
+quit key, Ctrl-C, SIGTERM) ends a live run normally; for a file it is an interruption.
 """
 
 from __future__ import annotations
@@ -15,29 +19,79 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from queue import Empty
 from typing import Protocol
 
 import torch
 
+from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer
 from streamer.engine.queues import StageQueue
 from streamer.engine.stats import Stats
 from streamer.errors import Interrupted, PipelineError, StopRequested
+from streamer.processors.outputs import Outputs
 from streamer.types import EndOfStream, Frame, Result
 
 log = logging.getLogger(__name__)
 END = EndOfStream()
-JOIN_POLL_S = 0.1
+POLL_S = 0.1
+MAIN_POLL_S = 0.01  # how often the main thread looks at its sinks (GUI events stay responsive)
 TICK_S = 0.25
 
 
 class FrameProcessor(Protocol):
-    """What the inference thread runs: uint8 frames on the device -> named maps (N, ...) + metadata."""
+    """What the model thread runs: uint8 frames on the device -> named maps (N, ...) + metadata."""
 
     device: torch.device
 
-    def __call__(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]: ...
+    def __call__(self, images: torch.Tensor, wants: set[str]) -> tuple[dict[str, torch.Tensor], dict]: ...
+
+
+class SinkRunner:
+    """Feeds one sink from its queue, on whichever thread calls `step`, and always closes it."""
+
+    def __init__(self, pipeline: Pipeline, sink, queue: StageQueue) -> None:
+        self.pipeline, self.sink, self.queue = pipeline, sink, queue
+        self.idle = getattr(sink, "idle_interval", None)
+        self.finished = False
+
+    def step(self, timeout: float) -> bool:
+        """Write what arrived within `timeout`; False once the sink is finished."""
+        try:
+            item = self.queue.get(timeout=self.idle or timeout)
+        except Empty:
+            if self.idle:
+                self.sink.idle()
+            return True
+        if item is END:
+            self.finish()
+            return False
+        started = time.perf_counter()
+        try:
+            self.sink.write(item)
+        finally:
+            item.done()
+        self.pipeline.stats.stage(f"sink:{self.sink.name}", time.perf_counter() - started)
+        if self.queue is self.pipeline.queues[0]:
+            self.pipeline.stats.frame_out(item.frame.capture_time)
+        return True
+
+    def finish(self, failed: bool = False) -> None:
+        if not self.finished:
+            self.finished = True
+            self.sink.close(complete=not failed and self.pipeline.outputs_complete())
+
+    def guarded_step(self, timeout: float) -> bool:
+        try:
+            return self.step(timeout)
+        except StopRequested:
+            self.pipeline.person_stop()
+            return True
+        except BaseException as exc:  # recorded with its stage, re-raised by run()
+            self.pipeline.fail(f"sink:{self.sink.name}", exc)
+            self.finish(failed=True)
+            return False
 
 
 class Pipeline:
@@ -51,26 +105,34 @@ class Pipeline:
         pinned_memory: bool = True,
         cuda_stream: bool = True,
         stats: Stats | None = None,
+        pace: bool = False,
     ) -> None:
         self.source = source
         self.processor = processor
         self.sinks = sinks
         self.live = bool(source.info.live)
+        self.pace = pace and not self.live
         self.batch_size = 1 if self.live else batch_size
         self.stats = stats or Stats()
         self.transfer = DeviceTransfer(processor.device, pinned_memory, cuda_stream)
+        self.outputs = Outputs(sinks)
         # live: a one-slot queue that always holds the newest frame; files: back-pressure
-        self.frames = StageQueue(1, "latest", "frames") if self.live else StageQueue(queue_size, "block", "frames")
-        self.outputs = [
-            StageQueue(queue_size, "latest" if getattr(s, "live", False) else "block", s.name) for s in sinks
+        self.frames = (
+            StageQueue(1, "latest", "frames", on_drop=self._keep_audio)
+            if self.live
+            else StageQueue(queue_size, "block", "frames")
+        )
+        self.queues = [
+            StageQueue(queue_size, "latest" if s.live else "block", s.name, on_drop=Result.done) for s in sinks
         ]
-        for q in (self.frames, *self.outputs):
+        for q in (self.frames, *self.queues):
             self.stats.queue_depths[q.name] = q.__len__
             self.stats.drop_counters[q.name] = lambda q=q: q.dropped
         self._stop = threading.Event()
-        self._interrupted = False
+        self._person_stop = False
         self._error: PipelineError | None = None
-        self._error_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._audio_carry: list = []  # audio of dropped live frames rides on the next frame
         self._threads: list[threading.Thread] = []
         self._tick: Callable[[Stats], None] | None = None
         self._last_tick = 0.0
@@ -81,21 +143,32 @@ class Pipeline:
         self._stop.set()
         self.frames.close()
 
-    def _fail(self, stage: str, exc: BaseException) -> None:
-        with self._error_lock:
+    def person_stop(self) -> None:
+        """A quit key, Ctrl-C or SIGTERM: a normal end for a live source, an interruption for a file."""
+        self._person_stop = True
+        self.stop()
+
+    def fail(self, stage: str, exc: BaseException) -> None:
+        with self._lock:
             if self._error is None:
                 self._error = PipelineError(stage, exc)
                 log.debug("%s failed", stage, exc_info=exc)
         self.stop()
+
+    def outputs_complete(self) -> bool:
+        """Whether sinks finish their outputs as complete (else they stay partial)."""
+        if self._error is not None:
+            return False
+        return not self._stop.is_set() or (self.live and self._person_stop)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         def guarded() -> None:
             try:
                 target()
             except StopRequested:
-                self.stop()
+                self.person_stop()
             except BaseException as exc:  # recorded with its stage, re-raised by run()
-                self._fail(name, exc)
+                self.fail(name, exc)
 
         thread = threading.Thread(target=guarded, name=f"streamer-{name}")
         self._threads.append(thread)
@@ -104,32 +177,31 @@ class Pipeline:
     def run(self, tick: Callable[[Stats], None] | None = None) -> dict:
         """Run to the end of the input (or a stop) and return the statistics snapshot.
 
-        `tick(stats)` is called about every TICK_S seconds (progress displays). Ctrl-C stops the
-        run cleanly: sinks are finalised and Interrupted is raised.
+        `tick(stats)` is called about every TICK_S seconds (progress displays) on the calling
+        thread. Ctrl-C stops the run cleanly: sinks are finalised; for a file Interrupted is raised.
         """
         self._tick = tick
         self._open_sinks()
-        for sink, queue in zip(self.sinks, self.outputs, strict=True):
-            self._spawn(f"sink:{sink.name}", lambda s=sink, q=queue: self._sink_loop(s, q))
+        runners = [SinkRunner(self, s, q) for s, q in zip(self.sinks, self.queues, strict=True)]
+        on_main = [r for r in runners if getattr(r.sink, "main_thread", False)]
+        for runner in runners:
+            if runner not in on_main:
+                self._spawn(f"sink:{runner.sink.name}", lambda r=runner: self._sink_loop(r))
         self._spawn("capture", self._capture_loop)
+        inference = worker.submit(self._inference)
         try:
-            self._inference_loop()
-        except StopRequested:
-            self.stop()
-        except KeyboardInterrupt:
-            self._interrupted = True
-            self.stop()
-        except BaseException as exc:  # recorded with its stage like the other threads' errors
-            self._fail("inference", exc)
+            self._main_loop(inference, on_main)
         finally:
-            for queue in self.outputs:
-                queue.put_end(END)
-        self._join()
+            for runner in on_main:  # after an interrupt: still finalised, on this thread
+                runner.finish(failed=self._error is not None)
+            self._join(inference)
+        snapshot = self.stats.snapshot()
+        snapshot["stopped_by_person"] = self._person_stop
         if self._error is not None:
             raise self._error
-        if self._interrupted:
+        if self._person_stop and not self.live:
             raise Interrupted(f"interrupted after {self.stats.frames_out} frames; outputs were finalised")
-        return self.stats.snapshot()
+        return snapshot
 
     def _open_sinks(self) -> None:
         opened = []
@@ -143,20 +215,34 @@ class Pipeline:
             self.source.close()
             raise
 
-    def _join(self) -> None:
-        try:
-            while any(t.is_alive() for t in self._threads):
-                for t in self._threads:
-                    t.join(JOIN_POLL_S / len(self._threads))
+    def _main_loop(self, inference: Future, on_main: list[SinkRunner]) -> None:
+        """Serve the main-thread sinks and the progress tick until every stage is done."""
+        running = list(on_main)
+        while True:
+            try:
+                for runner in list(running):
+                    if not runner.guarded_step(MAIN_POLL_S):
+                        running.remove(runner)
+                if not running:
+                    others_alive = any(t.is_alive() for t in self._threads) or not inference.done()
+                    if not others_alive:
+                        return
+                    time.sleep(POLL_S / 4)
                 self._maybe_tick()
-        except KeyboardInterrupt:
-            self._interrupted = True
-            self.stop()
-            for t in self._threads:
-                t.join()
-        finally:
-            self.source.close()
-            self._maybe_tick(force=True)
+            except KeyboardInterrupt:
+                self.person_stop()
+
+    def _join(self, inference: Future) -> None:
+        while True:
+            try:
+                inference.result()
+                for t in self._threads:
+                    t.join()
+                break
+            except KeyboardInterrupt:
+                self.person_stop()
+        self.source.close()
+        self._maybe_tick(force=True)
 
     def _maybe_tick(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -167,20 +253,46 @@ class Pipeline:
     # -- stages ----------------------------------------------------------------------------
 
     def _capture_loop(self) -> None:
+        clock: tuple[float, float] | None = None  # (wall, media seconds) of the first frame, when pacing
         try:
-            for frame in self.source.frames(self._stop):
+            frames = iter(self.source.frames(self._stop))
+            while True:
+                started = time.perf_counter()
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                self.stats.stage("decode", time.perf_counter() - started)
+                if self.pace:
+                    clock = clock or (time.monotonic(), frame.seconds)
+                    delay = clock[0] + frame.seconds - clock[1] - time.monotonic()
+                    if delay > 0 and self._stop.wait(delay):
+                        break
+                    frame.capture_time = time.monotonic()
                 self.stats.frame_in()
                 if not self.frames.put(frame, self._stop):
                     break
         finally:
             self.frames.put_end(END)
 
+    def _keep_audio(self, frame: Frame) -> None:
+        with self._lock:
+            self._audio_carry.extend(frame.audio)
+
+    def _take_frame(self, timeout: float):
+        item = self.frames.get(timeout=timeout)
+        if self.live and item is not END:
+            with self._lock:
+                if self._audio_carry:
+                    item.audio[:0] = self._audio_carry
+                    self._audio_carry = []
+        return item
+
     def _next_batch(self, carry: list[Frame]) -> list[Frame] | None:
         batch = carry[:1] if carry else []
         carry.clear()
         while len(batch) < self.batch_size:
             try:
-                item = self.frames.get(timeout=JOIN_POLL_S)
+                item = self._take_frame(POLL_S)
             except Empty:
                 if self._stop.is_set():
                     return None
@@ -194,51 +306,58 @@ class Pipeline:
             batch.append(item)
         return batch or None
 
+    def _inference(self) -> None:
+        try:
+            self._inference_loop()
+        except StopRequested:
+            self.person_stop()
+        except BaseException as exc:  # recorded with its stage like the other threads' errors
+            self.fail("inference", exc)
+        finally:
+            for queue in self.queues:
+                queue.put_end(END)
+
     def _inference_loop(self) -> None:
         pending: deque = deque()
         carry: list[Frame] = []
         while not self._stop.is_set():
-            self._maybe_tick()
             batch = self._next_batch(carry)
             if batch is None:
                 break
             started = time.perf_counter()
             images = self.transfer.upload([f.image for f in batch])
-            maps, meta = self.processor(images)
-            pending.append((batch, self.transfer.download(maps), meta, started))
-            if len(pending) > 1:  # keep one batch in flight while the next is queued
+            uploaded = time.perf_counter()
+            maps, meta = self.processor(images, self.outputs.stage_wants())
+            computed = time.perf_counter()
+            download = self.transfer.download(self.outputs(maps, images))
+            rendered = time.perf_counter()
+            n = len(batch)
+            for name, seconds in (("upload", uploaded - started), ("model", computed - uploaded)):
+                self.stats.stage(name, seconds, n)
+            self.stats.stage("render", rendered - computed, n)
+            pending.append((batch, download, meta, started))
+            if self.live or len(pending) > 1:  # live: at once; files: one batch in flight
                 self._emit(*pending.popleft())
         while pending and not self._stop.is_set():
             self._emit(*pending.popleft())
 
     def _emit(self, batch: list[Frame], download, meta: dict, started: float) -> None:
+        waited = time.perf_counter()
         arrays = download.wait()
-        self.stats.stage("inference", time.perf_counter() - started, len(batch))
+        done = time.perf_counter()
+        self.stats.stage("download", done - waited, len(batch))
+        self.stats.stage("inference", done - started, len(batch))
+        lease = download.lease
+        lease.hold(len(batch) * len(self.sinks))
+        lease.release()  # the pipeline's own hold: the sinks' results hold the slot now
         for i, frame in enumerate(batch):
-            result = Result(frame, {k: v[i] for k, v in arrays.items()}, meta)
-            if not self.outputs:
+            if not self.sinks:
                 self.stats.frame_out(frame.capture_time)
-            for queue in self.outputs:
-                queue.put(result, self._stop)
+            for maps, queue in zip(self.outputs.split(arrays, i), self.queues, strict=True):
+                result = Result(frame, maps, meta, lease.release)
+                if not queue.put(result, self._stop):
+                    result.done()
 
-    def _sink_loop(self, sink, queue: StageQueue) -> None:
-        complete = False
-        try:
-            idle = getattr(sink, "idle_interval", None)
-            while True:
-                try:
-                    item = queue.get(timeout=idle or JOIN_POLL_S)
-                except Empty:
-                    if idle:
-                        sink.idle()
-                    continue
-                if item is END:
-                    complete = not self._stop.is_set()
-                    break
-                started = time.perf_counter()
-                sink.write(item)
-                self.stats.stage(f"sink:{sink.name}", time.perf_counter() - started)
-                if queue is self.outputs[0]:
-                    self.stats.frame_out(item.frame.capture_time)
-        finally:
-            sink.close(complete=complete and self._error is None)
+    def _sink_loop(self, runner: SinkRunner) -> None:
+        while runner.guarded_step(POLL_S):
+            pass

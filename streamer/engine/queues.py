@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from queue import Empty
 from typing import Any
 
@@ -16,9 +17,13 @@ POLICIES = ("block", "latest")
 
 
 class StageQueue:
-    def __init__(self, maxsize: int, policy: str = "block", name: str = "") -> None:
+    def __init__(
+        self, maxsize: int, policy: str = "block", name: str = "", on_drop: Callable[[Any], None] | None = None
+    ) -> None:
+        """`on_drop(item)` is called for each item a `latest` queue drops (to release what it holds)."""
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}")
+        self.on_drop = on_drop
         self.maxsize = maxsize
         self.policy = policy
         self.name = name
@@ -35,8 +40,10 @@ class StageQueue:
         with self._cond:
             if self.policy == "latest":
                 while len(self._items) >= self.maxsize:
-                    self._items.popleft()
+                    dropped = self._items.popleft()
                     self.dropped += 1
+                    if self.on_drop is not None:
+                        self.on_drop(dropped)
             else:
                 while len(self._items) >= self.maxsize and not self._closed:
                     if stop is not None and stop.is_set():

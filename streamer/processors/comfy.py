@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import cv2
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.colors import Normalize
 
-from streamer.processors.metric3d import Letterbox
+if TYPE_CHECKING:  # a type only: metric3d.py imports this module
+    from streamer.processors.metric3d import Letterbox
 
 UPSCALE_METHODS = ("INTER_NEAREST", "INTER_LINEAR", "INTER_AREA", "INTER_CUBIC", "INTER_LANCZOS4")
 COMFY_RESOLUTION = 512

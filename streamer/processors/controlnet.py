@@ -78,7 +78,7 @@ def load_detector(processor_id: str, weights: str | None = None, local_files_onl
 
 
 class AuxStage:
-    """Engine stage around a controlnet_aux detector: frames -> `image` (N, h, w, 3) uint8."""
+    """Engine stage around a controlnet_aux detector: frames -> `picture` (N, h, w, 3) uint8."""
 
     def __init__(
         self,
@@ -98,7 +98,8 @@ class AuxStage:
         self.resolution = resolution
         self.meta = {"processor": processor_id, "processor_args": self.params}
 
-    def __call__(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+    def __call__(self, images: torch.Tensor, wants: set[str] | frozenset[str] = frozenset()) -> tuple[dict, dict]:
+        """`wants` is ignored: a preprocessor makes one picture, whatever the sinks read."""
         from streamer.processors.metric3d import short_side_size
 
         frames = images.cpu().numpy()
@@ -114,4 +115,4 @@ class AuxStage:
             if picture.shape[:2] != (out_h, out_w):
                 picture = cv2.resize(picture, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
             pictures.append(picture.astype(np.uint8))
-        return {"image": torch.from_numpy(np.stack(pictures))}, dict(self.meta)
+        return {"picture": torch.from_numpy(np.stack(pictures)).to(images.device)}, dict(self.meta)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from streamer.errors import ConfigError
 from streamer.models.metric3d import Metric3D
+from streamer.processors.comfy import comfy_pictures
 from streamer.processors.resize import LinearResizeU8
 
 CANONICAL_INPUT = (616, 1064)
@@ -23,7 +24,8 @@ MAX_METRIC_DEPTH = 300.0
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 PAD_RGB = (124, 116, 104)  # the official pad colour is MEAN; cv2 rounds it on uint8 images
-FOCAL_MODES = ("fx", "mean")  # hubconf uses fx only; the official test script (fx + fy) / 2
+FOCAL_MODES = ("fx", "mean")
+ALL_MAPS = ("depth", "confidence", "normal", "kappa")  # hubconf uses fx only; the official test script (fx + fy) / 2
 
 
 def check_input_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -114,29 +116,45 @@ class Metric3DProcessor:
         fx: float,
         fy: float,
         out_hw: tuple[int, int] | None = None,
+        wants: set[str] | frozenset[str] = ALL_MAPS,
     ) -> dict[str, torch.Tensor]:
         """-> depth (N,h,w) m, normal (N,h,w,3), kappa (N,h,w), confidence (N,h,w); float32, on the device.
 
-        `out_hw` defaults to the source size.
+        `out_hw` defaults to the source size; only the maps in `wants` are made.
         """
         out, box = self.forward(images)
-        return self.metric_maps(out, box, fx, fy, out_hw)
+        return self.metric_maps(out, box, fx, fy, out_hw, wants)
 
     @torch.inference_mode()
     def metric_maps(
-        self, out: dict, box: Letterbox, fx: float, fy: float, out_hw: tuple[int, int] | None = None
+        self,
+        out: dict,
+        box: Letterbox,
+        fx: float,
+        fy: float,
+        out_hw: tuple[int, int] | None = None,
+        wants: set[str] | frozenset[str] = ALL_MAPS,
     ) -> dict[str, torch.Tensor]:
+        """Crop, resize to `out_hw` in fp32 and scale to metres only the channels asked for: at
+        1080p all six channels are 50 MB a frame, a colour picture needs one."""
         out_hw = out_hw or box.src_hw
-        # (N, 6, IH, IW): canonical depth, confidence, normal xyz, kappa; resized in fp32
-        maps = torch.cat((out["depth"][-1], out["confidence"][-1], out["normal"][-1]), dim=1).float()
+        sources = {"depth": out["depth"][-1], "confidence": out["confidence"][-1]}
+        normal = out["normal"][-1]  # xyz + kappa
+        sources.update(normal=normal[:, :3], kappa=normal[:, 3:4])
+        names = [name for name in ALL_MAPS if name in wants]
+        if not names:
+            return {}
+        maps = torch.cat([sources[name] for name in names], dim=1).float()
         maps = F.interpolate(box.crop(maps), out_hw, mode="bilinear", align_corners=False)
-        depth = (maps[:, 0] * self.metric_scale(fx, fy, box)).clamp_(0, MAX_METRIC_DEPTH)
-        return {
-            "depth": depth,
-            "confidence": maps[:, 1],
-            "normal": maps[:, 2:5].permute(0, 2, 3, 1),
-            "kappa": maps[:, 5],
-        }
+        result, channel = {}, 0
+        for name in names:
+            width = 3 if name == "normal" else 1
+            part = maps[:, channel : channel + width]
+            channel += width
+            result[name] = part.permute(0, 2, 3, 1) if name == "normal" else part[:, 0]
+        if "depth" in result:
+            result["depth"] = (result["depth"] * self.metric_scale(fx, fy, box)).clamp_(0, MAX_METRIC_DEPTH)
+        return result
 
 
 def short_side_size(src_hw: tuple[int, int], resolution: int) -> tuple[int, int]:
@@ -168,18 +186,18 @@ class Metric3DStage:
         self.meta = meta or {}
         self.device = processor.device
 
-    def __call__(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+    def __call__(
+        self, images: torch.Tensor, wants: set[str] | frozenset[str] = ALL_MAPS
+    ) -> tuple[dict[str, torch.Tensor], dict]:
         src_hw = (images.shape[1], images.shape[2])
         fx, fy = self.focal(src_hw[1])
         out_hw = short_side_size(src_hw, self.resolution) if self.resolution else None
         meta = {**self.meta, "fx": fx, "fy": fy}
         if self.comfy_resolution is None:
-            return self.processor(images, fx, fy, out_hw), meta
-        from streamer.processors.comfy import comfy_pictures
-
+            return self.processor(images, fx, fy, out_hw, wants), meta
         out, box = self.processor.forward(images, all_iterations=True)
-        maps = self.processor.metric_maps(out, box, fx, fy, out_hw)
+        maps = self.processor.metric_maps(out, box, fx, fy, out_hw, wants)
         pictures = comfy_pictures(out, box, self.comfy_resolution)
-        maps["comfy_depth"] = torch.from_numpy(np.stack([d for d, _ in pictures]))
-        maps["comfy_normal"] = torch.from_numpy(np.stack([n for _, n in pictures]))
+        maps["comfy_depth"] = torch.from_numpy(np.stack([d for d, _ in pictures])).to(images.device)
+        maps["comfy_normal"] = torch.from_numpy(np.stack([n for _, n in pictures])).to(images.device)
         return maps, meta

@@ -1,118 +1,177 @@
-"""Depth and normal maps to 8-bit pictures: gray, colour, normals, side-by-side.
+"""Metric maps to 8-bit pictures on the model's device: display range, gray, colormap, normals,
+side-by-side, letterbox, and the YUV planes encoders take.
 
-The display range must not flicker from frame to frame, so by default it follows the 2nd..98th
-depth percentiles through an exponential moving average; a fixed metric range or a per-frame
-min-max are available on request.
+Only the picture crosses to the host (1.5 bytes a pixel for yuv420p instead of 24 for six float
+maps), and the sink thread only encodes. The display range must not flicker, so by default it
+follows the 2nd..98th depth percentiles of a strided sample through an exponential moving
+average; it stays on the device as 0-d tensors, so no frame waits for a host round trip.
 """
 
 from __future__ import annotations
 
 import cv2
 
-from dataclasses import dataclass, field
-
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from streamer.errors import ConfigError
+from streamer.views import COLORMAPS, PictureSettings
 
-VIEW_FORMATS = ("gray", "color", "normal", "side-by-side")
-RANGE_MODES = ("auto", "fixed", "frame")
-COLORMAPS = {
-    "turbo": cv2.COLORMAP_TURBO,
-    "inferno": cv2.COLORMAP_INFERNO,
-    "magma": cv2.COLORMAP_MAGMA,
-    "plasma": cv2.COLORMAP_PLASMA,
-    "viridis": cv2.COLORMAP_VIRIDIS,
-    "jet": cv2.COLORMAP_JET,
-    "bone": cv2.COLORMAP_BONE,
-}
+SMOOTHING = 0.1  # EMA weight of the newest frame in auto mode
+SAMPLE_STRIDE = 4  # percentiles from every 4th pixel in both directions
+PERCENTILES = (0.02, 0.98)
+# full-range BT.709: what the video sink tags its files with
+KR, KB = 0.2126, 0.0722
+_LUTS: dict[tuple[str, torch.device], torch.Tensor] = {}
 
 
-@dataclass
+def range_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the display range (as numpy computed it), float32 where the device has no float64 (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def colormap_lut(name: str, device: torch.device) -> torch.Tensor:
+    """OpenCV's colormap as a (256, 3) RGB lookup table on the device (the same colours as cv2)."""
+    key = (name, device)
+    if key not in _LUTS:
+        code = getattr(cv2, f"COLORMAP_{name.upper()}")
+        bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), code)[:, 0]
+        _LUTS[key] = torch.from_numpy(np.ascontiguousarray(bgr[:, ::-1])).to(device)
+    return _LUTS[key]
+
+
 class DisplayRange:
-    """near/far in metres for mapping depth to 0..255; `update` moves them per frame."""
+    """near/far in metres per frame; `update` moves them, keeping the state on the device."""
 
-    mode: str = "auto"
-    near: float = 0.1
-    far: float = 10.0
-    smoothing: float = 0.1  # EMA weight of the newest frame in auto mode
-    _initialised: bool = field(default=False, init=False, repr=False)
+    def __init__(self, settings: PictureSettings) -> None:
+        self.settings = settings
+        self.near: torch.Tensor | None = None  # float64 0-d tensors once initialised
+        self.far: torch.Tensor | None = None
+        self._seen: torch.Tensor | None = None  # a frame with valid depth has set the range
 
-    def __post_init__(self) -> None:
-        if self.mode not in RANGE_MODES:
-            raise ConfigError(f"range mode {self.mode!r} is unknown", hint=f"use one of {RANGE_MODES}")
-        if not 0 <= self.near < self.far:
-            raise ConfigError(f"display range {self.near}..{self.far} m is empty", hint="need 0 <= near < far")
-
-    def update(self, depth: np.ndarray) -> tuple[float, float]:
-        if self.mode == "fixed":
-            return self.near, self.far
-        sample = depth[::4, ::4]
-        sample = sample[sample > 0]
-        if sample.size == 0:
-            return self.near, self.far
-        if self.mode == "frame":
-            lo, hi = float(sample.min()), float(sample.max())
+    def update(self, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.settings
+        if s.range == "fixed":
+            dtype = range_dtype(depth.device)
+            return torch.tensor(s.near, dtype=dtype), torch.tensor(s.far, dtype=dtype)
+        sample = depth[::SAMPLE_STRIDE, ::SAMPLE_STRIDE].reshape(-1)
+        valid = sample > 0
+        if s.range == "frame":
+            lo = torch.where(valid, sample, torch.inf).amin()
+            hi = torch.where(valid, sample, -torch.inf).amax()
         else:
-            lo, hi = (float(v) for v in np.percentile(sample, (2, 98)))
-        hi = max(hi, lo + 1e-3)
-        if self.mode == "auto" and self._initialised:
-            a = self.smoothing
-            lo, hi = (1 - a) * self.near + a * lo, (1 - a) * self.far + a * hi
-        self.near, self.far, self._initialised = lo, hi, True
-        return lo, hi
+            q = torch.tensor(PERCENTILES, device=sample.device)
+            lo, hi = torch.nanquantile(torch.where(valid, sample, torch.nan), q)
+        lo, hi = lo.to(range_dtype(lo.device)), hi.to(range_dtype(lo.device))
+        hi = torch.maximum(hi, lo + 1e-3)
+        found = valid.any()
+        if self.near is None:
+            self.near = torch.tensor(s.near, dtype=lo.dtype, device=lo.device)
+            self.far = torch.tensor(s.far, dtype=lo.dtype, device=lo.device)
+            self._seen = torch.zeros((), dtype=torch.bool, device=lo.device)
+        if s.range == "auto":  # smooth only once a frame has set the range
+            lo = torch.where(self._seen, (1 - SMOOTHING) * self.near + SMOOTHING * lo, lo)
+            hi = torch.where(self._seen, (1 - SMOOTHING) * self.far + SMOOTHING * hi, hi)
+        self.near = torch.where(found, lo, self.near)
+        self.far = torch.where(found, hi, self.far)
+        self._seen = self._seen | found
+        return self.near, self.far
 
 
-def depth_to_u8(depth: np.ndarray, near: float, far: float) -> np.ndarray:
-    """Near = 255, far = 0 (the ControlNet depth convention), linear in metres."""
-    v = (far - depth) * (255.0 / (far - near))
-    return np.clip(v, 0, 255).astype(np.uint8)
+def depth_u8(depth: torch.Tensor, near: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+    """Near = 255, far = 0 (the ControlNet depth convention), linear in metres; (N, H, W) uint8.
+
+    `near`/`far` are float64 (N, 1, 1): the scale is rounded to float32 once, as numpy did.
+    """
+    scale = (255.0 / (far - near)).float()
+    return ((far.float() - depth) * scale).clamp_(0, 255).to(torch.uint8)
 
 
-def gray(depth: np.ndarray, near: float, far: float) -> np.ndarray:
-    return cv2.cvtColor(depth_to_u8(depth, near, far), cv2.COLOR_GRAY2RGB)
+def normal_rgb(normal: torch.Tensor) -> torch.Tensor:
+    """Unit normals (N, H, W, 3) in [-1, 1] -> RGB (x, y, z) in 0..255."""
+    return ((normal + 1.0) * 127.5).clamp_(0, 255).to(torch.uint8)
 
 
-def colormap_code(name: str) -> int:
-    if name not in COLORMAPS:
-        raise ConfigError(f"colormap {name!r} is unknown", hint=f"use one of {', '.join(COLORMAPS)}")
-    return COLORMAPS[name]
+def resize_u8(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, h, w, C): area average when shrinking (as cv2 INTER_AREA), else bilinear."""
+    if tuple(images.shape[1:3]) == tuple(hw):
+        return images
+    x = images.permute(0, 3, 1, 2).float()
+    shrink = hw[0] <= images.shape[1] and hw[1] <= images.shape[2]
+    x = F.interpolate(x, hw, mode="area") if shrink else F.interpolate(x, hw, mode="bilinear", align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def color(depth: np.ndarray, near: float, far: float, colormap: str = "turbo") -> np.ndarray:
-    bgr = cv2.applyColorMap(depth_to_u8(depth, near, far), colormap_code(colormap))
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+def letterbox(pictures: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Fit (N, H, W, 3) into width x height keeping aspect, black bars around."""
+    h, w = pictures.shape[1:3]
+    scale = min(width / w, height / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    out = torch.zeros((pictures.shape[0], height, width, 3), dtype=torch.uint8, device=pictures.device)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    out[:, top : top + nh, left : left + nw] = resize_u8(pictures, (nh, nw))
+    return out
 
 
-def normal_rgb(normal: np.ndarray) -> np.ndarray:
-    """Unit normals (H, W, 3) in [-1, 1] -> RGB (x, y, z) in 0..255."""
-    return np.clip((normal + 1.0) * 127.5, 0, 255).astype(np.uint8)
+def rgb_to_yuv(pictures: torch.Tensor, pixel_format: str) -> torch.Tensor:
+    """(N, H, W, 3) RGB -> full-range BT.709 planes in PyAV's `from_ndarray` layout.
+
+    yuv420p: (N, H*3/2, W) with U and V as 2x2 means; yuv444p: (N, 3, H, W), also what an
+    odd-sized yuv420p picture becomes (4:2:0 needs even sizes; the picture keeps its size).
+    """
+    rgb = pictures.permute(0, 3, 1, 2).float()
+    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    y = KR * r + (1 - KR - KB) * g + KB * b
+    u = (b - y) / (2 * (1 - KB)) + 128.0
+    v = (r - y) / (2 * (1 - KR)) + 128.0
+    as_u8 = lambda t: t.round_().clamp_(0, 255).to(torch.uint8)  # noqa: E731
+    n, h, w = y.shape
+    if pixel_format == "yuv444p" or h % 2 or w % 2:
+        return as_u8(torch.stack((y, u, v), dim=1))
+    uv = F.avg_pool2d(torch.stack((u, v), dim=1), 2)  # (N, 2, H/2, W/2)
+    planes = torch.cat((y.reshape(n, -1), uv.reshape(n, -1)), dim=1)
+    return as_u8(planes.reshape(n, h * 3 // 2, w))
 
 
 class Renderer:
-    """One output picture per result, in a view format; keeps the display range between frames."""
+    """One sink's pictures, made on the device from the maps; keeps that sink's display range."""
 
-    def __init__(self, view: str = "color", colormap: str = "turbo", display: DisplayRange | None = None):
-        if view not in VIEW_FORMATS:
-            raise ConfigError(f"view {view!r} is unknown", hint=f"use one of {', '.join(VIEW_FORMATS)}")
-        colormap_code(colormap)  # an unknown name fails now, not on the first frame
-        self.view = view
-        self.colormap = colormap
-        self.display = display or DisplayRange()
+    def __init__(self, settings: PictureSettings | None = None) -> None:
+        self.settings = settings or PictureSettings()
+        self.display = DisplayRange(self.settings)
 
-    def __call__(self, maps: dict[str, np.ndarray], source: np.ndarray | None = None) -> np.ndarray:
-        if "image" in maps:  # an image processor already made the picture
-            picture = maps["image"]
-        elif self.view == "normal":
+    def maps_needed(self) -> set[str]:
+        """What the stage must produce for the current view (it may change mid-run)."""
+        view = self.settings.view
+        needed = {"normal"} if view == "normal" else {"depth"}
+        return needed | ({"image"} if view == "side-by-side" else set())
+
+    def pictures(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(N, H, W, 3) RGB uint8; `maps` holds depth/normal, `image` (the input at output size), or
+        `picture` when an image processor (ControlNet) made the picture already."""
+        s = self.settings
+        if "picture" in maps:
+            picture = maps["picture"]
+        elif s.view == "normal":
             picture = normal_rgb(maps["normal"])
         else:
-            near, far = self.display.update(maps["depth"])
-            if self.view == "gray":
-                picture = gray(maps["depth"], near, far)
-            else:
-                picture = color(maps["depth"], near, far, self.colormap)
-        if self.view == "side-by-side" and source is not None:
-            if source.shape[:2] != picture.shape[:2]:
-                source = cv2.resize(source, (picture.shape[1], picture.shape[0]), interpolation=cv2.INTER_AREA)
-            picture = np.concatenate((source, picture), axis=1)
+            ranges = [self.display.update(d) for d in maps["depth"]]
+            near = torch.stack([lo for lo, _ in ranges]).to(maps["depth"].device).view(-1, 1, 1)
+            far = torch.stack([hi for _, hi in ranges]).to(maps["depth"].device).view(-1, 1, 1)
+            u8 = depth_u8(maps["depth"], near, far)
+            picture = u8[..., None].expand(-1, -1, -1, 3) if s.view == "gray" else colormap_lut(s.colormap, u8.device)[u8.long()]
+        if s.view == "side-by-side" and "image" in maps:
+            picture = torch.cat((resize_u8(maps["image"], tuple(picture.shape[1:3])), picture), dim=2)
+        if s.fit is not None:
+            picture = letterbox(picture, *s.fit)
         return picture
+
+    def __call__(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The picture in the sink's pixel format (RGB, or YUV planes for an encoder)."""
+        picture = self.pictures(maps)
+        if self.settings.pixel_format == "rgb24":
+            return picture.contiguous()
+        return rgb_to_yuv(picture, self.settings.pixel_format)
+
+
+__all__ = ["COLORMAPS", "DisplayRange", "Renderer", "colormap_lut", "depth_u8", "letterbox", "rgb_to_yuv"]

@@ -6,21 +6,34 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from streamer.errors import SinkError
-from streamer.processors.render import Renderer
-from streamer.types import Result, StreamInfo
+from streamer.types import METRIC16_SCALE, Result, StreamInfo
+from streamer.views import PictureSettings
 
-METRIC16_SCALE = 0.001  # metres per unit: uint16 millimetres
 METRIC16_MAX_M = 65535 * METRIC16_SCALE
+PICTURE_FORMATS = ("gray", "color", "normal", "side-by-side")
+# what each output format reads from a result (see streamer/processors/outputs.py)
+FORMAT_NEEDS = {
+    **{fmt: "picture" for fmt in PICTURE_FORMATS},
+    "metric16": "depth_mm",
+    "comfy-depth": "comfy_depth",
+    "comfy-normal": "comfy_normal",
+    "exr": "depth",
+}
 
 
 class Sink:
-    """Consumes results in frame order on its own thread. `live` sinks may be skipped frames."""
+    """Consumes results in frame order on its own thread. `live` sinks may be skipped frames.
+
+    `needs` names the arrays it reads from `result.maps`; `picture` says how its picture looks.
+    `main_thread` sinks are fed by the thread that runs the pipeline (GUI windows).
+    """
 
     name = "sink"
     live = False
+    main_thread = False
+    needs: frozenset[str] = frozenset()
+    picture: PictureSettings | None = None
     idle_interval: float | None = None  # call idle() when no result came for this long
 
     def open(self, info: StreamInfo, stats) -> None:
@@ -36,16 +49,19 @@ class Sink:
         """Finalise the output, always; `complete` is False after an error or interrupt."""
 
 
-def render_picture(fmt: str, renderer: Renderer, result: Result) -> np.ndarray:
-    """An 8-bit RGB picture for the display formats (gray, color, normal, side-by-side, comfy-*)."""
-    if fmt in ("comfy-depth", "comfy-normal"):
-        return result.maps[fmt.replace("-", "_")]
-    return renderer(result.maps, result.frame.image)
+def format_needs(fmt: str) -> frozenset[str]:
+    """The arrays a file output of `fmt` reads (npz takes every map)."""
+    if fmt == "npz":
+        return frozenset({"depth", "normal", "kappa", "confidence"})
+    return frozenset({FORMAT_NEEDS[fmt]})
 
 
-def metric16(depth: np.ndarray) -> np.ndarray:
-    """Metres -> uint16 millimetres (clipped at 65.535 m)."""
-    return np.clip(np.rint(depth / METRIC16_SCALE), 0, 65535).astype(np.uint16)
+def format_picture(fmt: str, settings: PictureSettings | None) -> PictureSettings | None:
+    """The picture settings a file output uses: its view is the format itself."""
+    if fmt not in PICTURE_FORMATS:
+        return None
+    settings = settings or PictureSettings()
+    return PictureSettings(fmt, settings.colormap, settings.range, settings.near, settings.far)
 
 
 def check_output(path: Path, overwrite: bool, inputs: list[str | Path] = ()) -> None:

@@ -17,17 +17,17 @@ import av
 import numpy as np
 
 from streamer.errors import SinkError
-from streamer.processors.render import Renderer
 from streamer.sinks.base import (
     METRIC16_MAX_M,
     METRIC16_SCALE,
     Sink,
-    metric16,
-    render_picture,
+    format_needs,
+    format_picture,
     sidecar,
     write_json,
 )
 from streamer.types import Result, StreamInfo
+from streamer.views import PictureSettings
 
 SEQUENCE_SUFFIX = {"metric16": ".png", "exr": ".exr", "npz": ".npz"}
 
@@ -73,14 +73,15 @@ class ImageSequenceSink(Sink):
         self,
         directory: str | Path,
         fmt: str,
-        renderer: Renderer,
+        picture: PictureSettings | None = None,
         overwrite: bool = False,
         name_suffix: str = "",
         write_metadata: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.fmt = fmt
-        self.renderer = renderer
+        self.needs = format_needs(fmt)
+        self.picture = format_picture(fmt, picture)
         self.overwrite = overwrite
         self.suffix = SEQUENCE_SUFFIX.get(fmt, ".png")
         self.name_suffix = name_suffix
@@ -111,12 +112,14 @@ class ImageSequenceSink(Sink):
 
     def encode(self, result: Result) -> bytes:
         if self.fmt == "metric16":
-            return encode_png(metric16(result.depth))
+            return encode_png(result.maps["depth_mm"])
         if self.fmt == "exr":
             return encode_exr(result.depth)
         if self.fmt == "npz":
             return encode_npz(result)
-        return encode_png(render_picture(self.fmt, self.renderer, result))
+        if self.fmt.startswith("comfy"):
+            return encode_png(result.maps[self.fmt.replace("-", "_")])
+        return encode_png(result.maps["picture"])
 
     def write(self, result: Result) -> None:
         path = self.path_for(result)

@@ -1,6 +1,9 @@
 """A desktop window with the depth view and an fps/latency overlay.
 
-Keys: q or Esc quits, v switches the view, c cycles the colormap.
+Keys: q or Esc quits, v switches the view, c cycles the colormap. The window lives on the main
+thread (macOS allows GUI windows nowhere else; Linux runs the same path): the engine feeds this
+sink from the thread that runs the pipeline, and `idle` keeps the window responsive while a
+slow model works. The overlay is drawn on the window's own copy, never on a shared picture.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import sys
 import numpy as np
 
 from streamer.errors import SinkError, StopRequested
-from streamer.processors.render import COLORMAPS, VIEW_FORMATS, Renderer
 from streamer.sinks.base import Sink
 from streamer.types import Result, StreamInfo
+from streamer.views import COLORMAPS, VIEW_FORMATS, PictureSettings
 
 HEADLESS_HINT = "use `streamer transcode` or `streamer virtualcam` instead, or run under a desktop (xvfb-run for tests)"
 
@@ -40,10 +43,13 @@ def has_display() -> bool:
 
 class PreviewSink(Sink):
     live = True
+    main_thread = True
     name = "preview"
+    needs = frozenset({"picture"})
+    idle_interval = 0.03  # pump window events this often while no frame arrives
 
-    def __init__(self, renderer: Renderer, window: str = "streamer") -> None:
-        self.renderer = renderer
+    def __init__(self, picture: PictureSettings | None = None, window: str = "streamer") -> None:
+        self.picture = picture or PictureSettings("side-by-side")
         self.window = window
         self.frames_shown = 0
         self._window_open = False
@@ -59,7 +65,7 @@ class PreviewSink(Sink):
         self.stats = stats
 
     def _open_window(self) -> None:
-        """On the sink's own thread: GUI toolkits (Qt) hang when a window is used from two threads."""
+        """On the main thread, like every other call on the window (Qt hangs across threads)."""
         try:
             cv2.namedWindow(self.window, cv2.WINDOW_NORMAL)
         except cv2.error as exc:
@@ -67,7 +73,9 @@ class PreviewSink(Sink):
         self._window_open = True
 
     def overlay(self, picture: np.ndarray) -> np.ndarray:
-        line = f"{self.renderer.view} {self.renderer.colormap}  {self.stats.summary_line()}"
+        """The fps/latency line, drawn on a copy: the picture may be shared with other outputs."""
+        picture = picture.copy()
+        line = f"{self.picture.view} {self.picture.colormap}  {self.stats.summary_line()}"
         cv2.putText(picture, line, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(picture, line, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
         return picture
@@ -75,7 +83,7 @@ class PreviewSink(Sink):
     def write(self, result: Result) -> None:
         if not self._window_open:
             self._open_window()
-        picture = self.overlay(np.ascontiguousarray(self.renderer(result.maps, result.frame.image)))
+        picture = self.overlay(result.maps["picture"])
         cv2.imshow(self.window, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
         self.frames_shown += 1
         self.handle_key(cv2.waitKey(1) & 0xFF)
@@ -84,11 +92,13 @@ class PreviewSink(Sink):
         if key in (ord("q"), 27):
             raise StopRequested
         if key == ord("v"):
-            views = list(VIEW_FORMATS)
-            self.renderer.view = views[(views.index(self.renderer.view) + 1) % len(views)]
+            self.picture.cycle("view", VIEW_FORMATS)
         elif key == ord("c"):
-            names = list(COLORMAPS)
-            self.renderer.colormap = names[(names.index(self.renderer.colormap) + 1) % len(names)]
+            self.picture.cycle("colormap", COLORMAPS)
+
+    def idle(self) -> None:
+        if self._window_open:
+            self.handle_key(cv2.waitKey(1) & 0xFF)
 
     def close(self, complete: bool) -> None:
         if not self._window_open:

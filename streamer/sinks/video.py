@@ -1,8 +1,14 @@
-"""Depth video files through PyAV: input timestamps kept, audio copied through, finalised always.
+"""Depth video files through PyAV: a timeline from 0, audio copied beside, full-range tagged colour.
 
 The file is written as `NAME.partial.EXT` and renamed to `NAME.EXT` when the input was fully
 processed. After an error or an interrupt the encoder is still flushed and the container closed,
 so the partial file plays and holds every frame written, and its name says it is partial.
+
+Time: the output starts at 0; video and audio are shifted by the same offset (the first frame's
+time), so their relative offset is the input's. Audio packets arrive with the frames, from the
+source's own demuxer, and are copied (or re-encoded where the container cannot hold them).
+Colour: pictures arrive as full-range BT.709 YUV planes made on the device, and every stream
+says so (range, matrix, primaries, transfer), so the 256 depth levels survive and players agree.
 """
 
 from __future__ import annotations
@@ -16,23 +22,23 @@ from pathlib import Path
 import av
 
 from streamer.errors import SinkError
-from streamer.processors.render import Renderer
 from streamer.sinks.base import (
     METRIC16_MAX_M,
     METRIC16_SCALE,
     Sink,
     check_output,
-    metric16,
+    format_needs,
+    format_picture,
     partial_path,
-    render_picture,
     sidecar,
     write_json,
 )
+from streamer.sinks.encoders import COLOR_TAGS, METRIC16_TAGS, pick_encoder
 from streamer.types import Result, StreamInfo
+from streamer.views import PictureSettings
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
-DEFAULT_CODEC = {".mp4": "libx264", ".mov": "libx264", ".mkv": "ffv1", ".webm": "libvpx-vp9", ".avi": "ffv1"}
 # Audio codecs each container takes as they are; others are re-encoded to the first one listed.
 AUDIO_COPY = {
     ".mp4": ("aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"),
@@ -41,6 +47,7 @@ AUDIO_COPY = {
     ".avi": ("mp3", "ac3", "pcm_s16le"),
 }
 FFV1_OPTIONS = {"level": "3", "slices": "24", "slicecrc": "1", "g": "1"}
+WRITE_HINT = "check free disk space and that the output directory is writable"
 
 
 class VideoSink(Sink):
@@ -48,12 +55,13 @@ class VideoSink(Sink):
         self,
         path: str | Path,
         fmt: str,
-        renderer: Renderer,
+        picture: PictureSettings | None = None,
         codec: str | None = None,
         crf: int = 18,
         overwrite: bool = False,
-        audio_from: str | Path | None = None,
+        copy_audio: bool = True,
         inputs: list[str | Path] = (),
+        threads: int = 0,
     ) -> None:
         self.path = Path(path)
         self.suffix = self.path.suffix.lower()
@@ -70,15 +78,14 @@ class VideoSink(Sink):
             )
         check_output(self.path, overwrite, inputs)
         self.fmt = fmt
-        self.renderer = renderer
-        self.codec = "ffv1" if fmt == "metric16" else codec or DEFAULT_CODEC[self.suffix]
-        if self.codec not in av.codecs_available:
-            raise SinkError(
-                f"encoder {self.codec} is not in this FFmpeg build",
-                hint="pick another with --codec (see `streamer doctor`)",
-            )
+        self.codec = "ffv1" if fmt == "metric16" else pick_encoder(self.suffix, codec)
+        self.needs = format_needs(fmt)
+        self.picture = format_picture(fmt, picture)
+        if self.picture is not None and self.codec != "ffv1":
+            self.picture.pixel_format = "yuv420p"  # made on the device; 4:4:4 where a side is odd
         self.crf = crf
-        self.audio_from = audio_from
+        self.copy_audio = copy_audio
+        self.threads = threads
         self.name = f"video:{self.path.name}"
         self.work_path = partial_path(self.path)
         self.frames_written = 0
@@ -86,139 +93,123 @@ class VideoSink(Sink):
         self.audio_note: str | None = None
         self.container = None
         self._stream = None
-        self._audio_in = None
-        self._audio = None  # (output stream, packet iterator) while input audio remains
-        self._audio_pending = None
-        self._reencode = None  # the output audio stream when it is encoded rather than copied
+        self._audio: dict[int, tuple] = {}  # input stream index -> (output stream, re-encoded?)
+        self._origin: Fraction | None = None  # the first frame's time: the output's 0
 
     # -- setup -----------------------------------------------------------------------------
 
     def open(self, info: StreamInfo, stats) -> None:
         self.info = info
         try:
-            # Matroska/WebM would shift every stream so copied audio priming (negative pts) starts
-            # at 0, moving the video timestamps; keep them as the input has them.
-            options = {"avoid_negative_ts": "disabled"} if self.suffix in (".mkv", ".webm") else {}
-            self.container = av.open(str(self.work_path), "w", options=options)
+            self.container = av.open(str(self.work_path), "w")
         except (av.FFmpegError, OSError) as exc:
-            raise SinkError(
-                f"cannot create {self.work_path}: {exc}", hint="check the directory and free space"
-            ) from exc
-        if self.audio_from is not None:
-            self._open_audio()
+            raise SinkError(f"cannot create {self.work_path}: {exc}", hint=WRITE_HINT) from exc
+        if self.copy_audio:
+            for src in info.audio:
+                self._open_audio(src)
 
-    def _open_video_stream(self, width: int, height: int) -> None:
-        rate = self.info.rate or Fraction(30)
-        stream = self.container.add_stream(self.codec, rate=rate)
-        stream.width, stream.height = width, height
+    def _open_video_stream(self, width: int, height: int, pix_fmt: str) -> None:
+        stream = self.container.add_stream(self.codec, rate=self.info.rate or Fraction(30))
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.time_base = self.info.time_base
-        stream.codec_context.time_base = self.info.time_base
-        if self.fmt == "metric16":
-            stream.pix_fmt = "gray16le"
-        elif self.codec == "ffv1":
-            stream.pix_fmt = "bgr0"
-        elif width % 2 or height % 2:
-            stream.pix_fmt = "yuv444p"  # 4:2:0 needs even sizes; keep the source size instead
-        else:
-            stream.pix_fmt = "yuv420p"
+        ctx = stream.codec_context
+        ctx.time_base = self.info.time_base
+        for key, value in (METRIC16_TAGS if self.fmt == "metric16" else COLOR_TAGS).items():
+            setattr(ctx, key, value)
         if self.codec == "ffv1":
             stream.options = FFV1_OPTIONS
         elif self.codec in ("libx264", "libx265"):
             stream.options = {"crf": str(self.crf), "preset": "veryfast"}
-        stream.codec_context.thread_type = "AUTO"
-        stream.codec_context.thread_count = 0
+        ctx.thread_type = "AUTO"
+        ctx.thread_count = self.threads
         # the sidecar's units, scale, fx/fy and model also travel inside the file
         self.container.metadata["comment"] = json.dumps(sidecar(self.meta, self.encoding()))
         self._stream = stream
 
-    def _open_audio(self) -> None:
-        try:
-            self._audio_in = av.open(str(self.audio_from), metadata_errors="replace")
-        except av.FFmpegError:
-            return
-        if not self._audio_in.streams.audio:
-            self._audio_in.close()
-            self._audio_in = None
-            return
-        src = self._audio_in.streams.audio[0]
+    def _open_audio(self, src) -> None:
         allowed = AUDIO_COPY.get(self.suffix)
         if allowed is None or src.codec_context.name in allowed:
-            out = self.container.add_stream_from_template(src)
-        else:
-            out = self.container.add_stream(allowed[0], rate=src.rate)
-            # a named layout: encoders refuse an unordered one such as "1 channels"
-            out.layout = {1: "mono", 2: "stereo"}.get(src.layout.nb_channels, src.layout)
-            out.format = out.codec_context.codec.audio_formats[0]  # e.g. fltp for aac; PyAV resamples
-            self._reencode = out
-            self.audio_note = (
-                f"audio re-encoded {src.codec_context.name} -> {allowed[0]} ({self.suffix} cannot hold it)"
-            )
-            log.warning(self.audio_note)
-        self._audio = (out, self._audio_in.demux(src))
+            self._audio[src.index] = (self.container.add_stream_from_template(src), False)
+            return
+        out = self.container.add_stream(allowed[0], rate=src.rate)
+        # a named layout: encoders refuse an unordered one such as "1 channels"
+        out.layout = {1: "mono", 2: "stereo"}.get(src.layout.nb_channels, src.layout)
+        out.format = out.codec_context.codec.audio_formats[0]  # e.g. fltp for aac; PyAV resamples
+        self._audio[src.index] = (out, True)
+        self.audio_note = f"audio re-encoded {src.codec_context.name} -> {allowed[0]} ({self.suffix} cannot hold it)"
+        log.warning(self.audio_note)
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, result: Result) -> None:
+    def video_frame(self, result: Result) -> av.VideoFrame:
         if self.fmt == "metric16":
-            picture = metric16(result.depth)
-            frame = av.VideoFrame.from_ndarray(picture, format="gray16le")
-        else:
-            picture = render_picture(self.fmt, self.renderer, result)
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            return av.VideoFrame.from_ndarray(result.maps["depth_mm"], format="gray16le")
+        if self.fmt.startswith("comfy"):
+            return av.VideoFrame.from_ndarray(result.maps[self.fmt.replace("-", "_")], format="rgb24")
+        picture = result.maps["picture"]
+        if picture.ndim == 3 and picture.shape[2] == 3:
+            return av.VideoFrame.from_ndarray(picture, format="rgb24")
+        frame = av.VideoFrame.from_ndarray(picture, format="yuv420p" if picture.ndim == 2 else "yuv444p")
+        frame.color_range, frame.colorspace = COLOR_TAGS["color_range"], COLOR_TAGS["colorspace"]
+        return frame
+
+    def write(self, result: Result) -> None:
+        frame = self.video_frame(result)
+        source = result.frame
         if self._stream is None:
             self.meta = result.meta
-            self._open_video_stream(picture.shape[1], picture.shape[0])
-        frame.pts = result.frame.pts
-        frame.time_base = result.frame.time_base
+            pix_fmt = {"rgb24": "bgr0" if self.codec == "ffv1" else "yuv420p"}.get(frame.format.name, frame.format.name)
+            self._open_video_stream(frame.width, frame.height, pix_fmt)
+            self._origin = Fraction(source.pts) * source.time_base
+        frame.pts = source.pts - round(self._origin / source.time_base)
+        frame.time_base = source.time_base
         try:
-            self._mux_audio_until(result.frame.seconds)
             for packet in self._stream.encode(frame):
                 self.container.mux(packet)
+            self._mux_audio(source.audio)
         except (av.FFmpegError, OSError) as exc:
-            raise SinkError(f"writing {self.work_path} failed: {exc}", hint="check free disk space") from exc
+            raise SinkError(f"writing {self.work_path} failed: {exc}", hint=WRITE_HINT) from exc
         self.frames_written += 1
 
-    def _mux_audio_until(self, seconds: float | None) -> None:
-        """Copy (or re-encode) audio packets up to `seconds` so the file stays interleaved."""
-        if self._audio is None:
-            return
-        out, packets = self._audio
-        while True:
-            packet = self._audio_pending or next(packets, None)
-            self._audio_pending = None
-            if packet is None:
-                self._audio = None
-                return
-            if packet.size == 0:
+    def _mux_audio(self, packets: list) -> None:
+        """Audio from the input, on the output's timeline; packets that end before 0 are left out
+        (one that straddles 0 keeps its negative start, as the input had it)."""
+        for packet in packets:
+            target = self._audio.get(packet.stream.index)
+            if target is None or packet.size == 0 or packet.pts is None:
                 continue
-            t = float(packet.pts * packet.time_base) if packet.pts is not None else None
-            if seconds is not None and t is not None and t > seconds:
-                self._audio_pending = packet
-                return
-            if self._reencode is None:
+            out, reencode = target
+            shift = round(self._origin / packet.time_base)
+            if packet.pts - shift + (packet.duration or 0) <= 0:
+                continue
+            if not reencode:
+                packet.pts -= shift
+                packet.dts = packet.dts - shift if packet.dts is not None else packet.pts
                 packet.stream = out
                 self.container.mux(packet)
-            else:
-                for frame in packet.decode():
-                    frame.pts = None
-                    for p in out.encode(frame):
-                        self.container.mux(p)
+                continue
+            for frame in packet.decode():
+                frame.pts = None  # the encoder counts samples from 0, like the video
+                for encoded in out.encode(frame):
+                    self.container.mux(encoded)
 
     # -- finalising ------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self._stream is not None:
+            for packet in self._stream.encode(None):
+                self.container.mux(packet)
+        for out, reencode in self._audio.values():
+            if reencode:
+                for packet in out.encode(None):
+                    self.container.mux(packet)
 
     def close(self, complete: bool) -> None:
         if self.container is None:
             return
         error: Exception | None = None
         try:
-            if self._stream is not None:
-                for packet in self._stream.encode(None):
-                    self.container.mux(packet)
-            if complete:
-                self._mux_audio_until(None)
-            if self._reencode is not None:
-                for packet in self._reencode.encode(None):
-                    self.container.mux(packet)
+            self._flush()
         except (av.FFmpegError, OSError) as exc:
             error = exc
         finally:
@@ -226,30 +217,31 @@ class VideoSink(Sink):
                 self.container.close()
             except (av.FFmpegError, OSError) as exc:
                 error = error or exc
-            if self._audio_in is not None:
-                self._audio_in.close()
+            self.container = None
         final = complete and error is None and self.frames_written > 0
         target = self.path if final else self.work_path
         if final:
             os.replace(self.work_path, self.path)
-        elif self.frames_written == 0 and self.work_path.exists():
-            self.work_path.unlink()
+        elif self.frames_written == 0:  # nothing to keep (the muxer may not even have made the file)
+            self.work_path.unlink(missing_ok=True)
             target = None
         if target is not None:
             write_json(target.with_suffix(".json"), self.describe(final))
         self.final_path = target
         if error is not None and complete:  # after a failed write, that first error is the one reported
-            raise SinkError(f"finishing {self.work_path} failed: {error}", hint="check free disk space") from error
+            raise SinkError(f"finishing {self.work_path} failed: {error}", hint=WRITE_HINT) from error
 
     def encoding(self) -> dict:
-        """How pixel values relate to depth."""
+        """How pixel values relate to depth, and how the colours are tagged."""
         info: dict = {"format": self.fmt, "codec": self.codec, "time_base": str(self.info.time_base)}
         if self.fmt == "metric16":
             info.update(
                 units="millimetres", scale_to_metres=METRIC16_SCALE, max_metres=METRIC16_MAX_M, pixel_format="gray16le"
             )
         else:
-            info.update(units="display (not metric)", display_range=self.renderer.display.mode)
+            info.update(units="display (not metric)", colour="full range (0..255), BT.709")
+            if self.picture is not None:
+                info["display_range"] = self.picture.range
         return info
 
     def describe(self, complete: bool) -> dict:
@@ -257,3 +249,6 @@ class VideoSink(Sink):
         if self.audio_note:
             extra["audio"] = self.audio_note
         return sidecar(self.meta, extra)
+
+
+__all__ = ["VIDEO_SUFFIXES", "VideoSink"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
-
 import sys
 import time
 
@@ -11,9 +9,9 @@ import numpy as np
 import pyvirtualcam
 
 from streamer.errors import SinkError
-from streamer.processors.render import Renderer
-from streamer.sinks.base import Sink, render_picture
+from streamer.sinks.base import Sink
 from streamer.types import Result, StreamInfo
+from streamer.views import PictureSettings
 
 INSTALL_HINT = {
     "linux": "install v4l2loopback and load it: sudo modprobe v4l2loopback devices=1 exclusive_caps=1",
@@ -22,33 +20,23 @@ INSTALL_HINT = {
 }
 
 
-def letterbox(picture: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Fit into width x height keeping aspect, black bars around."""
-    h, w = picture.shape[:2]
-    scale = min(width / w, height / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = cv2.resize(picture, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    out = np.zeros((height, width, 3), np.uint8)
-    top, left = (height - nh) // 2, (width - nw) // 2
-    out[top : top + nh, left : left + nw] = resized
-    return out
-
-
 class VirtualCameraSink(Sink):
+    """The picture arrives letterboxed to the camera's size (done on the device); this only sends."""
+
     live = True
+    needs = frozenset({"picture"})
 
     def __init__(
         self,
-        renderer: Renderer,
-        view: str = "color",
+        picture: PictureSettings | None = None,
         width: int = 1280,
         height: int = 720,
         fps: float = 30.0,
         backend: str = "auto",
         device: str | None = None,
     ) -> None:
-        self.renderer = renderer
-        self.view = view
+        self.picture = picture or PictureSettings()
+        self.picture.fit = (width, height)
         self.width, self.height, self.fps = width, height, fps
         self.backend = None if backend == "auto" else backend
         self.device = device
@@ -85,7 +73,7 @@ class VirtualCameraSink(Sink):
         self.frames_sent += 1
 
     def write(self, result: Result) -> None:
-        self._last = letterbox(render_picture(self.view, self.renderer, result), self.width, self.height)
+        self._last = result.maps["picture"].copy()  # kept for repeats: the engine reuses its buffer
         self._send(self._last)
 
     def idle(self) -> None:

@@ -18,7 +18,8 @@ def is_camera(uri: str) -> bool:
     return uri.isdigit() or uri.startswith("/dev/video")
 
 
-def open_source(cfg: SourceConfig) -> Source:
+def open_source(cfg: SourceConfig, threads: int = 0) -> Source:
+    """The source a URI names; `threads` sizes a video decoder (0: FFmpeg's choice)."""
     uri = cfg.uri
     if uri.startswith("testsrc"):
         return PatternSource(uri, cfg.width, cfg.height, cfg.fps, cfg.frames, cfg.live)
@@ -26,7 +27,7 @@ def open_source(cfg: SourceConfig) -> Source:
         return WebcamSource(uri, cfg.width, cfg.height, cfg.fps, cfg.frames)
     if not is_network(uri) and is_image_path(uri):
         return ImageSource([uri])
-    return VideoSource(uri, cfg.start, cfg.end, cfg.frames, cfg.live)
+    return VideoSource(uri, cfg.start, cfg.end, cfg.frames, cfg.live, threads)
 
 
 __all__ = ["ImageSource", "Source", "PatternSource", "VideoSource", "WebcamSource", "open_source"]

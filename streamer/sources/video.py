@@ -1,5 +1,6 @@
 """Video files and network streams through PyAV: container timestamps, variable frame rate and
-rotation kept, `start`/`end` in seconds, truncated inputs decoded as far as they go."""
+rotation kept, `start`/`end` in seconds, truncated inputs decoded as far as they go, and the
+audio packets of the same demuxer passed along with the frames."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ class VideoSource(Source):
         end: float | None = None,
         frames: int | None = None,
         live: bool | None = None,
+        threads: int = 0,
     ) -> None:
         self.uri = uri
         network = is_network(uri)
@@ -87,9 +89,13 @@ class VideoSource(Source):
                 hint="check the file plays in ffplay or VLC; re-encode it if it does",
             )
         self.stream.thread_type = "AUTO"
+        self.stream.codec_context.thread_count = threads
+        self.audio_streams = tuple(self.container.streams.audio)
         self.start, self.end, self.limit = start, end, frames
         self.truncated: str | None = None
         self.corrupt_packets = 0
+        self.last_seconds: float | None = None  # the last frame's time
+        self.audio_end: float | None = None  # where the last audio packet read ends
         rate = self.stream.average_rate or self.stream.guessed_rate
         ctx = self.stream.codec_context
         rotation = 0 if network else self._probe_rotation()
@@ -102,6 +108,7 @@ class VideoSource(Source):
             network if live is None else live,
             self.stream.frames or None,
             Path(uri).name if not network else uri,
+            self.audio_streams,
         )
 
     def _probe_rotation(self) -> int:
@@ -117,10 +124,15 @@ class VideoSource(Source):
             self.container = av.open(self.uri, metadata_errors="replace")
             self.stream = self.container.streams.video[0]
             self.stream.thread_type = "AUTO"
+            self.audio_streams = tuple(self.container.streams.audio)
         return rotation
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
-        """Decode in order; a corrupt packet is skipped and counted, a broken container ends the stream."""
+        """Decode in order; a corrupt packet is skipped and counted, a broken container ends the stream.
+
+        Audio packets from the same demuxer ride on the next frame; the last frame is held back
+        until the input ends so the audio after it rides along too. Trims cut audio alike.
+        """
         tb = self.stream.time_base
         if self.start:
             try:
@@ -130,9 +142,10 @@ class VideoSource(Source):
                     f"cannot seek to {self.start} s in {self.uri}: {exc.strerror or exc}",
                     hint="drop --start, or remux the file first",
                 ) from exc
-        index = 0
-        last_seconds = None
-        packets = self.container.demux(self.stream)
+        held: Frame | None = None
+        audio: list = []
+        index, cut = 0, False
+        packets = self.container.demux(self.stream, *self.audio_streams)
         while not stop.is_set():
             try:
                 packet = next(packets, None)
@@ -141,6 +154,13 @@ class VideoSource(Source):
                 break
             if packet is None:
                 break
+            if packet.stream.type == "audio":
+                self._note_audio(packet, audio)
+                if cut and self._after_end(packet):
+                    break
+                continue
+            if cut:
+                continue  # past the trim: only the audio up to its end is still wanted
             try:
                 decoded = packet.decode()
             except av.FFmpegError:
@@ -152,25 +172,89 @@ class VideoSource(Source):
                 if self.start is not None and seconds < self.start:
                     continue
                 if (self.end is not None and seconds >= self.end) or (self.limit is not None and index >= self.limit):
-                    return
-                yield Frame(upright_rgb(frame), index, pts, tb, time.monotonic())
+                    cut = True
+                    break
+                if held is not None:
+                    held.audio, audio = audio, []
+                    yield held
+                held = Frame(upright_rgb(frame), index, pts, tb, time.monotonic())
                 index += 1
-                last_seconds = seconds
-        if not stop.is_set() and self.start is None and self.end is None and self.limit is None:
-            self._check_complete(index, last_seconds)
+                self.last_seconds = seconds
+            if cut and not self.audio_streams:
+                break
+        if held is not None:
+            held.audio = [p for p in audio if not self._after_end(p)]
+            yield held
+        if not stop.is_set() and not cut and self.start is None:
+            self._check_complete(index)
 
-    def _check_complete(self, decoded: int, last_seconds: float | None) -> None:
-        """Compare what was decoded with what the container declares (frame count, duration)."""
+    def _trim_end(self) -> float | None:
+        """Where kept audio ends: `end`, or after the last frame when the frame count cut the input."""
+        if self.end is not None:
+            return self.end
+        if self.limit is not None and self.last_seconds is not None:
+            return self.last_seconds + self.frame_interval
+        return None
+
+    def _after_end(self, packet) -> bool:
+        end = self._trim_end()
+        return end is not None and packet.pts is not None and float(packet.pts * packet.time_base) >= end
+
+    def _note_audio(self, packet, audio: list) -> None:
+        if packet.pts is None or packet.size == 0:
+            return
+        start = float(packet.pts * packet.time_base)
+        end = start + float((packet.duration or 0) * packet.time_base)
+        self.audio_end = max(self.audio_end or end, end)
+        if self.start is not None and end <= self.start:
+            return
+        if not self._after_end(packet):
+            audio.append(packet)
+
+    @property
+    def frame_interval(self) -> float:
+        return 1 / float(self.info.rate) if self.info.rate else 0.1
+
+    def _check_complete(self, decoded: int) -> None:
+        """Judge damage on the video alone: decoding must reach the video stream's own end.
+
+        Audio may run on past the video (phone clips) and edit lists hide frames the stream
+        counts, so neither the container's duration nor the packet count says "damaged". Where
+        the stream declares no duration (Matroska), the file must reach the container's end
+        with some stream: a cut file ends early for all of them.
+        """
         if self.truncated:
             return
-        declared = self.stream.frames
-        duration = float(self.container.duration / av.time_base) if self.container.duration else None
-        interval = 1 / float(self.info.rate) if self.info.rate else 0.1
-        if declared and decoded < declared:
-            self.truncated = f"the stream declares {declared} frames but only {decoded} could be decoded"
-        elif duration and (last_seconds is None or last_seconds + 2.5 * interval < duration):
-            shown = 0.0 if last_seconds is None else last_seconds
-            self.truncated = f"decoding ended at {shown:.2f} s of {duration:.2f} s"
+        slack = 2.5 * self.frame_interval
+        video_end = (self.last_seconds + self.frame_interval) if self.last_seconds is not None else None
+        declared = self._declared_video_end()
+        if declared is not None:
+            if video_end is None or video_end + slack < declared:
+                shown = 0.0 if video_end is None else video_end - self.origin
+                self.truncated = f"the video ends at {shown:.2f} s of {declared - self.origin:.2f} s"
+            return
+        container_end = self._container_end()
+        reached = max(v for v in (video_end, self.audio_end, self.origin) if v is not None)
+        if container_end is not None and reached + slack < container_end:
+            self.truncated = f"decoding ended at {reached - self.origin:.2f} s of {container_end - self.origin:.2f} s"
+
+    def _declared_video_end(self) -> float | None:
+        if not self.stream.duration:
+            return None
+        start = self.stream.start_time or 0
+        return float((start + self.stream.duration) * self.stream.time_base)
+
+    def _container_end(self) -> float | None:
+        if not self.container.duration:
+            return None
+        return float((self.container.start_time or 0) + self.container.duration) / av.time_base
+
+    @property
+    def origin(self) -> float:
+        """Where the input's timeline starts (MPEG-TS recordings often start seconds in)."""
+        if self.container.start_time is not None:
+            return self.container.start_time / av.time_base
+        return 0.0
 
     @property
     def damage(self) -> str | None:

@@ -1,0 +1,252 @@
+"""Where the focal length comes from: the user, the file's EXIF, the video's metadata, or a guess.
+
+Metric3D's metres scale with the focal length in pixels, so a wrong focal gives wrong metres. The
+order, first found wins: `--fx/--fy` or `--hfov` ("given") > the image's EXIF ("exif") > the video's
+container metadata ("metadata") > an assumed field of view ("assumed", with a warning in `note`).
+
+35 mm equivalent focal lengths (EXIF FocalLengthIn35mmFilm, QuickTime
+`com.apple.quicktime.camera.focal_length.35mm_equivalent`) are turned into pixels with the
+diagonal convention of CIPA DC-008 (Exif 2.3) that phone and camera makers follow: the image's
+diagonal is matched to the 43.27 mm diagonal of a 36 x 24 mm frame, so
+`fx = fy = f35 * hypot(W, H) / 43.267`. For a 3:2 image this is exactly `f35 * max(W, H) / 36`;
+for 4:3 and 16:9 images it is 4% and 2% larger than that long-side rule, and it is what matches
+published phone sensors (e.g. 4.2 mm lens = 26 mm equivalent on a 5.6 x 4.2 mm sensor).
+
+This module imports no torch: sources and the CLI use it before any model exists.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from streamer.errors import ConfigError, SourceError
+
+log = logging.getLogger(__name__)
+
+FocalSource = Literal["given", "exif", "metadata", "assumed"]
+
+ASSUMED_HFOV_DEG = 70.0  # webcams (Logitech C920: 70.4 deg) and phone main cameras (26 mm: ~69 deg)
+FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # 43.267 mm
+
+# EXIF tags (Exif 2.32 / CIPA DC-008); Pillow reads them from IFD0 and the Exif sub-IFD.
+EXIF_IFD = 0x8769
+TAG_ORIENTATION = 0x0112
+TAG_FOCAL_LENGTH = 0x920A  # mm, rational
+TAG_FOCAL_LENGTH_35MM = 0xA405  # mm, short; 0 means unknown
+TAG_FOCAL_PLANE_X_RES = 0xA20E  # pixels per unit on the sensor, x
+TAG_FOCAL_PLANE_Y_RES = 0xA20F
+TAG_FOCAL_PLANE_UNIT = 0xA210  # 2 inch (default), 3 cm; 4 mm and 5 um are TIFF/EP values seen in the wild
+TAG_PIXEL_X_DIMENSION = 0xA002  # the image width the focal plane resolution refers to
+TAG_PIXEL_Y_DIMENSION = 0xA003
+FOCAL_PLANE_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
+TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+# Container / stream metadata keys (as FFmpeg and PyAV expose them) holding a 35 mm equivalent.
+# Apple devices write the QuickTime `mdta` key (AVMetadataQuickTimeMetadataKeyCameraFocalLength35mmEquivalent);
+# FFmpeg with `-movflags use_metadata_tags` keeps such keys when remuxing, sometimes without the prefix.
+VIDEO_F35_KEYS = (
+    "com.apple.quicktime.camera.focal_length.35mm_equivalent",
+    "camera.focal_length.35mm_equivalent",
+)
+
+
+@dataclass(frozen=True)
+class Focal:
+    """Focal lengths in pixels of the frame they were resolved for, and where they came from."""
+
+    fx: float
+    fy: float
+    source: FocalSource
+    note: str = ""
+
+    def as_meta(self) -> dict[str, Any]:
+        """The keys sinks copy into their sidecars, so metres can be traced back to their focal."""
+        meta: dict[str, Any] = {"fx": self.fx, "fy": self.fy, "focal_source": self.source}
+        if self.note:
+            meta["focal_note"] = self.note
+        return meta
+
+
+def fx_from_35mm(f35: float, width: int, height: int) -> float:
+    """Pixels from a 35 mm equivalent focal length, matching diagonals (see the module docstring)."""
+    return f35 * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
+
+
+def fx_from_hfov(hfov_deg: float, span: int) -> float:
+    """Pixels from a field of view spanning `span` pixels (pinhole: f = (span / 2) / tan(fov / 2))."""
+    return (span / 2) / math.tan(math.radians(hfov_deg) / 2)
+
+
+def _number(value: Any) -> float | None:
+    """EXIF rationals, ints, strings like '26' or '26.000000' -> a positive finite float, else None."""
+    try:
+        number = float(value[0] / value[1]) if isinstance(value, tuple) else float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _exif_tags(image: Any) -> tuple[dict[int, Any], int]:
+    """All EXIF tags of a Pillow image, Exif sub-IFD over IFD0, and its orientation (1 when absent)."""
+    exif = image.getexif()
+    tags = {int(k): v for k, v in exif.items()}
+    try:
+        tags.update({int(k): v for k, v in exif.get_ifd(EXIF_IFD).items()})
+    except (KeyError, ValueError, TypeError, OSError):
+        log.debug("unreadable Exif sub-IFD", exc_info=True)
+    orientation = tags.get(TAG_ORIENTATION, 1)
+    return tags, orientation if isinstance(orientation, int) else 1
+
+
+def _focal_plane_fx_fy(tags: dict[int, Any], stored_size: tuple[int, int]) -> tuple[float, float] | None:
+    """FocalLength (mm) x FocalPlaneX/YResolution (px per unit) -> fx, fy at the stored image size."""
+    focal_mm = _number(tags.get(TAG_FOCAL_LENGTH))
+    x_res = _number(tags.get(TAG_FOCAL_PLANE_X_RES))
+    unit_mm = FOCAL_PLANE_UNIT_MM.get(tags.get(TAG_FOCAL_PLANE_UNIT, 2))
+    if focal_mm is None or x_res is None or unit_mm is None:
+        return None
+    y_res = _number(tags.get(TAG_FOCAL_PLANE_Y_RES)) or x_res
+    # The resolution refers to PixelX/YDimension (the image as the camera wrote it); scale to the file's pixels.
+    ref_w = _number(tags.get(TAG_PIXEL_X_DIMENSION)) or stored_size[0]
+    ref_h = _number(tags.get(TAG_PIXEL_Y_DIMENSION)) or stored_size[1]
+    fx = focal_mm * x_res / unit_mm * stored_size[0] / ref_w
+    fy = focal_mm * y_res / unit_mm * stored_size[1] / ref_h
+    return fx, fy
+
+
+def focal_from_exif(path_or_bytes: str | Path | bytes, width: int, height: int) -> Focal | None:
+    """The focal length in pixels of the upright image `width` x `height` from its EXIF, or None.
+
+    FocalLengthIn35mmFilm wins (diagonal convention, module docstring); else FocalLength (mm) with
+    FocalPlaneXResolution / FocalPlaneResolutionUnit, scaled from the file's stored size to `width`
+    and swapped for orientations 5-8. `width` and `height` may differ from the file's (a resized
+    output): both readings scale with them.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes | bytearray) else path_or_bytes
+    try:
+        with Image.open(source) as image:
+            tags, orientation = _exif_tags(image)
+            stored = image.size
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        log.debug("no EXIF read from %s", "bytes" if isinstance(source, io.BytesIO) else source, exc_info=True)
+        return None
+    f35 = _number(tags.get(TAG_FOCAL_LENGTH_35MM))
+    if f35 is not None:
+        fx = fx_from_35mm(f35, width, height)
+        return Focal(fx, fx, "exif", f"EXIF FocalLengthIn35mmFilm {f35:g} mm")
+    plane = _focal_plane_fx_fy(tags, stored)
+    if plane is None:
+        return None
+    fx, fy = plane
+    upright_w = stored[0]
+    if orientation in TRANSPOSING_ORIENTATIONS:
+        fx, fy, upright_w = fy, fx, stored[1]
+    scale = width / upright_w
+    return Focal(fx * scale, fy * scale, "exif", f"EXIF FocalLength {_number(tags[TAG_FOCAL_LENGTH]):g} mm")
+
+
+def video_metadata(container: Any) -> dict[str, str]:
+    """Container metadata merged with the first video stream's (stream keys win), from a PyAV container."""
+    merged = dict(getattr(container, "metadata", {}) or {})
+    videos = getattr(getattr(container, "streams", None), "video", ())
+    if videos:
+        merged.update(videos[0].metadata or {})
+    return merged
+
+
+def focal_from_video_metadata(metadata: Mapping[str, Any], width: int, height: int) -> Focal | None:
+    """A 35 mm equivalent from container/stream metadata (VIDEO_F35_KEYS) -> pixels, or None.
+
+    Keys are matched case-insensitively. The value is the lens' equivalent focal: a stabilised or
+    cropped video frame has a longer effective focal than this, so metres come out somewhat short.
+    """
+    lowered = {str(k).lower(): v for k, v in metadata.items()}
+    for key in VIDEO_F35_KEYS:
+        f35 = _number(lowered.get(key))
+        if f35 is not None:
+            fx = fx_from_35mm(f35, width, height)
+            return Focal(fx, fx, "metadata", f"video metadata {key} = {f35:g} mm")
+    return None
+
+
+def assumed_focal(width: int, height: int, hfov_deg: float = ASSUMED_HFOV_DEG) -> Focal:
+    """The fallback: `hfov_deg` across the long side, so portrait phone videos are not mis-scaled."""
+    f = fx_from_hfov(hfov_deg, max(width, height))
+    note = (
+        f"focal length unknown: assumed a {hfov_deg:g} deg field of view across the long side (fx = fy = {f:.0f} px), "
+        "so metres are approximate; pass --fx/--fy (pixels) or --hfov (degrees) for true scale"
+    )
+    return Focal(f, f, "assumed", note)
+
+
+def given_focal(fx: float | None, fy: float | None, hfov: float | None, width: int) -> Focal | None:
+    """The user's values: `hfov` (horizontal, across `width`) wins over fx/fy, as in ModelConfig.focal_for."""
+    if hfov is not None:
+        if not 0 < hfov < 180:
+            raise ConfigError(f"--hfov {hfov} is not a field of view", hint="give degrees between 0 and 180")
+        f = fx_from_hfov(hfov, width)
+        return Focal(f, f, "given", f"--hfov {hfov:g} deg")
+    if fx is None and fy is None:
+        return None
+    for name, value in (("--fx", fx), ("--fy", fy)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} {value} is not a focal length", hint="give pixels, a positive number")
+    fx = fx if fx is not None else fy
+    fy = fy if fy is not None else fx
+    return Focal(float(fx), float(fy), "given")
+
+
+def resolve_focal(
+    given_fx: float | None,
+    given_fy: float | None,
+    given_hfov: float | None,
+    width: int,
+    height: int,
+    exif_focal: Focal | None = None,
+    metadata_focal: Focal | None = None,
+) -> Focal:
+    """The focal length to use for a `width` x `height` frame: given > EXIF > video metadata > assumed.
+
+    A missing fx or fy among the given values takes the other's value (square pixels).
+    """
+    chosen = given_focal(given_fx, given_fy, given_hfov, width) or exif_focal or metadata_focal
+    if chosen is None:
+        chosen = assumed_focal(width, height)
+        log.warning("%s", chosen.note)
+    else:
+        log.info("focal length fx=%.1f fy=%.1f px (%s%s)", chosen.fx, chosen.fy, chosen.source, _detail(chosen))
+    return chosen
+
+
+def _detail(focal: Focal) -> str:
+    return f": {focal.note}" if focal.note else ""
+
+
+def exif_upright(image_path: str | Path) -> np.ndarray:
+    """An image file as upright RGB uint8 (H, W, 3), EXIF orientation applied.
+
+    Phones store portrait photos as landscape pixels plus an orientation tag; ignoring it feeds the
+    model a sideways scene. 16-bit images keep their top 8 bits, alpha is dropped.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(image_path) as image:
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode.startswith("I"):  # 16-bit gray ("I;16*", or "I" from older Pillow)
+                gray = np.asarray(upright, dtype=np.int64)
+                gray = gray >> 8 if upright.mode != "I" or gray.max(initial=0) > 255 else gray
+                return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+            return np.asarray(upright.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise SourceError(f"{image_path} is not a readable image", hint="use PNG, JPEG, BMP, TIFF or WebP") from exc

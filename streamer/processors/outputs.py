@@ -1,0 +1,71 @@
+"""What the sinks asked for, made on the device once per batch: pictures, millimetres, maps.
+
+Each sink declares `needs`, a set of these names, and for a picture its `picture` settings:
+  picture     8-bit picture in the sink's view and pixel format (made by a Renderer)
+  depth_mm    uint16 millimetres (metric16)
+  depth, normal, confidence, kappa   float32 maps in metres / unit vectors
+  image       the input frame at the output size (RGB uint8)
+  comfy_depth, comfy_normal          the ComfyUI node's pictures
+The stage is asked only for the maps these need, at the output size; only what a sink reads
+is downloaded, and each sink gets just its own arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from streamer.processors.render import Renderer, resize_u8
+from streamer.types import METRIC16_SCALE
+
+SIZE_KEYS = ("depth", "normal", "confidence", "kappa", "picture")  # maps at the output size
+DEFAULT_WANTS = frozenset({"depth"})  # with no sink (model-only runs) the stage still yields depth
+
+
+def to_millimetres(depth: torch.Tensor) -> torch.Tensor:
+    """Metres -> uint16 millimetres (clipped at 65.535 m), rounding half to even as numpy's rint."""
+    return torch.round(depth / METRIC16_SCALE).clamp_(0, 65535).to(torch.int32).to(torch.uint16)
+
+
+class Outputs:
+    """Routes from the stage's maps to each sink's arrays; one Renderer per picture settings."""
+
+    def __init__(self, sinks: list) -> None:
+        self.renderers: list[Renderer] = []
+        self.routes: list[dict[str, str]] = []  # per sink: its name for an array -> the download key
+        renderer_of: dict[int, int] = {}
+        for sink in sinks:
+            route: dict[str, str] = {}
+            for need in sorted(getattr(sink, "needs", ())):
+                if need == "picture":
+                    if id(sink.picture) not in renderer_of:
+                        renderer_of[id(sink.picture)] = len(self.renderers)
+                        self.renderers.append(Renderer(sink.picture))
+                    route[need] = f"picture:{renderer_of[id(sink.picture)]}"
+                else:
+                    route[need] = need
+            self.routes.append(route)
+        self.raw = {key for route in self.routes for key in route.values() if not key.startswith("picture:")}
+
+    def stage_wants(self) -> set[str]:
+        """The maps the stage must make for this batch (a live view may have changed)."""
+        wants = {key for key in self.raw if key != "depth_mm"} | ({"depth"} if "depth_mm" in self.raw else set())
+        for renderer in self.renderers:
+            wants |= renderer.maps_needed()
+        return wants or set(DEFAULT_WANTS)
+
+    @torch.inference_mode()
+    def __call__(self, maps: dict[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage maps + the uploaded frames -> the tensors to download, keyed as in `routes`."""
+        maps = dict(maps)
+        if "image" in self.stage_wants():
+            size_key = next(k for k in SIZE_KEYS if k in maps)
+            maps["image"] = resize_u8(images, tuple(maps[size_key].shape[1:3]))
+        out = {f"picture:{i}": renderer(maps) for i, renderer in enumerate(self.renderers)}
+        for key in self.raw:
+            out[key] = to_millimetres(maps["depth"]) if key == "depth_mm" else maps[key]
+        return out
+
+    def split(self, arrays: dict[str, np.ndarray], index: int) -> list[dict[str, np.ndarray]]:
+        """Frame `index` of a downloaded batch -> one dict per sink, in the sinks' order."""
+        return [{need: arrays[key][index] for need, key in route.items()} for route in self.routes]

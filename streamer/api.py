@@ -168,14 +168,23 @@ class Job:
         return self.config.model.focal_for(self.source.info.width)
 
 
-def prepare(cfg: Config, sinks: list[Sink] | None = None, source: Source | None = None) -> Job:
+def prepare(
+    cfg: Config,
+    sinks: list[Sink] | None = None,
+    source: Source | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> Job:
     """Outputs checked first (nothing is overwritten), then the source opened, then the model loaded.
 
-    `sinks` and `source` replace what the config names (e.g. a list of still images)."""
+    `sinks` and `source` replace what the config names (e.g. a list of still images); `announce`
+    hears what is being loaded (the CLI prints it; loading takes a while)."""
     threads = ThreadBudget.plan(resolve_device(cfg.model.device).type, cfg.engine.threads)
     sinks = build_sinks(cfg, threads) if sinks is None else sinks
     source = open_source(cfg.source, threads.decode) if source is None else source
     try:
+        if announce is not None:
+            processor = cfg.model.processor
+            announce(f"loading {processor if processor != 'metric3d' else cfg.model.backbone} ...")
         comfy = any(need.startswith("comfy") for sink in sinks for need in sink.needs)
         stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch)
     except BaseException:

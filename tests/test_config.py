@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from streamer.config import CONFIG_DIR, Config, load_config
+from streamer.config import Config, load_config
 from streamer.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "configs"
 
 PRESETS = ["default", "webcam-preview", "transcode", "obs-virtualcam"]
 
@@ -88,3 +95,24 @@ def test_not_yaml_and_missing_file(tmp_path: Path):
         load_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_presets_ship_inside_the_wheel(tmp_path: Path):
+    """`pip install .` or a wheel keeps `--config transcode`: configs/ is packaged as streamer/configs."""
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr
+    wheel = next(tmp_path.glob("streamer-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {f"streamer/configs/{p}.yaml" for p in PRESETS} <= set(names)
+    target = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)  # what an install puts in site-packages
+    code = "import streamer.config as c; assert 'site' in c.__file__; print(c.load_config('transcode').engine.batch_size)"
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "4"

@@ -13,7 +13,7 @@ from streamer.cli.main import main
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import ConfigError
 from streamer.processors.controlnet import AuxStage, load_detector
-from streamer.processors.render import Renderer
+from streamer.views import PictureSettings
 from streamer.sinks import Sink, VideoSink
 from streamer.sources import PatternSource, VideoSource
 from streamer.sources.testsrc import pattern_image
@@ -22,7 +22,10 @@ from conftest import DATA, video_timestamps, write_video
 
 
 class Collect(Sink):
+    needs = frozenset({"picture"})
+
     def __init__(self):
+        self.picture = PictureSettings()
         self.results = []
 
     def write(self, result):
@@ -53,8 +56,8 @@ def test_processor_args_reach_the_detector():
     stage_low = AuxStage(load_detector("canny"), "canny", {"low_threshold": 1, "high_threshold": 2})
     stage_high = AuxStage(load_detector("canny"), "canny", {"low_threshold": 250, "high_threshold": 255})
     frame = torch.from_numpy(pattern_image(128, 96, 0.0))
-    low = stage_low(frame[None])[0]["image"].numpy()
-    high = stage_high(frame[None])[0]["image"].numpy()
+    low = stage_low(frame[None])[0]["picture"].numpy()
+    high = stage_high(frame[None])[0]["picture"].numpy()
     assert low.shape == (1, 96, 128, 3)
     assert (low > 0).sum() > (high > 0).sum()
 
@@ -71,10 +74,10 @@ def test_checkpoint_processor_runs_through_the_pipeline_in_file_and_live_mode(tm
     stage = AuxStage(random_hed(), "softedge_hed", {"detect_resolution": 64})
     src = write_video(tmp_path / "in.mp4", frames=5)
     sink = Collect()
-    video = VideoSink(tmp_path / "hed.mkv", "color", Renderer())
+    video = VideoSink(tmp_path / "hed.mkv", "color", PictureSettings())
     Pipeline(VideoSource(str(src)), stage, [sink, video]).run()
     assert [r.frame.index for r in sink.results] == list(range(5))
-    assert all(r.maps["image"].shape == (64, 96, 3) and r.maps["image"].dtype == np.uint8 for r in sink.results)
+    assert all(r.maps["picture"].shape == (64, 96, 3) and r.maps["picture"].dtype == np.uint8 for r in sink.results)
     assert len(video_timestamps(tmp_path / "hed.mkv")) == 5
     live = Collect()
     stats = Pipeline(PatternSource("testsrc:96x64@200", frames=40), stage, [live]).run()

@@ -16,7 +16,7 @@ import pyvirtualcam
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import SinkError, StopRequested
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
-from streamer.processors.render import Renderer
+from streamer.views import PictureSettings
 from streamer.sinks import PreviewSink, VirtualCameraSink
 from streamer.sinks.preview import opencv_gui_backend
 from streamer.sources import PatternSource
@@ -59,7 +59,7 @@ def recorder():
 
 
 def test_virtual_camera_receives_letterboxed_frames_in_order(stage, recorder):
-    sink = VirtualCameraSink(Renderer("color"), "color", 160, 90, 30.0, backend="test-recorder")
+    sink = VirtualCameraSink(PictureSettings("color"), 160, 90, 30.0, backend="test-recorder")
     source = PatternSource("testsrc:96x64@30", frames=6, live=False)  # 3:2 into 16:9 -> side bars
     Pipeline(source, stage, [sink]).run()
     frames = recorder.received
@@ -69,13 +69,13 @@ def test_virtual_camera_receives_letterboxed_frames_in_order(stage, recorder):
 
 
 def test_virtual_camera_repeats_the_last_frame_when_the_model_is_slow(stage, recorder):
-    sink = VirtualCameraSink(Renderer("gray"), "gray", 64, 48, 50.0, backend="test-recorder")
+    sink = VirtualCameraSink(PictureSettings("gray"), 64, 48, 50.0, backend="test-recorder")
     Pipeline(PatternSource("testsrc:96x64@4", frames=3), stage, [sink]).run()  # 4 fps into a 50 fps camera
     assert len(recorder.received) > 3
 
 
 def test_missing_virtual_camera_backend_says_what_to_install(stage):
-    sink = VirtualCameraSink(Renderer(), backend="v4l2loopback", device="/dev/video99")
+    sink = VirtualCameraSink(PictureSettings(), backend="v4l2loopback", device="/dev/video99")
     with pytest.raises(SinkError) as info:
         sink.open(PatternSource("testsrc").info, None)
     assert "v4l2loopback" in str(info.value)
@@ -90,7 +90,7 @@ def test_preview_without_display_points_to_other_sinks(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(SinkError, match="no display.*transcode.*virtualcam"):
-        PreviewSink(Renderer()).open(PatternSource("testsrc").info, None)
+        PreviewSink(PictureSettings()).open(PatternSource("testsrc").info, None)
 
 
 @pytest.fixture
@@ -112,16 +112,16 @@ def virtual_display(monkeypatch):
 
 
 def test_preview_window_shows_frames(stage, virtual_display):
-    sink = PreviewSink(Renderer("side-by-side"), window="streamer-test")
+    sink = PreviewSink(PictureSettings("side-by-side"), window="streamer-test")
     Pipeline(PatternSource("testsrc:96x64@20", frames=5), stage, [sink]).run()
     assert sink.frames_shown >= 1
     assert os.environ["DISPLAY"] == virtual_display
 
 
 def test_preview_keys_switch_view_colormap_and_quit():
-    sink = PreviewSink(Renderer("color", "turbo"))
+    sink = PreviewSink(PictureSettings("color", "turbo"))
     sink.handle_key(ord("v"))
     sink.handle_key(ord("c"))
-    assert (sink.renderer.view, sink.renderer.colormap) == ("normal", "inferno")
+    assert (sink.picture.view, sink.picture.colormap) == ("normal", "inferno")
     with pytest.raises(StopRequested):
         sink.handle_key(ord("q"))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import _thread
+import json
 import threading
 import time
 
 import av
 import pytest
+import torch
 
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import Interrupted, PipelineError, StopRequested
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
-from streamer.processors.render import Renderer
+from streamer.processors.null import NullStage
+from streamer.views import PictureSettings
 from streamer.sinks import Sink, VideoSink
 from streamer.sources import PatternSource, VideoSource
 
@@ -20,6 +23,8 @@ from conftest import TINY_INPUT, write_video
 
 
 class RecordingSink(Sink):
+    needs = frozenset({"depth"})
+
     def __init__(self, name="rec", live=False, delay=0.0, fail_at=None, stop_at=None):
         self.name, self.live, self.delay, self.fail_at, self.stop_at = name, live, delay, fail_at, stop_at
         self.items = []
@@ -91,11 +96,12 @@ def test_live_mode_drops_stale_frames_and_keeps_latency_bounded(stage):
     assert stats["latency_ms"]["p50"] < 4 * per_frame + 100
 
 
-def test_slow_live_sink_does_not_stall_file_sink(stage):
+def test_slow_live_sink_does_not_stall_file_sink():
     source = PatternSource("testsrc:96x64@30", frames=30, live=False)
     file_sink = RecordingSink("file")
     slow_window = RecordingSink("window", live=True, delay=0.15)
-    stats = Pipeline(source, stage, [file_sink, slow_window], queue_size=2).run()
+    # the engine's behaviour, not the model's: a stage far faster than the window
+    stats = Pipeline(source, NullStage(torch.device("cpu")), [file_sink, slow_window], queue_size=2).run()
     assert len(file_sink.items) == 30
     assert len(slow_window.items) < 30
     assert stats["dropped"]["window"] == 30 - len(slow_window.items)
@@ -135,21 +141,40 @@ def test_sink_can_end_the_run_normally(stage):
     assert len(sink.items) == 3
 
 
-def test_sigint_stops_quickly_and_finalises_a_playable_file(tmp_path, stage):
-    out = tmp_path / "live.mkv"
-    sink = VideoSink(out, "color", Renderer("color"))
-    source = PatternSource("testsrc:96x64@30")  # a live source never ends by itself
+@pytest.mark.parametrize("live", [True, False])
+def test_sigint_stops_quickly_and_finalises_a_playable_file(tmp_path, stage, live):
+    """Ctrl-C on a live source is a normal end (the recording is complete); on a file it is an
+    interruption: the file stays .partial, still playable, and Interrupted is raised."""
+    out = tmp_path / "rec.mkv"
+    sink = VideoSink(out, "color", PictureSettings("color"))
+    source = PatternSource("testsrc:96x64@30", live=live)  # never ends by itself
     pipeline = Pipeline(source, stage, [sink])
     timer = threading.Timer(1.5, _thread.interrupt_main)
     timer.start()
     started = time.monotonic()
-    with pytest.raises(Interrupted):
-        pipeline.run()
+    if live:
+        stats = pipeline.run()
+        assert stats["stopped_by_person"] is True
+    else:
+        with pytest.raises(Interrupted):
+            pipeline.run()
     stopped_after = time.monotonic() - started - 1.5
     timer.join()
     assert stopped_after < 2.0
-    partial = tmp_path / "live.partial.mkv"
-    assert not out.exists() and partial.exists()
-    with av.open(str(partial)) as c:
+    written = out if live else tmp_path / "rec.partial.mkv"
+    assert written.exists() and not (tmp_path / ("rec.partial.mkv" if live else "rec.mkv")).exists()
+    with av.open(str(written)) as c:
         decoded = sum(1 for _ in c.decode(video=0))
     assert decoded == sink.frames_written > 0
+    assert json.loads(written.with_suffix(".json").read_text())["complete"] is live
+
+
+def test_quit_key_on_a_live_recording_finishes_it(tmp_path, stage):
+    """A person's stop from a sink (the preview's q) ends a live recording completely."""
+    out = tmp_path / "rec.mp4"
+    recording = VideoSink(out, "color", PictureSettings("color"))
+    window = RecordingSink("window", live=True, stop_at=3)
+    stats = Pipeline(PatternSource("testsrc:96x64@30"), stage, [recording, window]).run()
+    assert stats["stopped_by_person"] is True
+    assert out.exists() and not (tmp_path / "rec.partial.mp4").exists()
+    assert json.loads(out.with_suffix(".json").read_text())["complete"] is True

@@ -44,9 +44,7 @@ def progress_bar(job: api.Job, unit: str):
 
 def run(cfg: Config, sinks: list | None = None, source=None, unit: str = "frame") -> dict:
     """Load, run with a progress display on stderr, print a summary and what was written."""
-    processor = cfg.model.processor
-    echo(f"loading {processor if processor != 'metric3d' else cfg.model.backbone} ...")
-    job = api.prepare(cfg, sinks, source)
+    job = api.prepare(cfg, sinks, source, announce=echo)
     echo(describe(job))
     stats = Stats()
     bar, tick = progress_bar(job, unit)

@@ -173,14 +173,14 @@ class VideoSink(Sink):
 
     def _mux_audio(self, packets: list) -> None:
         """Audio from the input, on the output's timeline; packets that end before 0 are left out
-        (one that straddles 0 keeps its negative start, as the input had it)."""
+        (one that reaches 0, like AAC's priming packet, keeps its negative start as the input had it)."""
         for packet in packets:
             target = self._audio.get(packet.stream.index)
             if target is None or packet.size == 0 or packet.pts is None:
                 continue
             out, reencode = target
             shift = round(self._origin / packet.time_base)
-            if packet.pts - shift + (packet.duration or 0) <= 0:
+            if packet.pts - shift + (packet.duration or 0) < 0:
                 continue
             if not reencode:
                 packet.pts -= shift

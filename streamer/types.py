@@ -67,6 +67,9 @@ class StreamInfo:
     frame_count: int | None = None
     name: str = ""
     audio: tuple = ()  # the input's audio streams (PyAV), templates for sinks that copy audio
+    # where the input's timeline starts (seconds), when it may lie before the first frame: audio
+    # that starts first; outputs put 0 there so the A/V offset stays the input's
+    start: Fraction | None = None
 
 
 class EndOfStream:

@@ -4,8 +4,8 @@ The file is written as `NAME.partial.EXT` and renamed to `NAME.EXT` when the inp
 processed. After an error or an interrupt the encoder is still flushed and the container closed,
 so the partial file plays and holds every frame written, and its name says it is partial.
 
-Time: the output starts at 0; video and audio are shifted by the same offset (the first frame's
-time), so their relative offset is the input's. Audio packets arrive with the frames, from the
+Time: the output starts at 0; video and audio are shifted by the same offset (the input's start,
+or the first frame's time after a trim), so their relative offset is the input's. Audio packets arrive with the frames, from the
 source's own demuxer, and are copied (or re-encoded where the container cannot hold them).
 Colour: pictures arrive as full-range BT.709 YUV planes made on the device, and every stream
 says so (range, matrix, primaries, transfer), so the 256 depth levels survive and players agree.
@@ -161,6 +161,8 @@ class VideoSink(Sink):
             pix_fmt = {"rgb24": "bgr0" if self.codec == "ffv1" else "yuv420p"}.get(frame.format.name, frame.format.name)
             self._open_video_stream(frame.width, frame.height, pix_fmt)
             self._origin = Fraction(source.pts) * source.time_base
+            if self.info.start is not None:  # audio that starts before the first frame keeps its lead
+                self._origin = min(self._origin, self.info.start)
         frame.pts = source.pts - round(self._origin / source.time_base)
         frame.time_base = source.time_base
         try:

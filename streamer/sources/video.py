@@ -109,7 +109,14 @@ class VideoSource(Source):
             self.stream.frames or None,
             Path(uri).name if not network else uri,
             self.audio_streams,
+            None if start else self._timeline_start(),
         )
+
+    def _timeline_start(self) -> Fraction | None:
+        """The container's start: the earliest presented time of any stream (audio priming excluded)."""
+        if self.container.start_time is None:
+            return None
+        return Fraction(self.container.start_time, av.time_base)
 
     def _probe_rotation(self) -> int:
         """Rotation of a file's first frame, to report the upright size before decoding starts."""

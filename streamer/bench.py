@@ -284,5 +284,3 @@ def table(result: dict) -> str:
         rows.append(("peak CUDA memory", f"{result['peak_cuda_mb']:.0f} MB"))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-

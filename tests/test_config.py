@@ -100,7 +100,18 @@ def test_not_yaml_and_missing_file(tmp_path: Path):
 def test_presets_ship_inside_the_wheel(tmp_path: Path):
     """`pip install .` or a wheel keeps `--config transcode`: configs/ is packaged as streamer/configs."""
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
         capture_output=True,
         text=True,
     )
@@ -111,7 +122,9 @@ def test_presets_ship_inside_the_wheel(tmp_path: Path):
     target = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(target)  # what an install puts in site-packages
-    code = "import streamer.config as c; assert 'site' in c.__file__; print(c.load_config('transcode').engine.batch_size)"
+    code = (
+        "import streamer.config as c; assert 'site' in c.__file__; print(c.load_config('transcode').engine.batch_size)"
+    )
     env = {**os.environ, "PYTHONPATH": str(target)}
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

@@ -13,10 +13,10 @@ from streamer.cli.main import main
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import ConfigError
 from streamer.processors.controlnet import AuxStage, load_detector
-from streamer.views import PictureSettings
 from streamer.sinks import Sink, VideoSink
 from streamer.sources import PatternSource, VideoSource
 from streamer.sources.testsrc import pattern_image
+from streamer.views import PictureSettings
 
 from conftest import DATA, video_timestamps, write_video
 

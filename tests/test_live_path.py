@@ -106,7 +106,9 @@ def test_dropped_live_frames_pass_their_audio_on():
     """A live source's stale frames are dropped, their audio is not: it rides on the next frame."""
     source = PatternSource("testsrc:64x48@30")
     pipeline = Pipeline(source, NullStage(CPU), [])
-    frames = [Frame(np.zeros((48, 64, 3), np.uint8), i, i, source.info.time_base, 0.0, audio=[f"a{i}"]) for i in range(3)]
+    frames = [
+        Frame(np.zeros((48, 64, 3), np.uint8), i, i, source.info.time_base, 0.0, audio=[f"a{i}"]) for i in range(3)
+    ]
     for frame in frames:
         pipeline.frames.put(frame)  # one slot: the first two are dropped
     taken = pipeline._take_frame(0.1)
@@ -115,7 +117,9 @@ def test_dropped_live_frames_pass_their_audio_on():
 
 def test_a_result_released_by_every_sink_frees_its_buffer():
     released = []
-    result = Result(Frame(np.zeros((2, 2, 3), np.uint8), 0, 0, source_tb(), 0.0), {}, release=lambda: released.append(1))
+    result = Result(
+        Frame(np.zeros((2, 2, 3), np.uint8), 0, 0, source_tb(), 0.0), {}, release=lambda: released.append(1)
+    )
     result.done()
     result.done()  # idempotent
     assert released == [1]

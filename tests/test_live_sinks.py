@@ -16,10 +16,10 @@ import pyvirtualcam
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import SinkError, StopRequested
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
-from streamer.views import PictureSettings
 from streamer.sinks import PreviewSink, VirtualCameraSink
 from streamer.sinks.preview import opencv_gui_backend
 from streamer.sources import PatternSource
+from streamer.views import PictureSettings
 
 from conftest import TINY_INPUT
 

@@ -15,9 +15,9 @@ from streamer.engine.pipeline import Pipeline
 from streamer.errors import Interrupted, PipelineError, StopRequested
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.processors.null import NullStage
-from streamer.views import PictureSettings
 from streamer.sinks import Sink, VideoSink
 from streamer.sources import PatternSource, VideoSource
+from streamer.views import PictureSettings
 
 from conftest import TINY_INPUT, write_video
 

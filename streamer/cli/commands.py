@@ -140,7 +140,9 @@ Endpoints: / (page), /stream.mjpg, /snapshot.png, /depth.png (16-bit mm), /stats
 @click.option("--host", help="Address to listen on; anything but loopback needs the token.  [default: 127.0.0.1]")
 @click.option("--port", type=int, help="Port (0: any free one).  [default: 8080]")
 @click.option("--token", help="Access token for every endpoint.  [default: generated off loopback]")
-@click.option("--serve-view", type=click.Choice(VIEW_FORMATS), help="What the page shows first.  [default: side-by-side]")
+@click.option(
+    "--serve-view", type=click.Choice(VIEW_FORMATS), help="What the page shows first.  [default: side-by-side]"
+)
 @render_options
 @click.option("--preview", "also_preview", is_flag=True, help="Also show the preview window.")
 @click.option("--virtualcam", "also_virtualcam", is_flag=True, help="Also send frames to the virtual camera.")

@@ -159,7 +159,11 @@ class Renderer:
             near = torch.stack([lo for lo, _ in ranges]).to(maps["depth"].device).view(-1, 1, 1)
             far = torch.stack([hi for _, hi in ranges]).to(maps["depth"].device).view(-1, 1, 1)
             u8 = depth_u8(maps["depth"], near, far)
-            picture = u8[..., None].expand(-1, -1, -1, 3) if s.view == "gray" else colormap_lut(s.colormap, u8.device)[u8.long()]
+            picture = (
+                u8[..., None].expand(-1, -1, -1, 3)
+                if s.view == "gray"
+                else colormap_lut(s.colormap, u8.device)[u8.long()]
+            )
         if s.view == "side-by-side" and "image" in maps:
             picture = torch.cat((resize_u8(maps["image"], tuple(picture.shape[1:3])), picture), dim=2)
         if s.fit is not None:

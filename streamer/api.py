@@ -134,7 +134,10 @@ def build_sinks(cfg: Config, threads: ThreadBudget | None = None) -> list[Sink]:
         from streamer.sinks.web import WebSink  # aiohttp loads only when serving
 
         w = cfg.serve
-        sinks.append(WebSink(picture_settings(cfg, w.view), w.host, w.port, w.token, w.max_clients))
+        web = WebSink(picture_settings(cfg, w.view), w.host, w.port, w.token, w.max_clients)
+        if not makes_depth(cfg):
+            web.needs = frozenset({"picture"})  # /depth.png has nothing to show for a ControlNet picture
+        sinks.append(web)
     if cfg.output.path is not None:
         sinks.append(file_sink(cfg, cfg.output.path, [cfg.source.uri], threads.encode if threads else 0))
     if not sinks:
@@ -143,8 +146,13 @@ def build_sinks(cfg: Config, threads: ThreadBudget | None = None) -> list[Sink]:
     return sinks
 
 
+def makes_depth(cfg: Config) -> bool:
+    """Metric3D (and the null stand-in) make depth; ControlNet preprocessors make only a picture."""
+    return cfg.model.processor in ("metric3d", "null")
+
+
 def check_processor_format(cfg: Config, sinks: list[Sink]) -> None:
-    if cfg.model.processor != "metric3d":
+    if not makes_depth(cfg):
         metric = [s for s in sinks if set(s.needs) - {"picture"}]
         if metric:
             raise ConfigError(

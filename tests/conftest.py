@@ -25,6 +25,13 @@ TINY_INPUT = (56, 84)  # smallest sensible canonical input: fast real forward pa
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def missing_tool(reason: str) -> None:
+    """Skip a test whose system tool is missing here, but fail it in CI, where .ci/run installs it."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: .ci/run should have installed it)")
+    pytest.skip(reason)
+
+
 def manifest(backbone: str) -> dict:
     return json.loads((DATA / f"manifest_{backbone.replace('-', '_')}.json").read_text())
 

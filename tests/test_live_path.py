@@ -127,3 +127,34 @@ def test_a_result_released_by_every_sink_frees_its_buffer():
 
 def source_tb():
     return PatternSource("testsrc").info.time_base
+
+
+def test_the_web_server_is_a_live_sink_of_the_engine(tmp_path):
+    """`streamer serve`: the engine runs the server's loop on its own thread; a client reads the
+    MJPEG stream while a recording of the same run is written."""
+    import urllib.request
+
+    from streamer.sinks import VideoSink
+    from streamer.sinks.web import WebSink
+
+    web = WebSink(PictureSettings("color"), port=0)
+    recording = VideoSink(tmp_path / "rec.mkv", "gray", PictureSettings())
+    received: list[bytes] = []
+
+    def client() -> None:
+        deadline = time.monotonic() + 20
+        while not web.port and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with urllib.request.urlopen(f"http://127.0.0.1:{web.port}/stream.mjpg", timeout=10) as stream:
+            while len(received) < 3:
+                line = stream.readline()
+                if line.startswith(b"Content-Type: image/jpeg"):
+                    received.append(line)
+
+    reader = threading.Thread(target=client, name="test-web-client")
+    reader.start()
+    stats = Pipeline(PatternSource("testsrc:64x48@20", frames=60), NullStage(CPU), [web, recording]).run()
+    reader.join(20)
+    assert len(received) == 3
+    assert stats["frames_out"] > 0 and (tmp_path / "rec.mkv").exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("streamer-")]

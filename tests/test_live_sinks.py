@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import cv2
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +24,9 @@ from streamer.sinks.preview import opencv_gui_backend
 from streamer.sources import PatternSource
 from streamer.views import PictureSettings
 
-from conftest import TINY_INPUT
+from conftest import TINY_INPUT, missing_tool
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class RecordingBackend:
@@ -96,7 +101,7 @@ def test_preview_without_display_points_to_other_sinks(monkeypatch):
 @pytest.fixture
 def virtual_display(monkeypatch):
     if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
+        missing_tool("Xvfb is not installed (apt-get install xvfb)")
     display = ":97"
     server = subprocess.Popen(
         ["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp"],
@@ -125,3 +130,39 @@ def test_preview_keys_switch_view_colormap_and_quit():
     assert (sink.picture.view, sink.picture.colormap) == ("normal", "inferno")
     with pytest.raises(StopRequested):
         sink.handle_key(ord("q"))
+
+
+def test_quitting_the_preview_with_q_finishes_its_recording(tmp_path, virtual_display):
+    """A person's q on a live preview ends the recording completely (not .partial), exit 0."""
+    if shutil.which("xdotool") is None:
+        missing_tool("xdotool is not installed (apt-get install xdotool)")
+    rec = tmp_path / "rec.mp4"
+    window = "streamer-quit-test"
+    args = ["preview", "--source", "testsrc:96x64@15", "--record", str(rec), "--processor", "null"]
+    args += ["--device", "cpu", "--config", str(write_window_config(tmp_path, window))]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamer", *args], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        found = ""
+        deadline = time.monotonic() + 60
+        while not found and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+            search = subprocess.run(["xdotool", "search", "--name", window], capture_output=True, text=True)
+            found = search.stdout.split()[0] if search.stdout.strip() else ""
+        assert found, "the preview window did not appear"
+        time.sleep(1.0)  # a few frames recorded
+        subprocess.run(["xdotool", "windowactivate", "--sync", found], capture_output=True)
+        subprocess.run(["xdotool", "key", "--window", found, "q"], check=True)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert rec.exists() and not (tmp_path / "rec.partial.mp4").exists(), err
+    assert json.loads(rec.with_suffix(".json").read_text())["complete"] is True
+
+
+def write_window_config(tmp_path, window: str):
+    path = tmp_path / "window.yaml"
+    path.write_text(f"preview:\n  window: {window}\n")
+    return path

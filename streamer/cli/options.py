@@ -111,8 +111,9 @@ model_options = stack(
     click.option(
         "--processor",
         metavar="ID",
-        help="What runs on each frame: metric3d, or a controlnet_aux preprocessor (canny, depth_midas, "
-        "lineart_realistic, normal_bae, openpose, shuffle, ...; `streamer doctor` lists all).  [default: metric3d]",
+        help="What runs on each frame: metric3d, a controlnet_aux preprocessor (canny, depth_midas, "
+        "lineart_realistic, normal_bae, openpose, shuffle, ...; `streamer doctor` lists all), or null "
+        "(depth from brightness, no model: tests the rest of the chain).  [default: metric3d]",
     ),
     click.option(
         "--processor-arg",

@@ -46,6 +46,9 @@ def run(cfg: Config, sinks: list | None = None, source=None, unit: str = "frame"
     """Load, run with a progress display on stderr, print a summary and what was written."""
     job = api.prepare(cfg, sinks, source, announce=echo)
     echo(describe(job))
+    for sink in job.sinks:
+        if hasattr(sink, "url"):  # the web server: the address, with its access token when it has one
+            echo(f"serving {sink.url}  (MJPEG for OBS/VLC: {sink.stream_url})")
     stats = Stats()
     bar, tick = progress_bar(job, unit)
     try:

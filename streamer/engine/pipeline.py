@@ -38,6 +38,7 @@ END = EndOfStream()
 POLL_S = 0.1
 MAIN_POLL_S = 0.01  # how often the main thread looks at its sinks (GUI events stay responsive)
 TICK_S = 0.25
+SERVICE_START_S = 10.0
 
 
 class FrameProcessor(Protocol):
@@ -182,6 +183,7 @@ class Pipeline:
         """
         self._tick = tick
         self._open_sinks()
+        self._start_services()
         runners = [SinkRunner(self, s, q) for s, q in zip(self.sinks, self.queues, strict=True)]
         on_main = [r for r in runners if getattr(r.sink, "main_thread", False)]
         for runner in runners:
@@ -215,6 +217,27 @@ class Pipeline:
             self.source.close()
             raise
 
+    def _start_services(self) -> None:
+        """Sinks that serve clients (the web server) get a thread of their own for their event loop,
+        started before the first frame; it ends when the sink is closed."""
+        for sink in self.sinks:
+            if not hasattr(sink, "serve"):
+                continue
+            ready = threading.Event()
+            self._spawn(f"{sink.name}-server", lambda s=sink, r=ready: s.serve(r, self._stop))
+            ready.wait(SERVICE_START_S)
+            if getattr(sink, "error", None) is not None or not ready.is_set():
+                self.stop()
+                for other in self.sinks:
+                    other.close(complete=False)
+                self._join_threads()
+                self.source.close()
+                raise self._error or PipelineError(f"sink:{sink.name}", TimeoutError("the server did not start"))
+
+    def _join_threads(self) -> None:
+        for t in self._threads:
+            t.join()
+
     def _main_loop(self, inference: Future, on_main: list[SinkRunner]) -> None:
         """Serve the main-thread sinks and the progress tick until every stage is done."""
         running = list(on_main)
@@ -236,8 +259,7 @@ class Pipeline:
         while True:
             try:
                 inference.result()
-                for t in self._threads:
-                    t.join()
+                self._join_threads()
                 break
             except KeyboardInterrupt:
                 self.person_stop()

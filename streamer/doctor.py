@@ -189,6 +189,27 @@ def aux_check() -> Check:
     return Check("controlnet_aux", True, f"{installed}; --processor metric3d or: {', '.join(aux_processor_ids())}")
 
 
+def threads_check() -> Check:
+    """How the CPU is shared between decoding, the model and encoding (engine/threads.py)."""
+    from streamer.engine.device import resolve_device
+    from streamer.engine.threads import ThreadBudget
+
+    device = resolve_device("auto")
+    budget = ThreadBudget.plan(device.type)
+    detail = f"{os.cpu_count()} cores, device {device.type}: torch {budget.torch}, decode {budget.decode}, encode {budget.encode}"
+    return Check("threads", True, detail + " (--threads N caps the total)")
+
+
+def encoder_check() -> Check:
+    """What `--codec auto` picks for .mp4/.mov: NVENC when it opens here, else libx264."""
+    from streamer.sinks.encoders import AUTO_CHAIN, encoder_opens, pick_encoder
+
+    chosen = pick_encoder(".mp4", "auto")
+    hardware = [c for c in AUTO_CHAIN[:-1] if encoder_opens(c)]
+    fix = None if hardware else "an NVIDIA GPU with NVENC and its driver moves H.264 encoding off the CPU"
+    return Check("video encoder", True, f"--codec auto -> {chosen}", fix)
+
+
 def run_checks() -> list[Check]:
     checks = [python_check()]
     for group in (torch_checks, av_checks, opencv_checks):
@@ -196,7 +217,7 @@ def run_checks() -> list[Check]:
             checks += group()
         except ImportError as exc:
             checks.append(Check(group.__name__.removesuffix("_checks"), False, str(exc), "pip install -e .", True))
-    for single in (virtualcam_check, checkpoint_check, aux_check):
+    for single in (threads_check, encoder_check, virtualcam_check, checkpoint_check, aux_check):
         try:
             checks.append(single())
         except ImportError as exc:

@@ -60,6 +60,8 @@ def test_uploads_use_a_pinned_ring_on_a_side_stream():
 
 
 class Collect(Sink):
+    needs = frozenset({"depth"})
+
     def __init__(self):
         self.indices = []
 
@@ -78,3 +80,29 @@ def test_cuda_pipeline_keeps_frames_without_device_synchronize(tmp_path, cuda_mo
     Pipeline(VideoSource(str(src)), stage, [sink], batch_size=batch_size).run()
     assert sink.indices == list(range(10))
     assert calls == []
+
+
+def test_downloads_go_to_the_sinks_without_a_host_copy_and_the_slot_comes_back():
+    transfer = DeviceTransfer(CUDA, pinned=True, side_stream=True)
+    first = transfer.download({"x": torch.arange(4, device=CUDA)})
+    arrays = first.wait()
+    first.lease.hold(1)
+    first.lease.release()  # the pipeline hands the slot to one sink
+    second = transfer.download({"x": torch.arange(4, device=CUDA) + 10})
+    assert second.lease.slot is not first.lease.slot  # still held by the sink: a new slot
+    assert arrays["x"].tolist() == [0, 1, 2, 3]  # the sink's view was not overwritten
+    first.lease.release()  # the sink is done
+    second.wait()
+    third = transfer.download({"x": torch.arange(4, device=CUDA)})
+    assert third.lease.slot is first.lease.slot  # reused
+
+
+def test_live_latency_is_the_model_time_plus_little(cuda_model):
+    """On a GPU the model beats a 30 fps camera: no result may wait for the next frame."""
+    from streamer.sources import PatternSource
+
+    stage = Metric3DStage(Metric3DProcessor(cuda_model, (224, 308)), lambda w: (1000.0, 1000.0))
+    sink = Collect()
+    stats = Pipeline(PatternSource("testsrc:640x360@30", frames=60), stage, [sink]).run()
+    model_ms = stats["stage_ms"]["inference"]
+    assert stats["latency_ms"]["p50"] < model_ms + 15, (stats["latency_ms"], model_ms)

@@ -133,6 +133,32 @@ def rgb_to_yuv(pictures: torch.Tensor, pixel_format: str) -> torch.Tensor:
     return as_u8(planes.reshape(n, h * 3 // 2, w))
 
 
+def yuv_lut(view: str, colormap: str, device: torch.device) -> torch.Tensor:
+    """(256, 3) full-range BT.709 Y, U, V of each depth level's colour: gray is (v, 128, 128)."""
+    key = (f"yuv:{view}:{colormap}", device)
+    if key not in _LUTS:
+        if view == "gray":
+            rgb = torch.arange(256, dtype=torch.uint8, device=device)[:, None].expand(256, 3)
+        else:
+            rgb = colormap_lut(colormap, device)
+        _LUTS[key] = rgb_to_yuv(rgb.reshape(1, 1, 256, 3).contiguous(), "yuv444p")[0, :, 0].t().contiguous()
+    return _LUTS[key]
+
+
+def levels_to_yuv(levels: torch.Tensor, lut: torch.Tensor, pixel_format: str) -> torch.Tensor:
+    """Depth levels (N, H, W) uint8 -> YUV planes by table lookup: no per-pixel colour maths.
+
+    4:2:0 chroma takes the colour of each 2x2 block's mean level."""
+    n, h, w = levels.shape
+    y = torch.take(lut[:, 0].contiguous(), levels.long())
+    if pixel_format == "yuv444p" or h % 2 or w % 2:
+        uv = torch.stack([torch.take(lut[:, c].contiguous(), levels.long()) for c in (1, 2)], dim=1)
+        return torch.cat((y[:, None], uv), dim=1)
+    block = F.avg_pool2d(levels[:, None].float(), 2)[:, 0].round_().long()
+    uv = torch.cat([torch.take(lut[:, c].contiguous(), block).reshape(n, -1) for c in (1, 2)], dim=1)
+    return torch.cat((y.reshape(n, -1), uv), dim=1).reshape(n, h * 3 // 2, w)
+
+
 class Renderer:
     """One sink's pictures, made on the device from the maps; keeps that sink's display range."""
 
@@ -146,6 +172,13 @@ class Renderer:
         needed = {"normal"} if view == "normal" else {"depth"}
         return needed | ({"image"} if view == "side-by-side" else set())
 
+    def levels(self, depth: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) metres -> 0..255 levels in this sink's display range (near = 255)."""
+        ranges = [self.display.update(d) for d in depth]
+        near = torch.stack([lo for lo, _ in ranges]).to(depth.device).view(-1, 1, 1)
+        far = torch.stack([hi for _, hi in ranges]).to(depth.device).view(-1, 1, 1)
+        return depth_u8(depth, near, far)
+
     def pictures(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """(N, H, W, 3) RGB uint8; `maps` holds depth/normal, `image` (the input at output size), or
         `picture` when an image processor (ControlNet) made the picture already."""
@@ -155,10 +188,7 @@ class Renderer:
         elif s.view == "normal":
             picture = normal_rgb(maps["normal"])
         else:
-            ranges = [self.display.update(d) for d in maps["depth"]]
-            near = torch.stack([lo for lo, _ in ranges]).to(maps["depth"].device).view(-1, 1, 1)
-            far = torch.stack([hi for _, hi in ranges]).to(maps["depth"].device).view(-1, 1, 1)
-            u8 = depth_u8(maps["depth"], near, far)
+            u8 = self.levels(maps["depth"])
             picture = (
                 u8[..., None].expand(-1, -1, -1, 3)
                 if s.view == "gray"
@@ -172,10 +202,14 @@ class Renderer:
 
     def __call__(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """The picture in the sink's pixel format (RGB, or YUV planes for an encoder)."""
-        picture = self.pictures(maps)
-        if self.settings.pixel_format == "rgb24":
-            return picture.contiguous()
-        return rgb_to_yuv(picture, self.settings.pixel_format)
+        s = self.settings
+        if s.pixel_format == "rgb24":
+            return self.pictures(maps).contiguous()
+        if s.view in ("gray", "color") and s.fit is None and "picture" not in maps:  # the common case, by table
+            return levels_to_yuv(
+                self.levels(maps["depth"]), yuv_lut(s.view, s.colormap, maps["depth"].device), s.pixel_format
+            )
+        return rgb_to_yuv(self.pictures(maps), s.pixel_format)
 
 
 __all__ = ["COLORMAPS", "DisplayRange", "Renderer", "colormap_lut", "depth_u8", "letterbox", "rgb_to_yuv"]

@@ -45,7 +45,7 @@ def pick_encoder(suffix: str, requested: str | None) -> str:
     name = requested or DEFAULT_CODEC[suffix]
     if name == "auto":
         name = next(codec for codec in AUTO_CHAIN if codec == AUTO_CHAIN[-1] or encoder_opens(codec))
-        log.info("video encoder: %s", name)
+        log.debug("video encoder: %s", name)
     elif name not in av.codecs_available:
         raise SinkError(
             f"encoder {name} is not in this FFmpeg build", hint="pick another with --codec (see `streamer doctor`)"

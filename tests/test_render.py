@@ -1,0 +1,96 @@
+"""Pictures made on the device equal the pictures the host used to make (numpy + OpenCV)."""
+
+from __future__ import annotations
+
+import cv2
+
+import numpy as np
+import pytest
+import torch
+
+from streamer.processors.outputs import Outputs, to_millimetres
+from streamer.processors.render import Renderer, rgb_to_yuv
+from streamer.sinks import VideoSink
+from streamer.views import PictureSettings
+
+
+def reference_pictures(depths: np.ndarray, view: str, mode: str, colormap: str = "turbo") -> list[np.ndarray]:
+    """The host renderer this project had before pictures moved to the device."""
+    near, far, initialised, out = 0.1, 10.0, False, []
+    for depth in depths:
+        sample = depth[::4, ::4]
+        sample = sample[sample > 0]
+        lo, hi = (float(sample.min()), float(sample.max())) if mode == "frame" else np.percentile(sample, (2, 98))
+        lo, hi = float(lo), max(float(hi), float(lo) + 1e-3)
+        if mode == "auto" and initialised:
+            lo, hi = 0.9 * near + 0.1 * lo, 0.9 * far + 0.1 * hi
+        near, far, initialised = lo, hi, True
+        u8 = np.clip((far - depth) * (255.0 / (far - near)), 0, 255).astype(np.uint8)
+        if view == "gray":
+            out.append(cv2.cvtColor(u8, cv2.COLOR_GRAY2RGB))
+        else:
+            code = getattr(cv2, f"COLORMAP_{colormap.upper()}")
+            out.append(cv2.cvtColor(cv2.applyColorMap(u8, code), cv2.COLOR_BGR2RGB))
+    return out
+
+
+@pytest.fixture
+def depths() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:48, 0:64].astype(np.float32)
+    base = 1.0 + 4.0 * x / 64 + y / 48
+    return np.stack([base * (1 + 0.05 * k) + rng.normal(0, 0.02, base.shape) for k in range(6)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("view,mode", [("color", "auto"), ("gray", "frame"), ("color", "frame"), ("gray", "auto")])
+def test_device_pictures_equal_the_host_pictures(depths, view, mode):
+    renderer = Renderer(PictureSettings(view, range=mode))
+    got = [renderer({"depth": torch.from_numpy(d[None])})[0].numpy() for d in depths]
+    for mine, theirs in zip(got, reference_pictures(depths, view, mode), strict=True):
+        assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_fixed_range_and_normals_match_the_old_formulas(depths):
+    renderer = Renderer(PictureSettings("gray", range="fixed", near=1.0, far=6.0))
+    got = renderer({"depth": torch.from_numpy(depths[:1])})[0, ..., 0].numpy()
+    expected = np.clip((6.0 - depths[0]) * (255.0 / 5.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(got, expected)
+    normal = np.random.default_rng(1).uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32)
+    picture = Renderer(PictureSettings("normal"))({"normal": torch.from_numpy(normal)})[0].numpy()
+    assert np.array_equal(picture, np.clip((normal[0] + 1.0) * 127.5, 0, 255).astype(np.uint8))
+
+
+def test_gray_yuv_keeps_every_level_in_full_range(depths):
+    """Encoders get full-range planes: a gray level v is luma v, chroma neutral."""
+    picture = Renderer(PictureSettings("gray", range="frame"))({"depth": torch.from_numpy(depths[:1])})
+    planes = Renderer(PictureSettings("gray", range="frame", pixel_format="yuv420p"))(
+        {"depth": torch.from_numpy(depths[:1])}
+    )
+    assert planes.shape == (1, 72, 64)
+    assert torch.equal(planes[0, :48], picture[0, ..., 0])
+    assert planes[0, 48:].unique().tolist() == [128]
+    assert planes[0, :48].min() == 0 and planes[0, :48].max() == 255
+
+
+def test_rgb_to_yuv_matches_full_range_bt709():
+    rgb = np.random.default_rng(2).integers(0, 256, (1, 4, 6, 3), dtype=np.uint8)
+    yuv = rgb_to_yuv(torch.from_numpy(rgb), "yuv444p")[0].numpy().astype(float)
+    r, g, b = (rgb[0, ..., i].astype(float) for i in range(3))
+    y = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    assert np.abs(yuv[0] - y).max() <= 0.5 + 1e-6
+    assert np.abs(yuv[1] - ((b - y) / 1.8556 + 128)).max() <= 0.5 + 1e-6
+    assert np.abs(yuv[2] - ((r - y) / 1.5748 + 128)).max() <= 0.5 + 1e-6
+
+
+def test_only_what_the_sinks_need_is_made(tmp_path):
+    """A colour video needs one picture; metric16 needs millimetres; nothing else crosses."""
+    video = VideoSink(tmp_path / "a.mp4", "color")
+    metric = VideoSink(tmp_path / "b.mkv", "metric16")
+    outputs = Outputs([video, metric])
+    assert outputs.stage_wants() == {"depth"}
+    depth = torch.full((1, 6, 8), 1.2345)
+    made = outputs({"depth": depth}, torch.zeros((1, 6, 8, 3), dtype=torch.uint8))
+    assert set(made) == {"picture:0", "depth_mm"}
+    assert made["picture:0"].dtype == torch.uint8 and made["picture:0"].shape == (1, 9, 8)  # 4:2:0 planes
+    assert made["depth_mm"].dtype == torch.uint16 and int(made["depth_mm"][0, 0, 0]) == 1234
+    assert to_millimetres(torch.tensor([70.0])).item() == 65535

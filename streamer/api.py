@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from streamer.config import Config, ModelConfig, describe_validation_error
 from streamer.engine import worker
+from streamer.engine.compiled import CompiledOrEager
 from streamer.engine.device import resolve_device, resolve_dtype
 from streamer.engine.pipeline import Pipeline
 from streamer.engine.stats import Stats
@@ -57,7 +58,7 @@ def place_model(model: Metric3D, device: str = "auto", precision: str = "auto", 
     """Loaded weights -> the device and precision to run in (auto: fp16 on CUDA, fp32 on CPU)."""
     dev = resolve_device(device)
     model = model.to(device=dev, dtype=resolve_dtype(precision, dev)).eval()
-    return torch.compile(model) if compile else model
+    return CompiledOrEager(model, dev) if compile else model
 
 
 def load_processor(cfg: ModelConfig) -> tuple[Metric3DProcessor, dict]:

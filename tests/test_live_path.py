@@ -158,3 +158,22 @@ def test_the_web_server_is_a_live_sink_of_the_engine(tmp_path):
     assert len(received) == 3
     assert stats["frames_out"] > 0 and (tmp_path / "rec.mkv").exists()
     assert not [t for t in threading.enumerate() if t.name.startswith("streamer-")]
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, small_model):
+    """`--compile` never stops a run: if compilation fails on the first call, eager runs instead."""
+    from streamer.engine.compiled import CompiledOrEager
+
+    def broken_compile(model, mode=None):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    wrapped = CompiledOrEager(small_model, CPU)
+    x = torch.zeros((1, 3, 56, 84))
+    with torch.inference_mode():
+        out = wrapped(x)
+        expected = small_model(x)
+    assert wrapped.failed and torch.equal(out["depth"][-1], expected["depth"][-1])

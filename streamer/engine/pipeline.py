@@ -89,6 +89,8 @@ class SinkRunner:
         except StopRequested:
             self.pipeline.person_stop()
             return True
+        except KeyboardInterrupt:  # Ctrl-C while the main thread wrote: a person's stop, not a failure
+            raise
         except BaseException as exc:  # recorded with its stage, re-raised by run()
             self.pipeline.fail(f"sink:{self.sink.name}", exc)
             self.finish(failed=True)

@@ -62,8 +62,10 @@ class VideoSink(Sink):
         copy_audio: bool = True,
         inputs: list[str | Path] = (),
         threads: int = 0,
+        sidecar_extra: dict | None = None,
     ) -> None:
         self.path = Path(path)
+        self.sidecar_extra = sidecar_extra or {}  # more sidecar fields from the caller (batch: what made it)
         self.suffix = self.path.suffix.lower()
         if self.suffix not in VIDEO_SUFFIXES:
             raise SinkError(
@@ -250,7 +252,7 @@ class VideoSink(Sink):
         extra = {**self.encoding(), "frames": self.frames_written, "complete": complete, "source": self.info.name}
         if self.audio_note:
             extra["audio"] = self.audio_note
-        return sidecar(self.meta, extra)
+        return sidecar(self.meta, {**extra, **self.sidecar_extra})
 
 
 __all__ = ["VIDEO_SUFFIXES", "VideoSink"]

@@ -94,11 +94,12 @@ def run_concurrently(
 
 
 def _next_outcome(outcomes: queue.Queue, tick: Callable[[], None] | None) -> tuple | None:
+    """Tick (after each outcome the caller took, and every TICK_S), then wait for the next outcome."""
+    if tick is not None:
+        tick()
     try:
         return outcomes.get(timeout=TICK_S)
     except queue.Empty:
-        if tick is not None:
-            tick()
         return None
 
 

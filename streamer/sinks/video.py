@@ -226,6 +226,7 @@ class VideoSink(Sink):
         target = self.path if final else self.work_path
         if final:
             os.replace(self.work_path, self.path)
+            self.work_path.with_suffix(".json").unlink(missing_ok=True)  # an earlier, interrupted run's
         elif self.frames_written == 0:  # nothing to keep (the muxer may not even have made the file)
             self.work_path.unlink(missing_ok=True)
             target = None

@@ -11,6 +11,7 @@ found complete and skipped. Inputs and the output folder must be at the same pat
 from __future__ import annotations
 
 import logging
+import signal
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -51,7 +52,7 @@ def run_on_ray(
     ray = import_ray()
     joined = not ray.is_initialized()
     if joined:
-        ray.init(address=address or None, log_to_driver=True)
+        join_cluster(ray, address)
     try:
         actors = start_actors(ray, cfg, workers, len(items), announce)
         try:
@@ -62,6 +63,18 @@ def run_on_ray(
     finally:
         if joined:
             ray.shutdown()
+
+
+def join_cluster(ray: ModuleType, address: str | None) -> None:
+    """ray.init, keeping this process's SIGTERM handler: Ray installs its own, which would end the
+    driver without letting the files in flight finalise their outputs."""
+    previous = signal.getsignal(signal.SIGTERM)
+    ray.init(address=address or None, log_to_driver=True)
+    if previous is not None:
+        try:
+            signal.signal(signal.SIGTERM, previous)
+        except ValueError:  # not the main thread: Ray's handler stays
+            pass
 
 
 def start_actors(ray: ModuleType, cfg: Config, workers: int, files: int, announce) -> list[Any]:

@@ -16,7 +16,7 @@ import pytest
 
 from streamer.batch import run_batch
 from streamer.batch.cluster import ACTOR_PREFIX
-from streamer.batch.inputs import check_outdir, common_root, expand_inputs, output_for
+from streamer.batch.inputs import find_inputs, output_for
 from streamer.batch.resume import settings_fingerprint
 from streamer.cli.main import main
 from streamer.config import load_config, merge
@@ -91,16 +91,16 @@ def test_inputs_are_files_folders_globs_and_lists(tmp_path, monkeypatch):
     (tmp_path / "list.txt").write_text("# a comment\nw/c.mkv\n\nnope.mp4\n")
     (tmp_path / "more.txt").write_text("w/d.avi\n")
     monkeypatch.chdir(tmp_path)
-    found = expand_inputs(["v", "@list.txt", "more.txt", "w/*.mkv", "missing.mp4", "z*/*.mp4"], tmp_path / "v/out")
+    found = find_inputs(["v", "@list.txt", "more.txt", "w/*.mkv", "missing.mp4", "z*/*.mp4"], Path("v/out"))
     names = [p.relative_to(tmp_path).as_posix() for p in found.files]
     assert names == ["v/a.mp4", "v/x/b.mov", "w/c.mkv", "w/d.avi"]  # folder order, no repeats, outputs left out
     assert found.missing == ["nope.mp4", "missing.mp4", "z*/*.mp4"]
-    root = common_root(found.anchors)
-    assert root == tmp_path.resolve()
+    assert found.root == tmp_path.resolve()
     assert output_for(Path("v/x/b.mov"), Path("o"), "mkv") == Path("o/v/x/b.mkv")
     assert output_for(Path("v/x/b.mov"), Path("o"), "images") == Path("o/v/x/b")
-    with pytest.raises(ConfigError, match="holds the inputs"):
-        check_outdir(tmp_path, root)
+    assert len(find_inputs(["v/x/*.mov"], Path(".")).files) == 1  # outputs beside the tree, not in it
+    with pytest.raises(ConfigError, match="is the inputs' folder"):
+        find_inputs(["v", "w"], Path("."))
 
 
 def test_settings_fingerprint_follows_what_changes_the_output():

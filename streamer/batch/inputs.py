@@ -4,7 +4,8 @@ Inputs are files, folders (searched recursively for video suffixes), glob patter
 of paths (`@list.txt`, or any existing `.txt`; one path a line, lines starting with `#` ignored, relative
 paths are read from the list's folder so a list travels with its videos). Outputs keep each
 input's place relative to the common root of the inputs, so two `clip.mp4` in different
-folders never meet, and a rerun finds every output where it left it.
+folders never meet, and a rerun finds every output where it left it. The output folder may lie
+inside the input tree (its files are then never read back as inputs) but may not be its root.
 """
 
 from __future__ import annotations
@@ -31,33 +32,40 @@ class Found:
     files: list[Path] = field(default_factory=list)
     anchors: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    root: Path | None = None  # the common root of the anchors: outputs mirror the tree below it
 
-    def add(self, path: Path, anchor: Path, exclude: Path) -> None:
+    def add(self, path: Path, anchor: Path) -> None:
         path = path.resolve()
-        if path.is_relative_to(exclude) or path in self._seen:
-            return
-        self._seen.add(path)
-        self.files.append(path)
-        self.anchors.append(anchor.resolve())
+        if path not in self._seen:
+            self._seen.add(path)
+            self.files.append(path)
+            self.anchors.append(anchor.resolve())
 
     def __post_init__(self) -> None:
         self._seen: set[Path] = set()
 
 
-def expand_inputs(args: list[str], outdir: Path) -> Found:
-    """Files, folders, globs and lists -> video files; anything under `outdir` is left out
-    (a batch's own outputs are never read back as inputs)."""
+def find_inputs(args: list[str], outdir: Path) -> Found:
+    """Files, folders, globs and lists -> video files and their common root. Files inside an
+    output folder that lies in the input tree are left out: a batch never reads its outputs."""
     found = Found()
-    exclude = Path(outdir).resolve()
     for arg in args:
-        _expand(arg, found, exclude, Path.cwd(), nested=False)
+        _expand(arg, found, Path.cwd(), nested=False)
+    found.root = common_root(found.anchors)
+    out = Path(outdir).resolve()
+    if found.root is not None and found.root == out:
+        raise ConfigError(
+            f"the output folder {outdir} is the inputs' folder", hint=f"choose another, e.g. {found.root}/depth"
+        )
+    if found.root is not None and out.is_relative_to(found.root):
+        found.files = [f for f in found.files if not f.is_relative_to(out)]
     return found
 
 
-def _expand(arg: str, found: Found, exclude: Path, base: Path, nested: bool) -> None:
+def _expand(arg: str, found: Found, base: Path, nested: bool) -> None:
     path = Path(arg) if Path(arg).is_absolute() else base / arg
     if not nested and (arg.startswith("@") or (arg.endswith(".txt") and path.is_file())):
-        _read_list(Path(arg[1:]) if arg.startswith("@") else path, found, exclude, base)
+        _read_list(Path(arg[1:]) if arg.startswith("@") else path, found, base)
     elif glob.has_magic(arg):
         matches = sorted(glob.glob(str(path), recursive=True))
         if not matches:
@@ -65,18 +73,18 @@ def _expand(arg: str, found: Found, exclude: Path, base: Path, nested: bool) -> 
         anchor = glob_root(path)
         for match in map(Path, matches):
             if match.is_dir():
-                _walk(match, found, exclude)
+                _walk(match, found)
             else:
-                found.add(match, anchor, exclude)
+                found.add(match, anchor)
     elif path.is_dir():
-        _walk(path, found, exclude)
+        _walk(path, found)
     elif path.exists():
-        found.add(path, path.parent, exclude)
+        found.add(path, path.parent)
     else:
         found.missing.append(arg)
 
 
-def _read_list(listing: Path, found: Found, exclude: Path, base: Path) -> None:
+def _read_list(listing: Path, found: Found, base: Path) -> None:
     listing = listing if listing.is_absolute() else base / listing
     try:
         lines = listing.read_text().splitlines()
@@ -86,13 +94,13 @@ def _read_list(listing: Path, found: Found, exclude: Path, base: Path) -> None:
     for line in lines:
         entry = line.strip()
         if entry and not entry.startswith("#"):
-            _expand(entry, found, exclude, listing.parent, nested=True)
+            _expand(entry, found, listing.parent, nested=True)
 
 
-def _walk(folder: Path, found: Found, exclude: Path) -> None:
+def _walk(folder: Path, found: Found) -> None:
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() in VIDEO_INPUT_SUFFIXES and path.is_file():
-            found.add(path, folder, exclude)
+            found.add(path, folder)
 
 
 def glob_root(pattern: Path) -> Path:
@@ -135,12 +143,3 @@ def output_for(relative: Path, outdir: Path, container: str) -> Path:
     """`sub/clip.mp4` -> OUTDIR/sub/clip.mkv (videos) or OUTDIR/sub/clip/ (image sequences)."""
     stem = outdir / relative.with_suffix("")
     return stem if container == "images" else stem.with_name(f"{stem.name}.{container}")
-
-
-def check_outdir(outdir: Path, root: Path | None) -> None:
-    """The output folder may lie inside the input tree, but must not hold all of it."""
-    if root is not None and root.is_relative_to(Path(outdir).resolve()):
-        raise ConfigError(
-            f"the output folder {outdir} holds the inputs",
-            hint=f"choose a folder beside or inside them, e.g. {root}/depth",
-        )

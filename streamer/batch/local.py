@@ -25,6 +25,7 @@ from streamer.batch.resume import COMPLETE, frames_of, output_state
 from streamer.config import Config
 from streamer.engine import worker
 from streamer.engine.device import resolve_device
+from streamer.engine.pipeline import Pipeline
 from streamer.engine.shared import SharedStage, run_concurrently
 from streamer.engine.stats import Stats
 from streamer.engine.threads import ThreadBudget
@@ -46,7 +47,7 @@ class FileWorker:
         stage = worker.on_model_thread(key, api.load_stage, cfg.model, comfy, self.threads.torch)
         self.stage = SharedStage(stage, key)
         self._lock = threading.Lock()
-        self._running: dict[str, tuple[object, Stats]] = {}
+        self._running: dict[str, tuple[Pipeline, Stats]] = {}
         self._stopping = False
 
     def run(self, item: Item) -> Outcome:

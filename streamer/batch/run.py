@@ -20,10 +20,8 @@ from pathlib import Path
 from streamer.batch.inputs import (
     VIDEO_INPUT_SUFFIXES,
     check_container,
-    check_outdir,
-    common_root,
     default_container,
-    expand_inputs,
+    find_inputs,
     output_for,
     relative_name,
 )
@@ -75,21 +73,19 @@ def run_batch(
 
 def plan(cfg: Config, inputs: list[str], outdir: Path, container: str) -> tuple[list[Item], list[Outcome], str]:
     """-> the items to run, the outcomes known already (skipped, failed), the settings hash."""
-    found = expand_inputs(inputs, outdir)
+    found = find_inputs(inputs, outdir)
     if not found.files and not found.missing:
         raise ConfigError(
             f"no video files found in {' '.join(inputs)}",
             hint=f"give video files ({' '.join(sorted(VIDEO_INPUT_SUFFIXES))}), folders, globs or @list.txt",
         )
-    root = common_root(found.anchors)
-    check_outdir(outdir, root)
     outdir.mkdir(parents=True, exist_ok=True)
     settings = settings_fingerprint(cfg, container)
     outcomes = [Outcome(arg, arg, "", FAILED, f"{arg} names no file; check the path") for arg in found.missing]
     items: list[Item] = []
     owners: dict[Path, str] = {}
     for path in found.files:
-        relative = relative_name(path, root)
+        relative = relative_name(path, found.root)
         output = output_for(relative, outdir, container)
         if output in owners:
             reason = f"its output {output} is also made from {owners[output]}; rename one of them"

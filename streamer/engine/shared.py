@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+import torch
+
 from streamer.engine import worker
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,10 @@ class SharedStage:
     def __init__(self, stage: Any, key: str = "") -> None:
         self.stage = stage
         self.key = key
-        self.device = stage.device
-        self.meta = getattr(stage, "meta", {})
+        self.device: torch.device = stage.device
+        self.meta: dict = getattr(stage, "meta", {})
 
-    def __call__(self, images, wants):
+    def __call__(self, images: torch.Tensor, wants: set[str]) -> tuple[dict[str, torch.Tensor], dict]:
         return self.stage(images, wants)
 
     def call(self, fn: Callable[..., T], *args) -> T:

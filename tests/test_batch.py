@@ -197,8 +197,9 @@ def test_an_interrupted_batch_continues_where_it_stopped(library, references, ch
     partial = output_for(Path(stopped), out, "mkv")
     assert partial.with_name(f"{partial.stem}.partial.mkv").exists() and not partial.exists()
 
-    second = run_batch(batch_config(checkpoint), [str(library)], out)
-    assert not second.interrupted
+    in_flight: list[int] = []
+    second = run_batch(cfg, [str(library)], out, progress=lambda p: in_flight.append(len(p.active)))
+    assert not second.interrupted and max(in_flight) == 2  # two files at a time through one model
     assert {o.relative: o.status for o in second.outcomes} == {
         name: "skipped" if status == "done" else "done" for name, status in statuses.items()
     }

@@ -85,7 +85,8 @@ def start_actors(ray: ModuleType, cfg: Config, workers: int, files: int, announc
     resources: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
     if announce is not None:
         kind = "GPU" if gpus else "node"
-        announce(f"ray: {count} model worker(s), one per {kind}, {workers} files at a time each ...")
+        files = f"{workers} file{'s' if workers > 1 else ''} at a time"
+        announce(f"ray: {count} model worker{'s' if count > 1 else ''}, one per {kind}, {files} each ...")
     remote = ray.remote(FileWorker)
     token = uuid.uuid4().hex[:8]
     config = cfg.model_dump(mode="json")

@@ -125,8 +125,9 @@ def run_local(
     """Run `items` on this machine, `workers` files in flight per model -> (outcomes, interrupted)."""
     devices = model_devices(cfg.model.device)
     if announce is not None:
-        where = f"{len(devices)} GPUs" if len(devices) > 1 else "one model"
-        announce(f"loading {cfg.model.backbone} ({where}, {workers} files at a time each) ...")
+        files = f"{workers} file{'s' if workers > 1 else ''} at a time"
+        where = f"one per GPU on {len(devices)} GPUs, {files} each" if len(devices) > 1 else files
+        announce(f"loading {cfg.model.backbone} ({where}) ...")
     config = cfg.model_dump(mode="json")
     models = [FileWorker(config, device, device or "") for device in devices]
     busy = [0] * len(models)

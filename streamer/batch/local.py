@@ -77,7 +77,11 @@ class FileWorker:
         api.check_processor_format(cfg, [sink])
         job = api.prepare(cfg, [sink], stage=self.stage)
         stats = Stats()
-        pipeline = api.make_pipeline(job.source, job.stage, job.sinks, cfg, stats)
+        try:
+            pipeline = api.make_pipeline(job.source, job.stage, job.sinks, cfg, stats)
+        except BaseException:
+            job.source.close()
+            raise
         with self._lock:
             self._running[item.relative] = (pipeline, stats)
             if self._stopping:

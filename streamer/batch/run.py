@@ -45,8 +45,10 @@ def run_batch(
     announce: Callable[[str], None] | None = None,
 ) -> BatchReport:
     """Transcode every input under `outdir` (the input tree mirrored), `workers` files in flight
-    per model, on this machine or (`backend="ray"`) a Ray cluster at `ray_address`; returns the report, also written to OUTDIR/batch-report.json. A Ctrl-C ends the
-    files in flight as partial outputs and returns a report with `interrupted` set."""
+    per model, on this machine or (`backend="ray"`) a Ray cluster at `ray_address`.
+
+    Returns the report, also written to OUTDIR/batch-report.json. A Ctrl-C ends the files in
+    flight as partial outputs and returns a report with `interrupted` set."""
     started = time.monotonic()
     outdir = Path(outdir)
     container = container or default_container(cfg.output.format)

@@ -1,8 +1,9 @@
 """source -> [capture thread] -> queue -> [model thread] -> queues -> [one thread per sink].
 
 The model runs on the process's one model thread (engine/worker.py), where it was loaded, so
-the CPU keeps a single OpenMP pool (a `SharedStage`, fed by several pipelines at once, has each
-pipeline's loop on a thread of its own and only the device work of each batch on the model thread); the main thread, which calls `run()`, handles signals and
+the CPU keeps a single OpenMP pool. (A `SharedStage` is fed by several pipelines at once: each
+pipeline's loop runs on a thread of its own and sends only each batch's device work to the model
+thread.) The main thread, which calls `run()`, handles signals and
 runs the sinks that must live on it (GUI windows: macOS allows them only there). Ownership
 otherwise follows concurrent.futures: named, non-daemon threads for capture and sinks, the first
 exception recorded with its stage, the others stopped through an Event plus end-of-stream

@@ -23,6 +23,7 @@ from streamer.engine import worker
 from streamer.engine.compiled import CompiledOrEager
 from streamer.engine.device import resolve_device, resolve_dtype
 from streamer.engine.pipeline import Pipeline
+from streamer.engine.shared import SharedStage
 from streamer.engine.stats import Stats
 from streamer.engine.threads import ThreadBudget
 from streamer.errors import ConfigError, SinkError, SourceError
@@ -106,8 +107,12 @@ def picture_settings(cfg: Config, view: str | None = None) -> PictureSettings:
     return PictureSettings(fmt if fmt in VIEW_FORMATS else "color", out.colormap, out.range, out.near, out.far)
 
 
-def file_sink(cfg: Config, path: str | Path, inputs: list[str] = (), threads: int = 0) -> Sink:
-    """A video file, or an image sequence in a directory, for `cfg.output.format`."""
+def file_sink(
+    cfg: Config, path: str | Path, inputs: list[str] = (), threads: int = 0, sidecar_extra: dict | None = None
+) -> Sink:
+    """A video file, or an image sequence in a directory, for `cfg.output.format`.
+
+    `sidecar_extra` adds fields to the JSON sidecar (a batch records what the output was made from)."""
     path = Path(path)
     fmt = cfg.output.format
     if path.suffix.lower() in IMAGE_SUFFIXES | {".exr", ".npz"}:
@@ -118,9 +123,18 @@ def file_sink(cfg: Config, path: str | Path, inputs: list[str] = (), threads: in
     out = cfg.output
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoSink(
-            path, fmt, picture_settings(cfg), out.codec, out.crf, out.overwrite, out.copy_audio, inputs, threads
+            path,
+            fmt,
+            picture_settings(cfg),
+            out.codec,
+            out.crf,
+            out.overwrite,
+            out.copy_audio,
+            inputs,
+            threads,
+            sidecar_extra,
         )
-    return ImageSequenceSink(path, fmt, picture_settings(cfg), out.overwrite)
+    return ImageSequenceSink(path, fmt, picture_settings(cfg), out.overwrite, sidecar_extra=sidecar_extra)
 
 
 def build_sinks(cfg: Config, threads: ThreadBudget | None = None) -> list[Sink]:
@@ -169,7 +183,7 @@ class Job:
     config: Config
     source: Source
     sinks: list[Sink]
-    stage: Metric3DStage | AuxStage | NullStage
+    stage: Metric3DStage | AuxStage | NullStage | SharedStage
     threads: ThreadBudget
 
     @property
@@ -182,14 +196,18 @@ def prepare(
     sinks: list[Sink] | None = None,
     source: Source | None = None,
     announce: Callable[[str], None] | None = None,
+    stage: Metric3DStage | AuxStage | NullStage | SharedStage | None = None,
 ) -> Job:
     """Outputs checked first (nothing is overwritten), then the source opened, then the model loaded.
 
     `sinks` and `source` replace what the config names (e.g. a list of still images); `announce`
-    hears what is being loaded (the CLI prints it; loading takes a while)."""
+    hears what is being loaded (the CLI prints it; loading takes a while). A loaded `stage` is
+    used as it is (a batch loads its model once for many files)."""
     threads = ThreadBudget.plan(resolve_device(cfg.model.device).type, cfg.engine.threads)
     sinks = build_sinks(cfg, threads) if sinks is None else sinks
     source = open_source(cfg.source, threads.decode) if source is None else source
+    if stage is not None:
+        return Job(cfg, source, sinks, stage, threads)
     try:
         if announce is not None:
             processor = cfg.model.processor

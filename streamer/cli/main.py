@@ -17,7 +17,7 @@ EXIT_INTERRUPTED = 130
 
 class Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return ["preview", "transcode", "virtualcam", "serve", "depth", "bench", "doctor"]
+        return ["preview", "transcode", "batch", "virtualcam", "serve", "depth", "bench", "doctor"]
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -33,6 +33,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
       streamer doctor                                  # what works on this machine
       streamer preview --source testsrc                # live depth window, no camera needed
       streamer transcode in.mp4 -o depth.mp4           # depth video, same frames and audio
+      streamer batch videos/ -o depth/                 # a library of videos, resumable
       streamer depth photo.jpg -o out/                 # PNG + NPZ (metres) per image
 
     Weights (metric_depth_vit_*_800k.pth) download from Hugging Face (JUGGHM/Metric3D) on first use.
@@ -45,10 +46,11 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
+    from streamer.cli.batch import batch
     from streamer.cli.bench import bench
     from streamer.cli.commands import depth, doctor, preview, serve, transcode, virtualcam
 
-    for command in (preview, transcode, virtualcam, serve, depth, bench, doctor):
+    for command in (preview, transcode, batch, virtualcam, serve, depth, bench, doctor):
         cli.add_command(command)
 
 

@@ -1,7 +1,9 @@
 """source -> [capture thread] -> queue -> [model thread] -> queues -> [one thread per sink].
 
 The model runs on the process's one model thread (engine/worker.py), where it was loaded, so
-the CPU keeps a single OpenMP pool; the main thread, which calls `run()`, handles signals and
+the CPU keeps a single OpenMP pool. (A `SharedStage` is fed by several pipelines at once: each
+pipeline's loop runs on a thread of its own and sends only each batch's device work to the model
+thread.) The main thread, which calls `run()`, handles signals and
 runs the sinks that must live on it (GUI windows: macOS allows them only there). Ownership
 otherwise follows concurrent.futures: named, non-daemon threads for capture and sinks, the first
 exception recorded with its stage, the others stopped through an Event plus end-of-stream
@@ -26,8 +28,9 @@ from typing import Protocol
 import torch
 
 from streamer.engine import worker
-from streamer.engine.device import DeviceTransfer
+from streamer.engine.device import DeviceTransfer, PendingDownload
 from streamer.engine.queues import StageQueue
+from streamer.engine.shared import SharedStage
 from streamer.engine.stats import Stats
 from streamer.errors import Interrupted, PipelineError, StopRequested
 from streamer.processors.outputs import Outputs
@@ -192,7 +195,7 @@ class Pipeline:
             if runner not in on_main:
                 self._spawn(f"sink:{runner.sink.name}", lambda r=runner: self._sink_loop(r))
         self._spawn("capture", self._capture_loop)
-        inference = worker.submit(self._inference)
+        inference = self._start_inference()
         try:
             self._main_loop(inference, on_main)
         finally:
@@ -239,6 +242,22 @@ class Pipeline:
     def _join_threads(self) -> None:
         for t in self._threads:
             t.join()
+
+    def _start_inference(self) -> Future:
+        """The inference loop on the model thread; or, with a stage that several pipelines share,
+        on a thread of this pipeline that sends each batch's device work to the model thread."""
+        if not isinstance(self.processor, SharedStage):
+            return worker.submit(self._inference)
+        finished: Future = Future()
+
+        def loop() -> None:
+            try:
+                self._inference()
+            finally:
+                finished.set_result(None)
+
+        self._spawn("inference", loop)
+        return finished
 
     def _main_loop(self, inference: Future, on_main: list[SinkRunner]) -> None:
         """Serve the main-thread sinks and the progress tick until every stage is done."""
@@ -349,21 +368,30 @@ class Pipeline:
             if batch is None:
                 break
             started = time.perf_counter()
-            images = self.transfer.upload([f.image for f in batch])
-            uploaded = time.perf_counter()
-            maps, meta = self.processor(images, self.outputs.stage_wants())
-            computed = time.perf_counter()
-            download = self.transfer.download(self.outputs(maps, images))
-            rendered = time.perf_counter()
-            n = len(batch)
-            for name, seconds in (("upload", uploaded - started), ("model", computed - uploaded)):
-                self.stats.stage(name, seconds, n)
-            self.stats.stage("render", rendered - computed, n)
+            if isinstance(self.processor, SharedStage):
+                download, meta = self.processor.call(self._compute, batch)
+            else:
+                download, meta = self._compute(batch)
             pending.append((batch, download, meta, started))
             if self.live or len(pending) > 1:  # live: at once; files: one batch in flight
                 self._emit(*pending.popleft())
         while pending and not self._stop.is_set():
             self._emit(*pending.popleft())
+
+    def _compute(self, batch: list[Frame]) -> tuple[PendingDownload, dict]:
+        """A batch's device work, on the model thread: upload, forward pass, pictures, download start."""
+        started = time.perf_counter()
+        images = self.transfer.upload([f.image for f in batch])
+        uploaded = time.perf_counter()
+        maps, meta = self.processor(images, self.outputs.stage_wants())
+        computed = time.perf_counter()
+        download = self.transfer.download(self.outputs(maps, images))
+        rendered = time.perf_counter()
+        n = len(batch)
+        for name, seconds in (("upload", uploaded - started), ("model", computed - uploaded)):
+            self.stats.stage(name, seconds, n)
+        self.stats.stage("render", rendered - computed, n)
+        return download, meta
 
     def _emit(self, batch: list[Frame], download, meta: dict, started: float) -> None:
         waited = time.perf_counter()

@@ -5,28 +5,39 @@ loaded on one thread and run on another gets a second pool that competes with th
 (measured on 2 cores: 9.5 -> 5.1 fps). Keeping every torch call of the model on this thread
 keeps one pool, and leaves the main thread free for what must run there: GUI windows (macOS
 allows them only on the main thread) and signal handling.
+
+A batch run with several GPUs in one process holds one model per GPU: each gets a model thread
+of its own, named by a key (the default key "" is the process-wide one every command uses).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
-_executor: ThreadPoolExecutor | None = None
+_executors: dict[str, ThreadPoolExecutor] = {}
+_lock = threading.Lock()
 
 
-def device_executor() -> ThreadPoolExecutor:
-    """The process-wide model thread (created on first use, kept for the next run)."""
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device-worker")
-    return _executor
+def device_executor(key: str = "") -> ThreadPoolExecutor:
+    """The model thread for `key` (created on first use, kept for the next run)."""
+    with _lock:
+        if key not in _executors:
+            suffix = f"-{key.replace(':', '')}" if key else ""
+            _executors[key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"device-worker{suffix}")
+        return _executors[key]
 
 
 def submit(fn: Callable[..., T], *args, **kwargs) -> Future[T]:
     return device_executor().submit(fn, *args, **kwargs)
+
+
+def on_model_thread(key: str, fn: Callable[..., T], *args) -> T:
+    """Run `fn` on the model thread named `key` and wait for it (exceptions re-raised here)."""
+    return device_executor(key).submit(fn, *args).result()
 
 
 def on_device_thread(fn: Callable[..., T], *args, **kwargs) -> T:

@@ -77,8 +77,10 @@ class ImageSequenceSink(Sink):
         overwrite: bool = False,
         name_suffix: str = "",
         write_metadata: bool = True,
+        sidecar_extra: dict | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.sidecar_extra = sidecar_extra or {}  # more sidecar fields from the caller (batch: what made it)
         self.fmt = fmt
         self.needs = format_needs(fmt)
         self.picture = format_picture(fmt, picture)
@@ -154,4 +156,5 @@ class ImageSequenceSink(Sink):
             )
         else:
             extra.update(units="display (not metric)")
+        extra.update(self.sidecar_extra)
         write_json(self.directory / f"metadata{self.name_suffix}.json", sidecar(self.meta, extra))

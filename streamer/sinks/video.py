@@ -62,8 +62,10 @@ class VideoSink(Sink):
         copy_audio: bool = True,
         inputs: list[str | Path] = (),
         threads: int = 0,
+        sidecar_extra: dict | None = None,
     ) -> None:
         self.path = Path(path)
+        self.sidecar_extra = sidecar_extra or {}  # more sidecar fields from the caller (batch: what made it)
         self.suffix = self.path.suffix.lower()
         if self.suffix not in VIDEO_SUFFIXES:
             raise SinkError(
@@ -224,6 +226,7 @@ class VideoSink(Sink):
         target = self.path if final else self.work_path
         if final:
             os.replace(self.work_path, self.path)
+            self.work_path.with_suffix(".json").unlink(missing_ok=True)  # an earlier, interrupted run's
         elif self.frames_written == 0:  # nothing to keep (the muxer may not even have made the file)
             self.work_path.unlink(missing_ok=True)
             target = None
@@ -250,7 +253,7 @@ class VideoSink(Sink):
         extra = {**self.encoding(), "frames": self.frames_written, "complete": complete, "source": self.info.name}
         if self.audio_note:
             extra["audio"] = self.audio_note
-        return sidecar(self.meta, extra)
+        return sidecar(self.meta, {**extra, **self.sidecar_extra})
 
 
 __all__ = ["VIDEO_SUFFIXES", "VideoSink"]

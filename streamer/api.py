@@ -25,9 +25,10 @@ from streamer.engine.pipeline import Pipeline
 from streamer.engine.stats import Stats
 from streamer.engine.threads import ThreadBudget
 from streamer.errors import ConfigError, SinkError, SourceError
+from streamer.focal import Focal, FocalResolver
 from streamer.models.metric3d import Metric3D, build_metric3d
 from streamer.models.metric3d.weights import load_weights, read_checkpoint, resolve_checkpoint
-from streamer.processors.comfy import COMFY_RESOLUTION
+from streamer.processors.comfy import COMFY_FOCAL, COMFY_FOCAL_NOTE, COMFY_RESOLUTION
 from streamer.processors.controlnet import AuxStage, load_detector
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage, short_side_size
 from streamer.processors.null import NullStage
@@ -75,14 +76,30 @@ def load_processor(cfg: ModelConfig) -> tuple[Metric3DProcessor, dict]:
     return processor, meta
 
 
+def focal_resolver(cfg: ModelConfig, comfy: bool = False, warn: Callable[[str], None] | None = None) -> FocalResolver:
+    """How each frame gets its focal length: the user's values, else the source's hint, else assumed.
+
+    The ComfyUI mode stands in the node's fx = fy = 1000 for values the user did not give (recorded
+    as "given" with a note saying so), so `depth --comfy` matches the node. `warn` hears the
+    assumed-focal warning once (the CLI prints it); without it the warning is logged.
+    """
+    if comfy and cfg.fx is None and cfg.fy is None and cfg.hfov is None:
+        return FocalResolver(COMFY_FOCAL, COMFY_FOCAL, note=COMFY_FOCAL_NOTE, warn=warn)
+    return FocalResolver(cfg.fx, cfg.fy, cfg.hfov, warn=warn)
+
+
 def load_stage(
-    cfg: ModelConfig, comfy: bool = False, threads: int | None = None
+    cfg: ModelConfig,
+    comfy: bool = False,
+    threads: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Metric3DStage | AuxStage | NullStage:
     """The inference stage the pipeline runs, with the model loaded once.
 
     Call it on the model thread (engine/worker.py), where the pipeline will run it. `comfy` adds
     the ComfyUI node's pictures; `resolution` then defaults to the node's 512. Any other
-    `processor` than metric3d loads that controlnet_aux preprocessor. `threads` sizes torch's pool.
+    `processor` than metric3d loads that controlnet_aux preprocessor. `threads` sizes torch's pool;
+    `warn` hears a focal-length warning (see `focal_resolver`).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -95,7 +112,7 @@ def load_stage(
     processor, meta = load_processor(cfg)
     comfy_resolution = (cfg.resolution or COMFY_RESOLUTION) if comfy else None
     resolution = None if comfy else cfg.resolution
-    return Metric3DStage(processor, cfg.focal_for, resolution, meta, comfy_resolution)
+    return Metric3DStage(processor, focal_resolver(cfg, comfy, warn), resolution, meta, comfy_resolution)
 
 
 def picture_settings(cfg: Config, view: str | None = None) -> PictureSettings:
@@ -164,8 +181,14 @@ class Job:
     threads: ThreadBudget
 
     @property
-    def focal(self) -> tuple[float, float]:
-        return self.config.model.focal_for(self.source.info.width)
+    def focal(self) -> Focal | None:
+        """The first frame's focal length and its source, as the stage will use it (None: not Metric3D).
+
+        Asking resolves it, so an assumed focal is reported (once) before the run starts."""
+        if not isinstance(self.stage, Metric3DStage):
+            return None
+        info = self.source.info
+        return self.stage.focal(info.width, info.height, info.focal)
 
 
 def prepare(
@@ -173,11 +196,13 @@ def prepare(
     sinks: list[Sink] | None = None,
     source: Source | None = None,
     announce: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Job:
     """Outputs checked first (nothing is overwritten), then the source opened, then the model loaded.
 
     `sinks` and `source` replace what the config names (e.g. a list of still images); `announce`
-    hears what is being loaded (the CLI prints it; loading takes a while)."""
+    hears what is being loaded (the CLI prints it; loading takes a while); `warn` hears warnings a
+    person should act on, once each (an assumed focal length), instead of the log."""
     threads = ThreadBudget.plan(resolve_device(cfg.model.device).type, cfg.engine.threads)
     sinks = build_sinks(cfg, threads) if sinks is None else sinks
     source = open_source(cfg.source, threads.decode) if source is None else source
@@ -186,7 +211,7 @@ def prepare(
             processor = cfg.model.processor
             announce(f"loading {processor if processor != 'metric3d' else cfg.model.backbone} ...")
         comfy = any(need.startswith("comfy") for sink in sinks for need in sink.needs)
-        stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch)
+        stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch, warn)
     except BaseException:
         source.close()
         raise
@@ -235,7 +260,8 @@ class DepthEstimator:
     """Metric depth for single RGB images: `DepthEstimator().predict(rgb, fx=..., fy=...)`.
 
     Returns float32 arrays at the image's own size: `depth` (m), `normal` (H, W, 3),
-    `kappa` and `confidence`, plus the fx and fy used.
+    `kappa` and `confidence`, plus the fx and fy used. Without fx/fy (here or in the config) a
+    field of view is assumed and a warning logged once: pass the camera's focal for true metres.
     """
 
     def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
@@ -245,12 +271,15 @@ class DepthEstimator:
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
         self.processor, self.meta = worker.on_device_thread(load_processor, self.config)
+        self.focal = focal_resolver(self.config)
 
     def predict(self, rgb: np.ndarray, fx: float | None = None, fy: float | None = None) -> dict[str, np.ndarray]:
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError("expected an RGB uint8 array of shape (H, W, 3)")
-        cfg_fx, cfg_fy = self.config.focal_for(rgb.shape[1])
-        fx, fy = fx or cfg_fx, fy or cfg_fy
+        if fx is None and fy is None:
+            focal = self.focal(rgb.shape[1], rgb.shape[0])
+            fx, fy = focal.fx, focal.fy
+        fx, fy = fx or fy, fy or fx
         out_hw = short_side_size(rgb.shape[:2], self.config.resolution) if self.config.resolution else None
         images = torch.from_numpy(np.ascontiguousarray(rgb))[None].to(self.processor.device)
         maps = worker.on_device_thread(self.processor, images, fx, fy, out_hw)
@@ -267,6 +296,7 @@ __all__ = [
     "check_damage",
     "execute",
     "file_sink",
+    "focal_resolver",
     "load_model",
     "load_processor",
     "load_stage",

@@ -5,7 +5,6 @@ Unknown keys and bad values are rejected with the key, the value and what is all
 
 from __future__ import annotations
 
-import math
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -14,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streamer.errors import ConfigError
+from streamer.focal import Focal, given_focal
 from streamer.models.metric3d.variants import BACKBONES, get_variant
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ class ModelConfig(Section):
     """The ComfyUI node's parameters (backbone, fx, fy, resolution) plus how to run the model.
 
     `processor` picks what runs: metric3d, or a controlnet_aux preprocessor id (canny, ...).
+    fx/fy/hfov are None unless the user knows them: the focal length then comes from the source
+    (EXIF, video metadata) or is assumed with a warning (streamer/focal.py); the ComfyUI mode
+    uses the node's 1000 px.
     """
 
     processor: str = "metric3d"
@@ -56,8 +59,8 @@ class ModelConfig(Section):
     processor_weights: Path | None = None
     backbone: str = "vit-small"
     checkpoint: Path | None = None
-    fx: float = Field(1000.0, ge=1, description="focal length x in pixels of the source image")
-    fy: float = Field(1000.0, ge=1, description="focal length y in pixels of the source image")
+    fx: float | None = Field(None, ge=1, description="focal length x in pixels of the source image")
+    fy: float | None = Field(None, ge=1, description="focal length y in pixels of the source image")
     hfov: float | None = Field(None, gt=0, lt=180, description="horizontal field of view (deg); sets fx=fy")
     focal_mode: Literal["fx", "mean"] = "fx"
     resolution: int | None = Field(None, ge=16, le=8192, description="short side of the output")
@@ -96,12 +99,9 @@ class ModelConfig(Section):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return v
 
-    def focal_for(self, width: int) -> tuple[float, float]:
-        """fx, fy in pixels for a source `width` pixels wide (hfov wins over fx/fy when set)."""
-        if self.hfov is not None:
-            f = (width / 2) / math.tan(math.radians(self.hfov) / 2)
-            return f, f
-        return self.fx, self.fy
+    def given_focal(self, width: int) -> Focal | None:
+        """The user's focal length for a source `width` pixels wide (hfov wins over fx/fy), or None."""
+        return given_focal(self.fx, self.fy, self.hfov, width)
 
 
 class EngineConfig(Section):

@@ -130,9 +130,20 @@ model_options = stack(
     click.option(
         "--checkpoint", type=click.Path(dir_okay=True), help="Local .pth file instead of the Hugging Face download."
     ),
-    click.option("--fx", type=float, help="Focal length x of the source in pixels.  [default: 1000]"),
-    click.option("--fy", type=float, help="Focal length y in pixels (used with --focal-mode mean).  [default: 1000]"),
-    click.option("--hfov", type=float, help="Horizontal field of view in degrees; sets fx=fy for the source width."),
+    click.option(
+        "--fx",
+        type=float,
+        help="Focal length x of the source in pixels; metres scale with it.  "
+        "[default: the image's EXIF or the video's metadata, else a 70 deg field of view is assumed, with a warning]",
+    ),
+    click.option(
+        "--fy", type=float, help="Focal length y in pixels (used with --focal-mode mean).  [default: as --fx]"
+    ),
+    click.option(
+        "--hfov",
+        type=float,
+        help="Horizontal field of view in degrees; sets fx=fy for the source width (wins over --fx).",
+    ),
     click.option(
         "--focal-mode",
         type=click.Choice(["fx", "mean"]),

@@ -32,7 +32,7 @@ from streamer.processors.comfy import COMFY_FOCAL, COMFY_FOCAL_NOTE, COMFY_RESOL
 from streamer.processors.controlnet import AuxStage, load_detector
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage, short_side_size
 from streamer.processors.null import NullStage
-from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PreviewSink, Sink, VideoSink, VirtualCameraSink
+from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PlySink, PreviewSink, Sink, VideoSink, VirtualCameraSink
 from streamer.sources import Source, open_source
 from streamer.sources.images import IMAGE_SUFFIXES
 from streamer.types import Result
@@ -122,16 +122,28 @@ def picture_settings(cfg: Config, view: str | None = None) -> PictureSettings:
     return PictureSettings(fmt if fmt in VIEW_FORMATS else "color", out.colormap, out.range, out.near, out.far)
 
 
+def ply_sink(cfg: Config, directory: str | Path) -> PlySink:
+    """One point cloud per frame in `directory`, thinned and filtered as the output section says."""
+    out = cfg.output
+    return PlySink(directory, out.overwrite, out.ply_stride, out.min_confidence, out.ply_normals)
+
+
 def file_sink(cfg: Config, path: str | Path, inputs: list[str] = (), threads: int = 0) -> Sink:
-    """A video file, or an image sequence in a directory, for `cfg.output.format`."""
+    """A video file, or an image sequence or point clouds (ply) in a directory, for `cfg.output.format`."""
     path = Path(path)
     fmt = cfg.output.format
-    if path.suffix.lower() in IMAGE_SUFFIXES | {".exr", ".npz"}:
+    if path.suffix.lower() in IMAGE_SUFFIXES | {".exr", ".npz", ".ply"}:
         raise SinkError(
-            f"{path} names a single image",
-            hint=f"image sequences are written into a directory: -o {path.with_suffix('')}/",
+            f"{path} names a single file",
+            hint=f"image sequences and point clouds are written into a directory: -o {path.with_suffix('')}/",
         )
     out = cfg.output
+    if fmt == "ply":
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            raise SinkError(
+                f"--format ply writes one .ply per frame, not a video {path}", hint="give a directory as -o"
+            )
+        return ply_sink(cfg, path)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoSink(
             path, fmt, picture_settings(cfg), out.codec, out.crf, out.overwrite, out.copy_audio, inputs, threads
@@ -139,8 +151,27 @@ def file_sink(cfg: Config, path: str | Path, inputs: list[str] = (), threads: in
     return ImageSequenceSink(path, fmt, picture_settings(cfg), out.overwrite)
 
 
+def rerun_sink(cfg: Config) -> Sink | None:
+    """The Rerun output when the config asks for a viewer or a recording, else None."""
+    r = cfg.rerun
+    if not (r.enabled or r.connect or r.save):
+        return None
+    from streamer.sinks.rerun import RerunSink  # rerun-sdk itself loads only when the sink opens
+
+    spawn = r.enabled and not r.connect
+    return RerunSink(
+        spawn=spawn,
+        connect=r.connect,
+        save=r.save,
+        points=r.points,
+        stride=r.stride,
+        min_confidence=cfg.output.min_confidence,
+        overwrite=cfg.output.overwrite,
+    )
+
+
 def build_sinks(cfg: Config, threads: ThreadBudget | None = None) -> list[Sink]:
-    """Every output the config turns on: the file (`output.path`), window, virtual camera, server."""
+    """Every output the config turns on: the file (`output.path`), window, virtual camera, server, Rerun."""
     sinks: list[Sink] = []
     if cfg.preview.enabled:
         sinks.append(PreviewSink(picture_settings(cfg, cfg.preview.view), cfg.preview.window))
@@ -154,8 +185,13 @@ def build_sinks(cfg: Config, threads: ThreadBudget | None = None) -> list[Sink]:
         sinks.append(WebSink(picture_settings(cfg, w.view), w.host, w.port, w.token, w.max_clients))
     if cfg.output.path is not None:
         sinks.append(file_sink(cfg, cfg.output.path, [cfg.source.uri], threads.encode if threads else 0))
+    rerun = rerun_sink(cfg)
+    if rerun is not None:
+        sinks.append(rerun)
     if not sinks:
-        raise ConfigError("nothing to write or show", hint="give an output (-o), --preview, --virtualcam or --serve")
+        raise ConfigError(
+            "nothing to write or show", hint="give an output (-o), --preview, --virtualcam, --serve or --rerun"
+        )
     check_processor_format(cfg, sinks)
     return sinks
 
@@ -303,6 +339,7 @@ __all__ = [
     "make_pipeline",
     "picture_settings",
     "place_model",
+    "ply_sink",
     "prepare",
     "run",
     "run_pipeline",

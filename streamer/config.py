@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 PRESETS = "streamer.configs"  # the top-level configs/, shipped inside the package (pyproject.toml)
 OutputFormat = Literal[
-    "gray", "color", "normal", "side-by-side", "metric16", "exr", "npz", "comfy-depth", "comfy-normal"
+    "gray", "color", "normal", "side-by-side", "metric16", "exr", "npz", "ply", "comfy-depth", "comfy-normal"
 ]
 ViewFormat = Literal["gray", "color", "normal", "side-by-side"]
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
@@ -123,6 +123,9 @@ class OutputConfig(Section):
     crf: int = Field(18, ge=0, le=51)
     overwrite: bool = False
     copy_audio: bool = True
+    ply_stride: int = Field(1, ge=1, description="point clouds keep every Nth pixel in both axes")
+    min_confidence: float = Field(0.0, ge=0, description="point clouds (PLY, Rerun) drop pixels below this")
+    ply_normals: bool = False  # add nx ny nz to each PLY vertex
 
 
 class PreviewConfig(Section):
@@ -152,6 +155,16 @@ class ServeConfig(Section):
     view: ViewFormat = "side-by-side"
 
 
+class RerunConfig(Section):
+    """The Rerun 3D view (streamer/sinks/rerun.py; `pip install "streamer[rerun]"`)."""
+
+    enabled: bool = False  # show in a viewer: spawn one, or connect to `connect` when it is set
+    connect: str | None = None  # a running viewer's gRPC URL, e.g. rerun+http://127.0.0.1:9876/proxy
+    save: Path | None = None  # record to this .rrd file (every frame)
+    points: bool = True  # log a coloured point cloud besides the camera, picture and depth
+    stride: int = Field(4, ge=1, description="the point cloud keeps every Nth pixel in both axes")
+
+
 class Config(Section):
     source: SourceConfig = SourceConfig()
     model: ModelConfig = ModelConfig()
@@ -160,6 +173,7 @@ class Config(Section):
     preview: PreviewConfig = PreviewConfig()
     virtualcam: VirtualCamConfig = VirtualCamConfig()
     serve: ServeConfig = ServeConfig()
+    rerun: RerunConfig = RerunConfig()
 
 
 def describe_validation_error(error: ValidationError) -> str:

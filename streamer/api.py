@@ -27,13 +27,14 @@ from streamer.engine.shared import SharedStage
 from streamer.engine.stats import Stats
 from streamer.engine.threads import ThreadBudget
 from streamer.errors import ConfigError, SinkError, SourceError
+from streamer.focal import Focal, FocalResolver
 from streamer.models.metric3d import Metric3D, build_metric3d
 from streamer.models.metric3d.weights import load_weights, read_checkpoint, resolve_checkpoint
-from streamer.processors.comfy import COMFY_RESOLUTION
+from streamer.processors.comfy import COMFY_FOCAL, COMFY_FOCAL_NOTE, COMFY_RESOLUTION
 from streamer.processors.controlnet import AuxStage, load_detector
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage, short_side_size
 from streamer.processors.null import NullStage
-from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PreviewSink, Sink, VideoSink, VirtualCameraSink
+from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PlySink, PreviewSink, Sink, VideoSink, VirtualCameraSink
 from streamer.sources import Source, open_source
 from streamer.sources.images import IMAGE_SUFFIXES
 from streamer.types import Result
@@ -77,14 +78,30 @@ def load_processor(cfg: ModelConfig) -> tuple[Metric3DProcessor, dict]:
     return processor, meta
 
 
+def focal_resolver(cfg: ModelConfig, comfy: bool = False, warn: Callable[[str], None] | None = None) -> FocalResolver:
+    """How each frame gets its focal length: the user's values, else the source's hint, else assumed.
+
+    The ComfyUI mode stands in the node's fx = fy = 1000 for values the user did not give (recorded
+    as "given" with a note saying so), so `depth --comfy` matches the node. `warn` hears the
+    assumed-focal warning once (the CLI prints it); without it the warning is logged.
+    """
+    if comfy and cfg.fx is None and cfg.fy is None and cfg.hfov is None:
+        return FocalResolver(COMFY_FOCAL, COMFY_FOCAL, note=COMFY_FOCAL_NOTE, warn=warn)
+    return FocalResolver(cfg.fx, cfg.fy, cfg.hfov, warn=warn)
+
+
 def load_stage(
-    cfg: ModelConfig, comfy: bool = False, threads: int | None = None
+    cfg: ModelConfig,
+    comfy: bool = False,
+    threads: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Metric3DStage | AuxStage | NullStage:
     """The inference stage the pipeline runs, with the model loaded once.
 
     Call it on the model thread (engine/worker.py), where the pipeline will run it. `comfy` adds
     the ComfyUI node's pictures; `resolution` then defaults to the node's 512. Any other
-    `processor` than metric3d loads that controlnet_aux preprocessor. `threads` sizes torch's pool.
+    `processor` than metric3d loads that controlnet_aux preprocessor. `threads` sizes torch's pool;
+    `warn` hears a focal-length warning (see `focal_resolver`).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -97,7 +114,7 @@ def load_stage(
     processor, meta = load_processor(cfg)
     comfy_resolution = (cfg.resolution or COMFY_RESOLUTION) if comfy else None
     resolution = None if comfy else cfg.resolution
-    return Metric3DStage(processor, cfg.focal_for, resolution, meta, comfy_resolution)
+    return Metric3DStage(processor, focal_resolver(cfg, comfy, warn), resolution, meta, comfy_resolution)
 
 
 def picture_settings(cfg: Config, view: str | None = None) -> PictureSettings:
@@ -107,20 +124,32 @@ def picture_settings(cfg: Config, view: str | None = None) -> PictureSettings:
     return PictureSettings(fmt if fmt in VIEW_FORMATS else "color", out.colormap, out.range, out.near, out.far)
 
 
+def ply_sink(cfg: Config, directory: str | Path) -> PlySink:
+    """One point cloud per frame in `directory`, thinned and filtered as the output section says."""
+    out = cfg.output
+    return PlySink(directory, out.overwrite, out.ply_stride, out.min_confidence, out.ply_normals)
+
+
 def file_sink(
     cfg: Config, path: str | Path, inputs: list[str] = (), threads: int = 0, sidecar_extra: dict | None = None
 ) -> Sink:
-    """A video file, or an image sequence in a directory, for `cfg.output.format`.
+    """A video file, or an image sequence or point clouds (ply) in a directory, for `cfg.output.format`.
 
     `sidecar_extra` adds fields to the JSON sidecar (a batch records what the output was made from)."""
     path = Path(path)
     fmt = cfg.output.format
-    if path.suffix.lower() in IMAGE_SUFFIXES | {".exr", ".npz"}:
+    if path.suffix.lower() in IMAGE_SUFFIXES | {".exr", ".npz", ".ply"}:
         raise SinkError(
-            f"{path} names a single image",
-            hint=f"image sequences are written into a directory: -o {path.with_suffix('')}/",
+            f"{path} names a single file",
+            hint=f"image sequences and point clouds are written into a directory: -o {path.with_suffix('')}/",
         )
     out = cfg.output
+    if fmt == "ply":
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            raise SinkError(
+                f"--format ply writes one .ply per frame, not a video {path}", hint="give a directory as -o"
+            )
+        return ply_sink(cfg, path)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoSink(
             path,
@@ -137,8 +166,27 @@ def file_sink(
     return ImageSequenceSink(path, fmt, picture_settings(cfg), out.overwrite, sidecar_extra=sidecar_extra)
 
 
+def rerun_sink(cfg: Config) -> Sink | None:
+    """The Rerun output when the config asks for a viewer or a recording, else None."""
+    r = cfg.rerun
+    if not (r.enabled or r.connect or r.save):
+        return None
+    from streamer.sinks.rerun import RerunSink  # rerun-sdk itself loads only when the sink opens
+
+    spawn = r.enabled and not r.connect
+    return RerunSink(
+        spawn=spawn,
+        connect=r.connect,
+        save=r.save,
+        points=r.points,
+        stride=r.stride,
+        min_confidence=cfg.output.min_confidence,
+        overwrite=cfg.output.overwrite,
+    )
+
+
 def build_sinks(cfg: Config, threads: ThreadBudget | None = None) -> list[Sink]:
-    """Every output the config turns on: the file (`output.path`), window, virtual camera, server."""
+    """Every output the config turns on: the file (`output.path`), window, virtual camera, server, Rerun."""
     sinks: list[Sink] = []
     if cfg.preview.enabled:
         sinks.append(PreviewSink(picture_settings(cfg, cfg.preview.view), cfg.preview.window))
@@ -155,8 +203,13 @@ def build_sinks(cfg: Config, threads: ThreadBudget | None = None) -> list[Sink]:
         sinks.append(web)
     if cfg.output.path is not None:
         sinks.append(file_sink(cfg, cfg.output.path, [cfg.source.uri], threads.encode if threads else 0))
+    rerun = rerun_sink(cfg)
+    if rerun is not None:
+        sinks.append(rerun)
     if not sinks:
-        raise ConfigError("nothing to write or show", hint="give an output (-o), --preview, --virtualcam or --serve")
+        raise ConfigError(
+            "nothing to write or show", hint="give an output (-o), --preview, --virtualcam, --serve or --rerun"
+        )
     check_processor_format(cfg, sinks)
     return sinks
 
@@ -187,8 +240,14 @@ class Job:
     threads: ThreadBudget
 
     @property
-    def focal(self) -> tuple[float, float]:
-        return self.config.model.focal_for(self.source.info.width)
+    def focal(self) -> Focal | None:
+        """The first frame's focal length and its source, as the stage will use it (None: not Metric3D).
+
+        Asking resolves it, so an assumed focal is reported (once) before the run starts."""
+        if not isinstance(self.stage, Metric3DStage):
+            return None
+        info = self.source.info
+        return self.stage.focal(info.width, info.height, info.focal)
 
 
 def prepare(
@@ -197,12 +256,14 @@ def prepare(
     source: Source | None = None,
     announce: Callable[[str], None] | None = None,
     stage: Metric3DStage | AuxStage | NullStage | SharedStage | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Job:
     """Outputs checked first (nothing is overwritten), then the source opened, then the model loaded.
 
     `sinks` and `source` replace what the config names (e.g. a list of still images); `announce`
-    hears what is being loaded (the CLI prints it; loading takes a while). A loaded `stage` is
-    used as it is (a batch loads its model once for many files)."""
+    hears what is being loaded (the CLI prints it; loading takes a while); `warn` hears warnings a
+    person should act on, once each (an assumed focal length), instead of the log. A loaded
+    `stage` is used as it is (a batch loads its model once for many files)."""
     threads = ThreadBudget.plan(resolve_device(cfg.model.device).type, cfg.engine.threads)
     sinks = build_sinks(cfg, threads) if sinks is None else sinks
     source = open_source(cfg.source, threads.decode) if source is None else source
@@ -213,7 +274,7 @@ def prepare(
             processor = cfg.model.processor
             announce(f"loading {processor if processor != 'metric3d' else cfg.model.backbone} ...")
         comfy = any(need.startswith("comfy") for sink in sinks for need in sink.needs)
-        stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch)
+        stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch, warn)
     except BaseException:
         source.close()
         raise
@@ -262,7 +323,8 @@ class DepthEstimator:
     """Metric depth for single RGB images: `DepthEstimator().predict(rgb, fx=..., fy=...)`.
 
     Returns float32 arrays at the image's own size: `depth` (m), `normal` (H, W, 3),
-    `kappa` and `confidence`, plus the fx and fy used.
+    `kappa` and `confidence`, plus the fx and fy used. Without fx/fy (here or in the config) a
+    field of view is assumed and a warning logged once: pass the camera's focal for true metres.
     """
 
     def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
@@ -272,12 +334,15 @@ class DepthEstimator:
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
         self.processor, self.meta = worker.on_device_thread(load_processor, self.config)
+        self.focal = focal_resolver(self.config)
 
     def predict(self, rgb: np.ndarray, fx: float | None = None, fy: float | None = None) -> dict[str, np.ndarray]:
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError("expected an RGB uint8 array of shape (H, W, 3)")
-        cfg_fx, cfg_fy = self.config.focal_for(rgb.shape[1])
-        fx, fy = fx or cfg_fx, fy or cfg_fy
+        if fx is None and fy is None:
+            focal = self.focal(rgb.shape[1], rgb.shape[0])
+            fx, fy = focal.fx, focal.fy
+        fx, fy = fx or fy, fy or fx
         out_hw = short_side_size(rgb.shape[:2], self.config.resolution) if self.config.resolution else None
         images = torch.from_numpy(np.ascontiguousarray(rgb))[None].to(self.processor.device)
         maps = worker.on_device_thread(self.processor, images, fx, fy, out_hw)
@@ -294,12 +359,14 @@ __all__ = [
     "check_damage",
     "execute",
     "file_sink",
+    "focal_resolver",
     "load_model",
     "load_processor",
     "load_stage",
     "make_pipeline",
     "picture_settings",
     "place_model",
+    "ply_sink",
     "prepare",
     "run",
     "run_pipeline",

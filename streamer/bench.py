@@ -24,9 +24,10 @@ from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, resolve_device
 from streamer.engine.pipeline import Pipeline
 from streamer.engine.threads import ThreadBudget
+from streamer.focal import FocalResolver
 from streamer.models.metric3d import build_metric3d
 from streamer.models.metric3d.weights import load_weights, rule_weights, to_model_keys
-from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
+from streamer.processors.metric3d import CANONICAL_FOCAL, Metric3DProcessor, Metric3DStage
 from streamer.processors.null import NullStage
 from streamer.processors.outputs import Outputs
 from streamer.sinks import VideoSink
@@ -90,7 +91,10 @@ def build_stage(cfg: Config, compile: bool):
         model = place_model(model, m.device, m.precision, compile)
     processor = Metric3DProcessor(model, cfg.model.input_size, cfg.model.focal_mode)
     meta = {"processor": "metric3d", "backbone": m.backbone, "precision": str(processor.dtype).removeprefix("torch.")}
-    return Metric3DStage(processor, cfg.model.focal_for, None, meta)
+    # Speed does not depend on the focal length: synthetic frames get the canonical 1000 px unless one is given.
+    given = m.fx is not None or m.fy is not None or m.hfov is not None
+    focal = FocalResolver(m.fx, m.fy, m.hfov) if given else FocalResolver(CANONICAL_FOCAL, CANONICAL_FOCAL)
+    return Metric3DStage(processor, focal, None, meta)
 
 
 def sync(device: torch.device) -> None:

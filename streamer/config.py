@@ -5,7 +5,6 @@ Unknown keys and bad values are rejected with the key, the value and what is all
 
 from __future__ import annotations
 
-import math
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -14,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streamer.errors import ConfigError
+from streamer.focal import Focal, given_focal
 from streamer.models.metric3d.variants import BACKBONES, get_variant
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 PRESETS = "streamer.configs"  # the top-level configs/, shipped inside the package (pyproject.toml)
 OutputFormat = Literal[
-    "gray", "color", "normal", "side-by-side", "metric16", "exr", "npz", "comfy-depth", "comfy-normal"
+    "gray", "color", "normal", "side-by-side", "metric16", "exr", "npz", "ply", "comfy-depth", "comfy-normal"
 ]
 ViewFormat = Literal["gray", "color", "normal", "side-by-side"]
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
@@ -49,6 +49,9 @@ class ModelConfig(Section):
     """The ComfyUI node's parameters (backbone, fx, fy, resolution) plus how to run the model.
 
     `processor` picks what runs: metric3d, or a controlnet_aux preprocessor id (canny, ...).
+    fx/fy/hfov are None unless the user knows them: the focal length then comes from the source
+    (EXIF, video metadata) or is assumed with a warning (streamer/focal.py); the ComfyUI mode
+    uses the node's 1000 px.
     """
 
     processor: str = "metric3d"
@@ -56,8 +59,8 @@ class ModelConfig(Section):
     processor_weights: Path | None = None
     backbone: str = "vit-small"
     checkpoint: Path | None = None
-    fx: float = Field(1000.0, ge=1, description="focal length x in pixels of the source image")
-    fy: float = Field(1000.0, ge=1, description="focal length y in pixels of the source image")
+    fx: float | None = Field(None, ge=1, description="focal length x in pixels of the source image")
+    fy: float | None = Field(None, ge=1, description="focal length y in pixels of the source image")
     hfov: float | None = Field(None, gt=0, lt=180, description="horizontal field of view (deg); sets fx=fy")
     focal_mode: Literal["fx", "mean"] = "fx"
     resolution: int | None = Field(None, ge=16, le=8192, description="short side of the output")
@@ -96,12 +99,9 @@ class ModelConfig(Section):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return v
 
-    def focal_for(self, width: int) -> tuple[float, float]:
-        """fx, fy in pixels for a source `width` pixels wide (hfov wins over fx/fy when set)."""
-        if self.hfov is not None:
-            f = (width / 2) / math.tan(math.radians(self.hfov) / 2)
-            return f, f
-        return self.fx, self.fy
+    def given_focal(self, width: int) -> Focal | None:
+        """The user's focal length for a source `width` pixels wide (hfov wins over fx/fy), or None."""
+        return given_focal(self.fx, self.fy, self.hfov, width)
 
 
 class EngineConfig(Section):
@@ -123,6 +123,9 @@ class OutputConfig(Section):
     crf: int = Field(18, ge=0, le=51)
     overwrite: bool = False
     copy_audio: bool = True
+    ply_stride: int = Field(1, ge=1, description="point clouds keep every Nth pixel in both axes")
+    min_confidence: float = Field(0.0, ge=0, description="point clouds (PLY, Rerun) drop pixels below this")
+    ply_normals: bool = False  # add nx ny nz to each PLY vertex
 
 
 class PreviewConfig(Section):
@@ -152,6 +155,16 @@ class ServeConfig(Section):
     view: ViewFormat = "side-by-side"
 
 
+class RerunConfig(Section):
+    """The Rerun 3D view (streamer/sinks/rerun.py; `pip install "streamer[rerun]"`)."""
+
+    enabled: bool = False  # show in a viewer: spawn one, or connect to `connect` when it is set
+    connect: str | None = None  # a running viewer's gRPC URL, e.g. rerun+http://127.0.0.1:9876/proxy
+    save: Path | None = None  # record to this .rrd file (every frame)
+    points: bool = True  # log a coloured point cloud besides the camera, picture and depth
+    stride: int = Field(4, ge=1, description="the point cloud keeps every Nth pixel in both axes")
+
+
 class Config(Section):
     source: SourceConfig = SourceConfig()
     model: ModelConfig = ModelConfig()
@@ -160,6 +173,7 @@ class Config(Section):
     preview: PreviewConfig = PreviewConfig()
     virtualcam: VirtualCamConfig = VirtualCamConfig()
     serve: ServeConfig = ServeConfig()
+    rerun: RerunConfig = RerunConfig()
 
 
 def describe_validation_error(error: ValidationError) -> str:

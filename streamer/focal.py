@@ -20,8 +20,8 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -230,6 +230,78 @@ def resolve_focal(
 
 def _detail(focal: Focal) -> str:
     return f": {focal.note}" if focal.note else ""
+
+
+class FocalResolver:
+    """The focal length of each frame in the order above, remembered per frame size and source hint.
+
+    `fx`/`fy`/`hfov` are the user's values ("given"; `note` says where they came from when not the
+    user, e.g. the ComfyUI mode's fixed 1000 px). A frame's `hint` is what its source knows (EXIF of
+    that image, the video's metadata), in pixels of that frame. The stage calls this per batch and
+    the CLI once for its source line, so results are cached and the assumed-focal warning goes out
+    once: to `warn` when given (the CLI prints it), else to the log. Calls come from one thread at a time.
+    """
+
+    MAX_KNOWN = 1024  # distinct (size, hint) pairs kept; a folder of photos from many cameras stays small
+
+    def __init__(
+        self,
+        fx: float | None = None,
+        fy: float | None = None,
+        hfov: float | None = None,
+        note: str = "",
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        given_focal(fx, fy, hfov, 1)  # bad values fail here, before the model thread sees a frame
+        self.fx, self.fy, self.hfov, self.note = fx, fy, hfov, note
+        self.warn = warn
+        self.warned = False
+        self._known: dict[tuple[int, int, Focal | None], Focal] = {}
+
+    def __call__(self, width: int, height: int, hint: Focal | None = None) -> Focal:
+        key = (width, height, hint)
+        focal = self._known.get(key)
+        if focal is None:
+            if len(self._known) >= self.MAX_KNOWN:
+                self._known.clear()
+            focal = self._known[key] = self._resolve(width, height, hint)
+        return focal
+
+    def _resolve(self, width: int, height: int, hint: Focal | None) -> Focal:
+        given = given_focal(self.fx, self.fy, self.hfov, width)
+        if given is not None and self.note:
+            given = replace(given, note="; ".join(n for n in (given.note, self.note) if n))
+        focal = given or hint or assumed_focal(width, height)
+        log.debug(
+            "focal for %dx%d: fx=%.1f fy=%.1f px (%s%s)",
+            width,
+            height,
+            focal.fx,
+            focal.fy,
+            focal.source,
+            _detail(focal),
+        )
+        if focal.source == "assumed" and not self.warned:
+            self.warned = True
+            if self.warn is not None:
+                self.warn(focal.note)
+            else:
+                log.warning("%s", focal.note)
+        return focal
+
+
+def intrinsics_at(
+    focal: Focal, src_hw: tuple[int, int], out_hw: tuple[int, int] | None = None
+) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) in pixels of an output `out_hw` resized from a source `src_hw` (default: same size).
+
+    A resize scales each focal length by its axis' size ratio. The principal point is the image centre
+    with pixel centres at integers, ((W - 1) / 2, (H - 1) / 2), the convention of sinks/ply.py; a
+    half-pixel-centred resize (align_corners=False) keeps the centre there.
+    """
+    out_h, out_w = out_hw or src_hw
+    sx, sy = out_w / src_hw[1], out_h / src_hw[0]
+    return focal.fx * sx, focal.fy * sy, (out_w - 1) / 2, (out_h - 1) / 2
 
 
 def exif_upright(image_path: str | Path) -> np.ndarray:

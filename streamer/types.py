@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from streamer.focal import Focal
 
 METRIC16_SCALE = 0.001  # metres per unit of metric16 pictures: uint16 millimetres
 
@@ -24,6 +28,9 @@ class Frame:
     # compressed audio packets (PyAV) demuxed with this frame from the same input, in demux order:
     # they travel beside the frames so sinks copy audio without opening the input again
     audio: list = field(default_factory=list)
+    # what the source knows of this frame's focal length (its EXIF, the video's metadata), in pixels of
+    # this frame; None when it knows nothing. The stage decides (user's values first, see focal.py).
+    focal: Focal | None = None
 
     @property
     def seconds(self) -> float:
@@ -70,6 +77,7 @@ class StreamInfo:
     # where the input's timeline starts (seconds), when it may lie before the first frame: audio
     # that starts first; outputs put 0 there so the A/V offset stays the input's
     start: Fraction | None = None
+    focal: Focal | None = None  # the first frame's focal hint, as on Frame: the CLI reports it before the run
 
 
 class EndOfStream:

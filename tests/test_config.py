@@ -22,7 +22,10 @@ PRESETS = ["default", "webcam-preview", "transcode", "obs-virtualcam"]
 def test_defaults_follow_the_comfyui_node():
     cfg = Config()
     assert cfg.model.backbone == "vit-small"
-    assert cfg.model.fx == cfg.model.fy == 1000.0
+    # No focal by default: it comes from EXIF / video metadata or is assumed with a warning
+    # (streamer/focal.py); only the ComfyUI mode keeps the node's 1000 px (test_metric3d_focal_cli.py).
+    assert cfg.model.fx is None and cfg.model.fy is None and cfg.model.hfov is None
+    assert cfg.model.given_focal(1280) is None
     assert cfg.model.input_size == (616, 1064)
     assert cfg.model.resolution is None  # source size; 512 in --comfy mode
 
@@ -80,8 +83,8 @@ def test_bad_values_are_named(override, needle):
 
 def test_hfov_sets_focal_for_source_width():
     cfg = load_config(None, {"model": {"hfov": 90.0}})
-    fx, fy = cfg.model.focal_for(1280)
-    assert fx == pytest.approx(640.0) and fy == pytest.approx(640.0)
+    focal = cfg.model.given_focal(1280)
+    assert focal.fx == pytest.approx(640.0) and focal.fy == pytest.approx(640.0) and focal.source == "given"
 
 
 def test_input_size_accepts_hxw_string():

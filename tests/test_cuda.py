@@ -9,6 +9,7 @@ import torch
 
 from streamer.engine.device import DeviceTransfer
 from streamer.engine.pipeline import Pipeline
+from streamer.focal import FocalResolver
 from streamer.models.metric3d import build_metric3d
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.sinks import Sink
@@ -75,7 +76,7 @@ def test_cuda_pipeline_keeps_frames_without_device_synchronize(tmp_path, cuda_mo
     real = torch.cuda.synchronize
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: (calls.append(1), real(*a, **k)))
     src = write_video(tmp_path / "in.mp4", frames=10, size=(320, 240))
-    stage = Metric3DStage(Metric3DProcessor(cuda_model, (224, 308)), lambda w: (1000.0, 1000.0))
+    stage = Metric3DStage(Metric3DProcessor(cuda_model, (224, 308)), FocalResolver(1000.0, 1000.0))
     sink = Collect()
     Pipeline(VideoSource(str(src)), stage, [sink], batch_size=batch_size).run()
     assert sink.indices == list(range(10))

@@ -18,9 +18,11 @@ from streamer.focal import (
     ASSUMED_HFOV_DEG,
     EXIF_IFD,
     Focal,
+    FocalResolver,
     exif_upright,
     focal_from_exif,
     focal_from_video_metadata,
+    intrinsics_at,
     resolve_focal,
     video_metadata,
 )
@@ -145,6 +147,31 @@ def test_video_metadata_written_by_a_muxer_is_read_back_through_pyav(tmp_path):
     with av.open(str(path)) as container:
         focal = focal_from_video_metadata(video_metadata(container), 64, 48)
     assert focal is not None and focal.fx == pytest.approx(26 * 80 / math.hypot(36, 24))
+
+
+def test_resolver_prefers_given_then_the_frames_hint_and_warns_once(caplog):
+    exif = Focal(300.0, 300.0, "exif", "EXIF FocalLengthIn35mmFilm 26 mm")
+    assert FocalResolver(500.0)(400, 300, exif) == Focal(500.0, 500.0, "given")
+    assert FocalResolver(hfov=90.0, note="why")(400, 300, exif).note == "--hfov 90 deg; why"
+    heard: list[str] = []
+    resolver = FocalResolver(warn=heard.append)
+    assert resolver(400, 300, exif) is exif
+    with caplog.at_level(logging.DEBUG, logger="streamer.focal"):
+        first, again, other = resolver(400, 300), resolver(400, 300), resolver(800, 600)
+    assert first.source == other.source == "assumed" and again is first and other.fx == pytest.approx(2 * first.fx)
+    assert heard == [first.note]  # once, to the caller that prints it; the log has it only at debug
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    with caplog.at_level(logging.WARNING, logger="streamer.focal"):
+        FocalResolver()(400, 300)  # no caller to tell: the library logs it
+    assert "approximate" in caplog.text
+    with pytest.raises(ConfigError):
+        FocalResolver(fx=-1.0)  # refused when built, not on the model thread
+
+
+def test_intrinsics_scale_with_the_output_size_around_the_centre():
+    focal = Focal(500.0, 400.0, "given")
+    assert intrinsics_at(focal, (300, 400)) == (500.0, 400.0, 199.5, 149.5)
+    assert intrinsics_at(focal, (300, 400), (150, 200)) == (250.0, 200.0, 99.5, 74.5)
 
 
 def test_focal_module_imports_no_torch():

@@ -29,9 +29,9 @@ class SlowStage(NullStage):
         super().__init__(CPU)
         self.seconds = seconds
 
-    def __call__(self, images, wants=frozenset({"depth"})):
+    def __call__(self, images, wants=frozenset({"depth"}), focal_hint=None):
         time.sleep(self.seconds)
-        return super().__call__(images, wants)
+        return super().__call__(images, wants, focal_hint)
 
 
 class ThreadNotingSink(Sink):

@@ -18,6 +18,7 @@ import pyvirtualcam
 
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import SinkError, StopRequested
+from streamer.focal import FocalResolver
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.sinks import PreviewSink, VirtualCameraSink
 from streamer.sinks.preview import opencv_gui_backend
@@ -53,7 +54,7 @@ class RecordingBackend:
 
 @pytest.fixture
 def stage(small_model):
-    return Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), lambda w: (1000.0, 1000.0))
+    return Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), FocalResolver(1000.0, 1000.0))
 
 
 @pytest.fixture

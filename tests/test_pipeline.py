@@ -13,6 +13,7 @@ import torch
 
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import Interrupted, PipelineError, StopRequested
+from streamer.focal import FocalResolver
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.processors.null import NullStage
 from streamer.sinks import Sink, VideoSink
@@ -44,7 +45,7 @@ class RecordingSink(Sink):
 
 @pytest.fixture(scope="module")
 def stage(small_model):
-    return Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), lambda w: (1000.0, 1000.0))
+    return Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), FocalResolver(1000.0, 1000.0))
 
 
 class FailingStage:
@@ -52,11 +53,11 @@ class FailingStage:
         self.stage, self.fail_at, self.calls = stage, fail_at, 0
         self.device = stage.device
 
-    def __call__(self, images):
+    def __call__(self, images, *args):
         self.calls += 1
         if self.calls > self.fail_at:
             raise RuntimeError("model broke")
-        return self.stage(images)
+        return self.stage(images, *args)
 
 
 class FailingSource(PatternSource):

@@ -19,6 +19,7 @@ import pytest
 from streamer.cli.main import main
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import PipelineError
+from streamer.focal import FocalResolver
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.sources import VideoSource
 from streamer.sources.webcam import WebcamSource
@@ -138,7 +139,7 @@ def test_camera_that_stops_delivering_is_reported_within_seconds(small_model, mo
     source = WebcamSource.__new__(WebcamSource)
     source.device, source.limit, source.cap = 0, None, StallingCapture()
     source.info = StreamInfo(64, 48, Fraction(1, 1_000_000), Fraction(30), True, None, "camera 0")
-    stage = Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), lambda w: (1000.0, 1000.0))
+    stage = Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), FocalResolver(1000.0, 1000.0))
     started = time.monotonic()
     with pytest.raises(PipelineError, match="camera 0 stopped delivering frames") as info:
         Pipeline(source, stage, []).run()
@@ -220,7 +221,7 @@ def test_soak_live_source_keeps_memory_flat_and_latency_bounded(small_model):
     """Shortened soak (benchmarks/soak.py runs thousands of frames)."""
     from streamer.sources import PatternSource
 
-    stage = Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), lambda w: (1000.0, 1000.0))
+    stage = Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), FocalResolver(1000.0, 1000.0))
 
     def rss_mb() -> float:
         with open("/proc/self/statm") as f:

@@ -11,6 +11,7 @@ import pytest
 
 from streamer.cli.main import main
 from streamer.engine.pipeline import Pipeline
+from streamer.focal import FocalResolver
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.sinks import Sink
 from streamer.sinks.images import decode_exr
@@ -38,7 +39,7 @@ class Collect(Sink):
 def reference_depths(small_model, path):
     """The model's depth for each input frame, computed directly through the pipeline API."""
     sink = Collect()
-    stage = Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), lambda w: (1000.0, 1000.0))
+    stage = Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), FocalResolver(1000.0, 1000.0))
     Pipeline(VideoSource(str(path)), stage, [sink]).run()
     return sink.depths
 
@@ -98,7 +99,8 @@ def test_npz_and_exr_sequences_hold_float_metres(tmp_path, checkpoint, small_mod
     expected = reference_depths(small_model, src)
     for fmt in ("npz", "exr"):
         out = tmp_path / fmt
-        assert transcode(checkpoint, str(src), "-o", str(out), "--format", fmt) == 0
+        # the reference used fx = 1000; without --fx the focal would be assumed from a field of view
+        assert transcode(checkpoint, str(src), "-o", str(out), "--format", fmt, "--fx", "1000") == 0
         files = sorted(out.glob(f"frame_*.{fmt}"))
         assert len(files) == 3
         for path, depth in zip(files, expected, strict=True):

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import click
 
-from streamer.api import picture_settings
+from streamer.api import picture_settings, ply_sink
 from streamer.cli.options import (
     live_extra_options,
     live_source_options,
     model_options,
+    ply_options,
     render_options,
+    rerun_options,
     serve_options,
     with_flags,
 )
@@ -28,7 +30,9 @@ from streamer.views import VIEW_FORMATS
 Examples:
   streamer transcode clip.mp4 -o depth.mp4
   streamer transcode clip.mp4 -o depth16.mkv --format metric16 --hfov 70
-  streamer transcode clip.mp4 -o frames/ --format exr --start 5 --end 10"""
+  streamer transcode clip.mp4 -o frames/ --format exr --start 5 --end 10
+  streamer transcode clip.mp4 -o clouds/ --format ply --stride 4 --fx 1450
+  streamer transcode clip.mp4 -o depth.mp4 --rerun-save depth.rrd"""
 )
 @click.argument("input_path", metavar="INPUT")
 @click.option(
@@ -37,8 +41,9 @@ Examples:
 @click.option(
     "--format",
     type=click.Choice(OUTPUT_FORMATS),
-    help="What each frame becomes: pictures (gray color normal side-by-side comfy-*), metric16 (uint16 mm), exr/npz (float32 m).  [default: color]",
+    help="What each frame becomes: pictures (gray color normal side-by-side comfy-*), metric16 (uint16 mm), exr/npz (float32 m), ply (point clouds in metres, into a directory).  [default: color]",
 )
+@ply_options
 @render_options
 @click.option(
     "--codec",
@@ -50,6 +55,7 @@ Examples:
 @click.option("--max-frames", type=int, help="Stop after this many frames.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output.")
 @click.option("--audio/--no-audio", default=None, help="Copy the input's audio.  [default: on]")
+@rerun_options
 @model_options
 @with_flags
 def transcode(cfg: Config, flags: dict) -> None:
@@ -90,6 +96,7 @@ Keys: q/Esc quit, v switch view, c cycle colormap."""
 @click.option("--virtualcam", "also_virtualcam", is_flag=True, help="Also send frames to the virtual camera.")
 @live_extra_options
 @serve_options
+@rerun_options
 @model_options
 @with_flags
 def preview(cfg: Config, flags: dict) -> None:
@@ -120,6 +127,7 @@ Needs OBS 28+ (Windows/macOS), Unity Capture (Windows) or v4l2loopback (Linux, e
 @click.option("--preview", "also_preview", is_flag=True, help="Also show the preview window.")
 @live_extra_options
 @serve_options
+@rerun_options
 @model_options
 @with_flags
 def virtualcam(cfg: Config, flags: dict) -> None:
@@ -147,6 +155,7 @@ Endpoints: / (page), /stream.mjpg, /snapshot.png, /depth.png (16-bit mm), /stats
 @click.option("--preview", "also_preview", is_flag=True, help="Also show the preview window.")
 @click.option("--virtualcam", "also_virtualcam", is_flag=True, help="Also send frames to the virtual camera.")
 @live_extra_options
+@rerun_options
 @model_options
 @with_flags
 def serve(cfg: Config, flags: dict) -> None:
@@ -160,24 +169,31 @@ def serve(cfg: Config, flags: dict) -> None:
 Examples:
   streamer depth photo.jpg -o out/
   streamer depth 'shots/*.png' -o out/ --fx 1450 --fy 1450 --format gray
-  streamer depth photo.jpg -o out/ --comfy     # the same images as the ComfyUI node"""
+  streamer depth photo.jpg -o out/ --format ply   # out/photo.ply: a point cloud in metres
+  streamer depth photo.jpg -o out/ --comfy     # the same images as the ComfyUI node
+The focal length comes from --fx/--fy or --hfov, else each image's EXIF, else a 70 deg field of
+view is assumed (with a warning: the metres are then approximate)."""
 )
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the results.")
 @click.option(
     "--format",
-    type=click.Choice(["gray", "color", "normal", "metric16"]),
-    help="The picture written as NAME.png (metric16 = 16-bit millimetres).  [default: color]",
+    type=click.Choice(["gray", "color", "normal", "metric16", "ply"]),
+    help="The picture written as NAME.png (metric16 = 16-bit millimetres), or ply: a point cloud NAME.ply.  [default: color]",
 )
 @click.option(
     "--comfy", is_flag=True, help="Write NAME.png/NAME_normal.png exactly as the ComfyUI Metric3D node would."
 )
+@ply_options
 @render_options
 @click.option("--overwrite", is_flag=True, default=None, help="Replace existing results.")
 @model_options
 @with_flags
 def depth(cfg: Config, flags: dict) -> None:
-    """Depth for still images: NAME.png plus NAME.npz (depth m, normal, kappa, confidence, fx, fy)."""
+    """Depth for still images: NAME.png (or NAME.ply) plus NAME.npz (depth m, normal, kappa, confidence, fx, fy).
+
+    Images are read upright (EXIF orientation); metadata.json records the focal length and its source.
+    """
     out = Path(flags["output"])
     overwrite = cfg.output.overwrite
     picture = picture_settings(cfg)
@@ -186,10 +202,14 @@ def depth(cfg: Config, flags: dict) -> None:
             ImageSequenceSink(out, "comfy-depth", picture, overwrite),
             ImageSequenceSink(out, "comfy-normal", picture, overwrite, name_suffix="_normal", write_metadata=False),
         ]
+    elif cfg.output.format == "ply":
+        sinks = [ply_sink(cfg, out)]  # its metadata.json says the convention, the intrinsics and the focal
     else:
         sinks = [ImageSequenceSink(out, cfg.output.format, picture, overwrite, write_metadata=False)]
     if cfg.model.processor == "metric3d":
-        sinks.append(ImageSequenceSink(out, "npz", picture, overwrite))
+        sinks.append(ImageSequenceSink(out, "npz", picture, overwrite, write_metadata=cfg.output.format != "ply"))
+    elif not isinstance(sinks[0], ImageSequenceSink):
+        raise ConfigError("point clouds need Metric3D's metric depth", hint="drop --processor, or use a picture format")
     else:
         sinks[0].write_metadata = True
     run(cfg, sinks, ImageSource(list(flags["images"])), unit="image")

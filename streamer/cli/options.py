@@ -60,6 +60,12 @@ FLAG_TO_CONFIG = {
     "cam_height": ("virtualcam", "height"),
     "cam_fps": ("virtualcam", "fps"),
     "cam_view": ("virtualcam", "view"),
+    "stride": ("output", "ply_stride"),
+    "min_confidence": ("output", "min_confidence"),
+    "ply_normals": ("output", "ply_normals"),
+    "rerun": ("rerun", "enabled"),
+    "rerun_connect": ("rerun", "connect"),
+    "rerun_save": ("rerun", "save"),
 }
 
 
@@ -131,9 +137,20 @@ model_options = stack(
     click.option(
         "--checkpoint", type=click.Path(dir_okay=True), help="Local .pth file instead of the Hugging Face download."
     ),
-    click.option("--fx", type=float, help="Focal length x of the source in pixels.  [default: 1000]"),
-    click.option("--fy", type=float, help="Focal length y in pixels (used with --focal-mode mean).  [default: 1000]"),
-    click.option("--hfov", type=float, help="Horizontal field of view in degrees; sets fx=fy for the source width."),
+    click.option(
+        "--fx",
+        type=float,
+        help="Focal length x of the source in pixels; metres scale with it.  "
+        "[default: the image's EXIF or the video's metadata, else a 70 deg field of view is assumed, with a warning]",
+    ),
+    click.option(
+        "--fy", type=float, help="Focal length y in pixels (used with --focal-mode mean).  [default: as --fx]"
+    ),
+    click.option(
+        "--hfov",
+        type=float,
+        help="Horizontal field of view in degrees; sets fx=fy for the source width (wins over --fx).",
+    ),
     click.option(
         "--focal-mode",
         type=click.Choice(["fx", "mean"]),
@@ -187,6 +204,31 @@ serve_options = stack(
 live_extra_options = stack(
     click.option("--record", type=click.Path(), help="Also write the depth video to this file."),
     click.option("--max-frames", type=int, help="Stop after this many frames."),
+)
+
+
+# point clouds: --format ply (one .ply per frame in the output directory)
+ply_options = stack(
+    click.option("--stride", type=int, help="--format ply: keep every Nth pixel in both axes.  [default: 1]"),
+    click.option(
+        "--min-confidence",
+        type=float,
+        help="Point clouds (ply, Rerun) drop pixels whose confidence is below this.  [default: 0]",
+    ),
+    click.option(
+        "--ply-normals", is_flag=True, default=None, help="--format ply: add normals (nx ny nz) to each point."
+    ),
+)
+
+# the Rerun 3D view (pip install "streamer[rerun]")
+rerun_options = stack(
+    click.option(
+        "--rerun", is_flag=True, default=None, help="Show camera, picture, depth and points live in a Rerun viewer."
+    ),
+    click.option(
+        "--rerun-connect", metavar="URL", help="Send to a running Rerun viewer (rerun+http://HOST:9876/proxy)."
+    ),
+    click.option("--rerun-save", metavar="FILE.rrd", type=click.Path(dir_okay=False), help="Record to a Rerun file."),
 )
 
 

@@ -10,19 +10,33 @@ from tqdm import tqdm
 from streamer import api
 from streamer.config import Config
 from streamer.engine.stats import Stats
+from streamer.focal import Focal
 
 
 def echo(message: str) -> None:
     click.echo(message, err=True)
 
 
+def warn(message: str) -> None:
+    echo(f"warning: {message}")
+
+
+def describe_focal(focal: Focal | None) -> str:
+    """'fx=... fy=... px (exif: EXIF FocalLengthIn35mmFilm 26 mm); ': the focal and where it came from.
+
+    An assumed focal says only "assumed" here: its warning line, printed once, says how to fix it."""
+    if focal is None:
+        return ""
+    detail = f": {focal.note}" if focal.note and focal.source != "assumed" else ""
+    return f"fx={focal.fx:.1f} fy={focal.fy:.1f} px ({focal.source}{detail}); "
+
+
 def describe(job: api.Job) -> str:
-    info, cfg = job.source.info, job.config
-    fx, fy = job.focal
+    info = job.source.info
+    focal = describe_focal(job.focal)  # first: an assumed focal's warning comes before this line
     rate = f" @ {float(info.rate):.3g} fps" if info.rate else ""
     mode = "live" if info.live else "file"
     kind = job.stage.meta.get("precision", job.stage.meta["processor"])
-    focal = f"fx={fx:.1f} fy={fy:.1f} px; " if cfg.model.processor == "metric3d" else ""
     return f"source {info.name}: {info.width}x{info.height}{rate}, {mode}; {focal}device {job.stage.device}, {kind}"
 
 
@@ -44,7 +58,7 @@ def progress_bar(job: api.Job, unit: str):
 
 def run(cfg: Config, sinks: list | None = None, source=None, unit: str = "frame") -> dict:
     """Load, run with a progress display on stderr, print a summary and what was written."""
-    job = api.prepare(cfg, sinks, source, announce=echo)
+    job = api.prepare(cfg, sinks, source, announce=echo, warn=warn)
     echo(describe(job))
     for sink in job.sinks:
         if hasattr(sink, "url"):  # the web server: the address, with its access token when it has one

@@ -33,6 +33,7 @@ from streamer.engine.queues import StageQueue
 from streamer.engine.shared import SharedStage
 from streamer.engine.stats import Stats
 from streamer.errors import Interrupted, PipelineError, StopRequested
+from streamer.focal import Focal
 from streamer.processors.outputs import Outputs
 from streamer.types import EndOfStream, Frame, Result
 
@@ -45,11 +46,17 @@ SERVICE_START_S = 10.0
 
 
 class FrameProcessor(Protocol):
-    """What the model thread runs: uint8 frames on the device -> named maps (N, ...) + metadata."""
+    """What the model thread runs: uint8 frames on the device -> named maps (N, ...) + metadata.
+
+    `focal_hint` is the batch's focal length as its source knows it (Frame.focal; a batch never mixes
+    two), for stages whose output depends on it; the others ignore it.
+    """
 
     device: torch.device
 
-    def __call__(self, images: torch.Tensor, wants: set[str]) -> tuple[dict[str, torch.Tensor], dict]: ...
+    def __call__(
+        self, images: torch.Tensor, wants: set[str], focal_hint: Focal | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict]: ...
 
 
 class SinkRunner:
@@ -343,8 +350,8 @@ class Pipeline:
             if item is END:
                 self.frames.put_end(END)  # leave it for the next call
                 break
-            if batch and item.image.shape != batch[0].image.shape:
-                carry.append(item)  # a batch holds one frame size
+            if batch and (item.image.shape != batch[0].image.shape or item.focal != batch[0].focal):
+                carry.append(item)  # a batch holds one frame size and one focal length (photos of two cameras)
                 break
             batch.append(item)
         return batch or None
@@ -383,7 +390,7 @@ class Pipeline:
         started = time.perf_counter()
         images = self.transfer.upload([f.image for f in batch])
         uploaded = time.perf_counter()
-        maps, meta = self.processor(images, self.outputs.stage_wants())
+        maps, meta = self.processor(images, self.outputs.stage_wants(), batch[0].focal)
         computed = time.perf_counter()
         download = self.transfer.download(self.outputs(maps, images))
         rendered = time.perf_counter()

@@ -38,8 +38,8 @@ class SharedStage:
         self.device: torch.device = stage.device
         self.meta: dict = getattr(stage, "meta", {})
 
-    def __call__(self, images: torch.Tensor, wants: set[str]) -> tuple[dict[str, torch.Tensor], dict]:
-        return self.stage(images, wants)
+    def __call__(self, images: torch.Tensor, wants: set[str], focal_hint=None) -> tuple[dict[str, torch.Tensor], dict]:
+        return self.stage(images, wants, focal_hint)
 
     def call(self, fn: Callable[..., T], *args) -> T:
         """Run one batch's device work on the model thread, after the calls queued before it."""

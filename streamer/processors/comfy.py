@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # a type only: metric3d.py imports this module
 
 UPSCALE_METHODS = ("INTER_NEAREST", "INTER_LINEAR", "INTER_AREA", "INTER_CUBIC", "INTER_LANCZOS4")
 COMFY_RESOLUTION = 512
+COMFY_FOCAL = 1000.0  # the node's fx = fy default; its pictures are max-normalised, so it changes only metres
+COMFY_FOCAL_NOTE = "the ComfyUI node's fixed fx = fy = 1000 px (ComfyUI mode): its pictures do not depend on it"
 
 
 def greys(depth: np.ndarray) -> np.ndarray:

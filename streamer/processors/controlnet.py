@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from streamer.errors import ConfigError, ModelError
+from streamer.focal import Focal
 
 AUX_REPO = "lllyasviel/Annotators"
 
@@ -98,7 +99,9 @@ class AuxStage:
         self.resolution = resolution
         self.meta = {"processor": processor_id, "processor_args": self.params}
 
-    def __call__(self, images: torch.Tensor, wants: set[str] | frozenset[str] = frozenset()) -> tuple[dict, dict]:
+    def __call__(
+        self, images: torch.Tensor, wants: set[str] | frozenset[str] = frozenset(), focal_hint: Focal | None = None
+    ) -> tuple[dict, dict]:
         """`wants` is ignored: a preprocessor makes one picture, whatever the sinks read."""
         from streamer.processors.metric3d import short_side_size
 

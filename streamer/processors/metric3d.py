@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from streamer.errors import ConfigError
+from streamer.focal import Focal, FocalResolver, intrinsics_at
 from streamer.models.metric3d import Metric3D
 from streamer.processors.comfy import comfy_pictures
 from streamer.processors.resize import LinearResizeU8
@@ -166,15 +167,18 @@ def short_side_size(src_hw: tuple[int, int], resolution: int) -> tuple[int, int]
 class Metric3DStage:
     """The engine's inference stage for Metric3D: frames -> metric maps, plus what to record.
 
-    `focal(width)` gives fx, fy in pixels for a source of that width; `resolution` (short side)
-    sets the output size, else the source size is kept. With `comfy_resolution`, the ComfyUI
-    node's depth and normal pictures are made too (`comfy_depth`, `comfy_normal`).
+    `focal` decides each batch's focal length from the user's values, the frames' own hint (EXIF,
+    video metadata: the pipeline batches only frames with the same hint) or an assumption; the
+    metres scale with it. `resolution` (short side) sets the output size, else the source size is
+    kept. The meta holds fx/fy at the source size with their source, and `intrinsics` (fx, fy, cx, cy)
+    at the output size for the point-cloud sinks. With `comfy_resolution`, the ComfyUI node's depth and
+    normal pictures are made too (`comfy_depth`, `comfy_normal`).
     """
 
     def __init__(
         self,
         processor: Metric3DProcessor,
-        focal,
+        focal: FocalResolver,
         resolution: int | None = None,
         meta: dict | None = None,
         comfy_resolution: int | None = None,
@@ -187,12 +191,16 @@ class Metric3DStage:
         self.device = processor.device
 
     def __call__(
-        self, images: torch.Tensor, wants: set[str] | frozenset[str] = ALL_MAPS
+        self,
+        images: torch.Tensor,
+        wants: set[str] | frozenset[str] = ALL_MAPS,
+        focal_hint: Focal | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict]:
         src_hw = (images.shape[1], images.shape[2])
-        fx, fy = self.focal(src_hw[1])
+        focal = self.focal(src_hw[1], src_hw[0], focal_hint)
+        fx, fy = focal.fx, focal.fy
         out_hw = short_side_size(src_hw, self.resolution) if self.resolution else None
-        meta = {**self.meta, "fx": fx, "fy": fy}
+        meta = {**self.meta, **focal.as_meta(), "intrinsics": intrinsics_at(focal, src_hw, out_hw)}
         if self.comfy_resolution is None:
             return self.processor(images, fx, fy, out_hw, wants), meta
         out, box = self.processor.forward(images, all_iterations=True)

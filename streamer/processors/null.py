@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from streamer.focal import Focal
+
 NEAR_M, FAR_M = 0.5, 10.0
 
 
@@ -20,7 +22,12 @@ class NullStage:
         self.meta = {"processor": "null", "fx": 1000.0, "fy": 1000.0}
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor, wants: set[str] | frozenset[str] = frozenset({"depth"})):
+    def __call__(
+        self,
+        images: torch.Tensor,
+        wants: set[str] | frozenset[str] = frozenset({"depth"}),
+        focal_hint: Focal | None = None,
+    ):
         from streamer.processors.metric3d import short_side_size
 
         green = images[..., 1].float()  # (N, H, W)

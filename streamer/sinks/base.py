@@ -88,9 +88,46 @@ def partial_path(path: Path) -> Path:
 
 
 def sidecar(meta: dict, extra: dict) -> dict:
-    """What a user needs to turn pixel values back into metres, and where they came from."""
-    keep = ("fx", "fy", "backbone", "checkpoint", "input_size", "precision", "focal_mode", "processor")
+    """What a user needs to turn pixel values back into metres, and where they came from.
+
+    fx/fy are the focal lengths the metres were computed with (source size) and `focal_source` says
+    whether the user gave them, the file's EXIF or metadata did, or they were assumed (then metres are
+    approximate; `focal_note` says why). `intrinsics` is (fx, fy, cx, cy) at the output size.
+    """
+    keep = (
+        "fx",
+        "fy",
+        "focal_source",
+        "focal_note",
+        "intrinsics",
+        "backbone",
+        "checkpoint",
+        "input_size",
+        "precision",
+        "focal_mode",
+        "processor",
+    )
     return {**{k: meta[k] for k in keep if k in meta}, **extra}
+
+
+class ImageFocals:
+    """Each named frame's focal length, for a sequence's sidecar: its top-level fx/fy are the last frame's,
+    which is not the whole truth for a folder of photos from several cameras (or some without EXIF)."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, dict] = {}
+        self.distinct: set[tuple] = set()
+
+    def note(self, result: Result) -> None:
+        if not result.frame.name or "fx" not in result.meta:
+            return
+        focal = {k: result.meta[k] for k in ("fx", "fy", "focal_source") if k in result.meta}
+        self.by_name[result.frame.name] = focal
+        self.distinct.add(tuple(focal.values()))
+
+    def extra(self) -> dict:
+        """{"focal_per_image": {name: {fx, fy, focal_source}}} when the images differ, else nothing."""
+        return {"focal_per_image": self.by_name} if len(self.distinct) > 1 else {}
 
 
 def write_json(path: Path, data: dict) -> None:

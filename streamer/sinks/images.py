@@ -20,6 +20,7 @@ from streamer.errors import SinkError
 from streamer.sinks.base import (
     METRIC16_MAX_M,
     METRIC16_SCALE,
+    ImageFocals,
     Sink,
     format_needs,
     format_picture,
@@ -49,11 +50,13 @@ def decode_exr(data: bytes) -> np.ndarray:
 
 
 def encode_npz(result: Result) -> bytes:
+    """Every map as float32, with the frame's own fx, fy and their source (a folder of photos may mix cameras)."""
     buffer = io.BytesIO()
     arrays = {k: v.astype(np.float32) if v.dtype != np.uint8 else v for k, v in result.maps.items()}
-    np.savez_compressed(
-        buffer, **arrays, fx=np.float32(result.meta.get("fx", 0)), fy=np.float32(result.meta.get("fy", 0))
-    )
+    focal = {"fx": np.float32(result.meta.get("fx", 0)), "fy": np.float32(result.meta.get("fy", 0))}
+    if "focal_source" in result.meta:
+        focal["focal_source"] = np.str_(result.meta["focal_source"])  # a plain string array: no pickle to load
+    np.savez_compressed(buffer, **arrays, **focal)
     return buffer.getvalue()
 
 
@@ -91,6 +94,7 @@ class ImageSequenceSink(Sink):
         self.name = f"images:{self.directory.name or '.'}{name_suffix}{self.suffix}"
         self.frames_written = 0
         self.meta: dict = {}
+        self.focals = ImageFocals()
 
     def open(self, info: StreamInfo, stats) -> None:
         self.info = info
@@ -136,6 +140,7 @@ class ImageSequenceSink(Sink):
             raise SinkError(f"writing {path} failed: {exc.strerror}", hint="check free disk space") from exc
         self.frames_written += 1
         self.meta = result.meta
+        self.focals.note(result)
 
     def close(self, complete: bool) -> None:
         if not self.write_metadata or self.frames_written == 0:
@@ -152,9 +157,12 @@ class ImageSequenceSink(Sink):
             extra.update(
                 units="metres",
                 dtype="float32",
-                arrays="depth (m), normal (HxWx3 unit), kappa, confidence" if self.fmt == "npz" else "Y = depth (m)",
+                arrays="depth (m), normal (HxWx3 unit), kappa, confidence, fx, fy, focal_source"
+                if self.fmt == "npz"
+                else "Y = depth (m)",
             )
         else:
             extra.update(units="display (not metric)")
         extra.update(self.sidecar_extra)
+        extra.update(self.focals.extra())
         write_json(self.directory / f"metadata{self.name_suffix}.json", sidecar(self.meta, extra))

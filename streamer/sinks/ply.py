@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from streamer.errors import SinkError
-from streamer.sinks.base import Sink, sidecar, write_json
+from streamer.sinks.base import ImageFocals, Sink, sidecar, write_json
 from streamer.types import Result, StreamInfo
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,7 @@ class PlySink(Sink):
         self.points_written = 0
         self.meta: dict = {}
         self.intrinsics: tuple[float, float, float, float] | None = None
+        self.focals = ImageFocals()
 
     def open(self, info: StreamInfo, stats) -> None:
         self.info = info
@@ -216,6 +217,7 @@ class PlySink(Sink):
         self.frames_written += 1
         self.points_written += len(xyz)
         self.meta = result.meta
+        self.focals.note(result)
 
     def close(self, complete: bool) -> None:
         if self.frames_written == 0:
@@ -238,4 +240,5 @@ class PlySink(Sink):
         }
         if "focal_note" in self.meta:
             extra["focal_note"] = self.meta["focal_note"]
+        extra.update(self.focals.extra())
         write_json(self.directory / "metadata.json", sidecar(self.meta, extra))

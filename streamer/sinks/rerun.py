@@ -91,10 +91,9 @@ class RerunSink(Sink):
 
     `connect` is a gRPC URL such as `rerun+http://127.0.0.1:9876/proxy`. The file is written as
     NAME.partial.rrd and renamed when the run completes, like the video outputs. `stride` thins the
-    point cloud (every Nth pixel in both axes); `min_confidence` drops uncertain points.
+    point cloud (every Nth pixel in both axes); `min_confidence` drops uncertain points. A viewer alone
+    is a live output (it may skip frames to stay current); with a file, every frame is kept.
     """
-
-    live = True
 
     def __init__(
         self,
@@ -114,6 +113,7 @@ class RerunSink(Sink):
         self.save = Path(save) if save is not None else None
         self.points, self.stride, self.min_confidence = points, stride, min_confidence
         self.overwrite = overwrite
+        self.live = self.save is None
         self.needs = frozenset({"depth", "image"} | ({"confidence"} if points else set()))
         self.name = f"rerun:{self.save.name if self.save else connect or 'viewer'}"
         self.rec: Any = None

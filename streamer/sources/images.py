@@ -1,8 +1,10 @@
-"""Still images: files, folders and glob patterns, in a stable (sorted) order."""
+"""Still images: files, folders and glob patterns, in a stable (sorted) order.
+
+Each image is read upright (its EXIF orientation applied, as photo viewers show it) and carries
+its own focal length from its EXIF when it has one: a folder may hold photos from several cameras.
+"""
 
 from __future__ import annotations
-
-import cv2
 
 import glob
 import threading
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from streamer.errors import SourceError
+from streamer.focal import Focal, exif_upright, focal_from_exif
 from streamer.sources.base import Source
 from streamer.types import Frame, StreamInfo
 
@@ -46,17 +49,10 @@ def expand_images(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise SourceError(f"{path} is not a readable image", hint="use PNG, JPEG, BMP, TIFF or WebP")
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+def read_image(path: Path) -> tuple[np.ndarray, Focal | None]:
+    """The upright RGB uint8 picture and the focal length its EXIF gives for that upright size."""
+    image = exif_upright(path)
+    return image, focal_from_exif(path, image.shape[1], image.shape[0])
 
 
 class ImageSource(Source):
@@ -64,11 +60,13 @@ class ImageSource(Source):
 
     def __init__(self, inputs: list[str]) -> None:
         self.paths = expand_images(inputs)
-        first = read_rgb(self.paths[0])
-        self.info = StreamInfo(first.shape[1], first.shape[0], Fraction(1), None, False, len(self.paths), "images")
+        first, focal = read_image(self.paths[0])
+        h, w = first.shape[:2]
+        self.info = StreamInfo(w, h, Fraction(1), None, False, len(self.paths), "images", focal=focal)
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
             if stop.is_set():
                 return
-            yield Frame(read_rgb(path), index, index, Fraction(1), time.monotonic(), path.stem)
+            image, focal = read_image(path)
+            yield Frame(image, index, index, Fraction(1), time.monotonic(), path.stem, focal=focal)

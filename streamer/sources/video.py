@@ -1,6 +1,7 @@
 """Video files and network streams through PyAV: container timestamps, variable frame rate and
 rotation kept, `start`/`end` in seconds, truncated inputs decoded as far as they go, and the
-audio packets of the same demuxer passed along with the frames."""
+audio packets of the same demuxer passed along with the frames. A focal length written in the
+container's metadata (phones do) rides on every frame as its focal hint."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import av
 import numpy as np
 
 from streamer.errors import SourceError
+from streamer.focal import Focal, focal_from_video_metadata, video_metadata
 from streamer.sources.base import Source
 from streamer.types import Frame, StreamInfo
 
@@ -100,6 +102,7 @@ class VideoSource(Source):
         ctx = self.stream.codec_context
         rotation = 0 if network else self._probe_rotation()
         width, height = (ctx.height, ctx.width) if rotation in (90, 270) else (ctx.width, ctx.height)
+        self._focal: tuple[tuple[int, int], Focal | None] | None = None
         self.info = StreamInfo(
             width,
             height,
@@ -110,7 +113,15 @@ class VideoSource(Source):
             Path(uri).name if not network else uri,
             self.audio_streams,
             None if start else self._timeline_start(),
+            self.focal_hint(width, height),
         )
+
+    def focal_hint(self, width: int, height: int) -> Focal | None:
+        """The metadata's focal length in pixels of a `width` x `height` upright frame; recomputed on a new size."""
+        if self._focal is None or self._focal[0] != (width, height):
+            metadata = video_metadata(self.container)
+            self._focal = ((width, height), focal_from_video_metadata(metadata, width, height))
+        return self._focal[1]
 
     def _timeline_start(self) -> Fraction | None:
         """The container's start: the earliest presented time of any stream (audio priming excluded)."""
@@ -184,7 +195,10 @@ class VideoSource(Source):
                 if held is not None:
                     held.audio, audio = audio, []
                     yield held
-                held = Frame(upright_rgb(frame), index, pts, tb, time.monotonic())
+                image = upright_rgb(frame)
+                held = Frame(
+                    image, index, pts, tb, time.monotonic(), focal=self.focal_hint(image.shape[1], image.shape[0])
+                )
                 index += 1
                 self.last_seconds = seconds
             if cut and not self.audio_streams:

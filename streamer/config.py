@@ -95,8 +95,8 @@ class ModelConfig(Section):
     @classmethod
     def _device(cls, v: str) -> str:
         base, _, index = v.partition(":")
-        if base not in ("auto", "cpu", "cuda") or (index and not (base == "cuda" and index.isdigit())):
-            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        if base not in ("auto", "cpu", "cuda", "mps") or (index and not (base == "cuda" and index.isdigit())):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return v
 
     def given_focal(self, width: int) -> Focal | None:

@@ -177,3 +177,25 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, small_model):
         out = wrapped(x)
         expected = small_model(x)
     assert wrapped.failed and torch.equal(out["depth"][-1], expected["depth"][-1])
+
+
+def test_codec_auto_takes_nvenc_when_it_opens_else_libx264(monkeypatch):
+    from streamer.sinks import encoders
+
+    assert encoders.pick_encoder(".mp4", None) in encoders.AUTO_CHAIN
+    monkeypatch.setattr(encoders, "encoder_opens", lambda name: name == "h264_nvenc")
+    assert encoders.pick_encoder(".mp4", "auto") == "h264_nvenc"
+    monkeypatch.setattr(encoders, "encoder_opens", lambda name: False)
+    assert encoders.pick_encoder(".mov", None) == "libx264"
+    assert encoders.pick_encoder(".mkv", None) == "ffv1"
+
+
+def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    from streamer.engine import device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "mps_available", lambda: True)
+    assert device.resolve_device("auto").type == "mps"
+    assert device.resolve_dtype("auto", torch.device("mps")) == torch.float16
+    monkeypatch.setattr(device, "mps_available", lambda: False)
+    assert device.resolve_device("auto").type == "cpu"

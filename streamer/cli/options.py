@@ -164,7 +164,9 @@ model_options = stack(
     click.option(
         "--input-size", metavar="HxW", help="Model input, multiples of 28; smaller is faster.  [default: 616x1064]"
     ),
-    click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]"),
+    click.option(
+        "--device", help="auto (CUDA, then Apple's MPS, then the CPU), cpu, cuda, cuda:N or mps.  [default: auto]"
+    ),
     click.option(
         "--precision",
         type=click.Choice(["auto", "fp16", "bf16", "fp32"]),

@@ -63,6 +63,7 @@ class PatternSource(Source):
         index = 0
         while not stop.is_set() and (self.limit is None or index < self.limit):
             t = index / self.fps
+            image = pattern_image(self.width, self.height, t)  # made before its time, as a camera's frame is
             if self.info.live:
                 delay = start + t - time.monotonic()
                 if delay > 0 and stop.wait(delay):
@@ -71,5 +72,5 @@ class PatternSource(Source):
                 pts = int((now - start) * 1_000_000)
             else:
                 now, pts = time.monotonic(), index
-            yield Frame(pattern_image(self.width, self.height, t), index, pts, self.info.time_base, now)
+            yield Frame(image, index, pts, self.info.time_base, now)
             index += 1

@@ -13,6 +13,7 @@ from streamer.cli.options import (
     model_options,
     render_options,
     serve_options,
+    stabilize_options,
     with_flags,
 )
 from streamer.cli.running import run
@@ -28,7 +29,8 @@ from streamer.views import VIEW_FORMATS
 Examples:
   streamer transcode clip.mp4 -o depth.mp4
   streamer transcode clip.mp4 -o depth16.mkv --format metric16 --hfov 70
-  streamer transcode clip.mp4 -o frames/ --format exr --start 5 --end 10"""
+  streamer transcode clip.mp4 -o frames/ --format exr --start 5 --end 10
+  streamer transcode clip.mp4 -o depth16.mkv --format metric16 --stabilize lookahead"""
 )
 @click.argument("input_path", metavar="INPUT")
 @click.option(
@@ -50,6 +52,7 @@ Examples:
 @click.option("--max-frames", type=int, help="Stop after this many frames.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output.")
 @click.option("--audio/--no-audio", default=None, help="Copy the input's audio.  [default: on]")
+@stabilize_options
 @model_options
 @with_flags
 def transcode(cfg: Config, flags: dict) -> None:
@@ -90,6 +93,7 @@ Keys: q/Esc quit, v switch view, c cycle colormap."""
 @click.option("--virtualcam", "also_virtualcam", is_flag=True, help="Also send frames to the virtual camera.")
 @live_extra_options
 @serve_options
+@stabilize_options
 @model_options
 @with_flags
 def preview(cfg: Config, flags: dict) -> None:
@@ -120,6 +124,7 @@ Needs OBS 28+ (Windows/macOS), Unity Capture (Windows) or v4l2loopback (Linux, e
 @click.option("--preview", "also_preview", is_flag=True, help="Also show the preview window.")
 @live_extra_options
 @serve_options
+@stabilize_options
 @model_options
 @with_flags
 def virtualcam(cfg: Config, flags: dict) -> None:
@@ -147,6 +152,7 @@ Endpoints: / (page), /stream.mjpg, /snapshot.png, /depth.png (16-bit mm), /stats
 @click.option("--preview", "also_preview", is_flag=True, help="Also show the preview window.")
 @click.option("--virtualcam", "also_virtualcam", is_flag=True, help="Also send frames to the virtual camera.")
 @live_extra_options
+@stabilize_options
 @model_options
 @with_flags
 def serve(cfg: Config, flags: dict) -> None:

@@ -10,6 +10,11 @@ sentinels, all joined, the error re-raised in the caller's thread. `stop()` is i
 Live sources hand each result to the sinks as soon as its download is complete; files keep one
 batch in flight so the next batch computes while the last one downloads. A person's stop (a
 quit key, Ctrl-C, SIGTERM) ends a live run normally; for a file it is an interruption.
+
+Between the model and the outputs runs the depth stabiliser (processors/stabilize_stage.py). In
+lookahead mode it holds a few frames back and returns them, with their own maps, in later groups
+and at the end of the file; the engine sends on whatever it returns, so each frame still leaves
+once and in order. Live sources refuse lookahead: they cannot wait.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer
 from streamer.engine.queues import StageQueue
 from streamer.engine.stats import Stats
-from streamer.errors import Interrupted, PipelineError, StopRequested
+from streamer.errors import ConfigError, Interrupted, PipelineError, StopRequested
 from streamer.processors.outputs import Outputs
+from streamer.processors.stabilize_stage import Ready, StabilizeStage
 from streamer.types import EndOfStream, Frame, Result
 
 log = logging.getLogger(__name__)
@@ -106,14 +112,22 @@ class Pipeline:
         cuda_stream: bool = True,
         stats: Stats | None = None,
         pace: bool = False,
+        stabilizer: StabilizeStage | None = None,
     ) -> None:
         self.source = source
         self.processor = processor
         self.sinks = sinks
         self.live = bool(source.info.live)
+        self.stabilizer = stabilizer or StabilizeStage("off")
+        if self.live and self.stabilizer.latency:
+            raise ConfigError(
+                "stabilize lookahead holds frames back, which a live source cannot wait for",
+                hint="use --stabilize causal (no added latency) for cameras and streams",
+            )
         self.pace = pace and not self.live
         self.batch_size = 1 if self.live else batch_size
         self.stats = stats or Stats()
+        self.stats.detects_cuts = self.stabilizer.mode != "off"
         self.transfer = DeviceTransfer(processor.device, pinned_memory, cuda_stream)
         self.outputs = Outputs(sinks)
         # live: a one-slot queue that always holds the newest frame; files: back-pressure
@@ -318,8 +332,9 @@ class Pipeline:
                 queue.put_end(END)
 
     def _inference_loop(self) -> None:
-        pending: deque = deque()
+        pending: deque = deque()  # downloads under way, oldest first
         carry: list[Frame] = []
+        self.stabilizer.start()
         while not self._stop.is_set():
             batch = self._next_batch(carry)
             if batch is None:
@@ -327,19 +342,36 @@ class Pipeline:
             started = time.perf_counter()
             images = self.transfer.upload([f.image for f in batch])
             uploaded = time.perf_counter()
-            maps, meta = self.processor(images, self.outputs.stage_wants())
+            maps, meta = self.processor(images, self.outputs.stage_wants() | self.stabilizer.needs)
             computed = time.perf_counter()
-            download = self.transfer.download(self.outputs(maps, images))
-            rendered = time.perf_counter()
+            ready = self.stabilizer(batch, maps, images, {**meta, "stabilize": self.stabilizer.describe()})
             n = len(batch)
-            for name, seconds in (("upload", uploaded - started), ("model", computed - uploaded)):
-                self.stats.stage(name, seconds, n)
-            self.stats.stage("render", rendered - computed, n)
-            pending.append((batch, download, meta, started))
-            if self.live or len(pending) > 1:  # live: at once; files: one batch in flight
-                self._emit(*pending.popleft())
+            self.stats.stage("upload", uploaded - started, n)
+            self.stats.stage("model", computed - uploaded, n)
+            if self.stabilizer.mode != "off":
+                self.stats.stage("stabilize", time.perf_counter() - computed, n)
+            self._record_cuts(wait=False)
+            for group in ready:  # in lookahead mode: earlier frames, or none yet
+                self._render(group, started, pending)
+        if not self._stop.is_set():  # the end of the input: the frames the stabiliser still holds
+            for group in self.stabilizer.flush():
+                self._render(group, time.perf_counter(), pending)
+        self._record_cuts(wait=True)
         while pending and not self._stop.is_set():
             self._emit(*pending.popleft())
+
+    def _render(self, group: Ready, started: float, pending: deque) -> None:
+        """Outputs of frames whose maps are final, made on the device; their download starts."""
+        rendering = time.perf_counter()
+        download = self.transfer.download(self.outputs(group.maps, group.images))
+        self.stats.stage("render", time.perf_counter() - rendering, len(group.frames))
+        pending.append((group.frames, download, group.meta, started))
+        if self.live or len(pending) > 1:  # live: at once; files: one batch in flight
+            self._emit(*pending.popleft())
+
+    def _record_cuts(self, wait: bool) -> None:
+        for cut in self.stabilizer.new_cuts(wait):
+            self.stats.scene_cut(cut)
 
     def _emit(self, batch: list[Frame], download, meta: dict, started: float) -> None:
         waited = time.perf_counter()

@@ -47,3 +47,23 @@ class StabilizeParams:
 
 def param_names() -> list[str]:
     return [f.name for f in fields(StabilizeParams)]
+
+
+def parse_params(values: dict[str, Any]) -> StabilizeParams:
+    """Overrides from a config (`model.stabilize_params`) -> checked parameters.
+
+    Names are checked against the fields, and counts must be whole numbers: a YAML `3.0` for
+    `lookahead` would otherwise slice lists with a float deep inside the stabiliser.
+    """
+    kinds = {f.name: f.type for f in fields(StabilizeParams)}
+    unknown = sorted(set(values) - set(kinds))
+    if unknown:
+        raise ConfigError(f"stabilizer parameter {', '.join(unknown)} unknown", hint=f"use {', '.join(kinds)}")
+    checked: dict[str, Any] = {}
+    for name, value in values.items():
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not isinstance(value, int | float) or (kinds[name] == "int" and not whole):
+            kind = "whole number" if kinds[name] == "int" else "number"
+            raise ConfigError(f"stabilizer parameter {name} must be a {kind}", hint=f"got {value!r}")
+        checked[name] = int(value) if kinds[name] == "int" else float(value)
+    return StabilizeParams(**checked)

@@ -87,10 +87,17 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
-def sidecar(meta: dict, extra: dict) -> dict:
-    """What a user needs to turn pixel values back into metres, and where they came from."""
-    keep = ("fx", "fy", "backbone", "checkpoint", "input_size", "precision", "focal_mode", "processor")
-    return {**{k: meta[k] for k in keep if k in meta}, **extra}
+def sidecar(meta: dict, extra: dict, stats=None) -> dict:
+    """What a user needs to turn pixel values back into metres, and where they came from.
+
+    `stabilize` holds the stabiliser's mode and parameters; given the run's `stats` (at close),
+    it also lists the scene cuts found, each with its frame index and time in seconds.
+    """
+    keep = ("fx", "fy", "backbone", "checkpoint", "input_size", "precision", "focal_mode", "processor", "stabilize")
+    out = {**{k: meta[k] for k in keep if k in meta}, **extra}
+    if stats is not None and getattr(stats, "detects_cuts", False) and "stabilize" in out:
+        out["stabilize"] = {**out["stabilize"], "scene_cuts": stats.cut_list()}
+    return out
 
 
 def write_json(path: Path, data: dict) -> None:

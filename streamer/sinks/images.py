@@ -89,9 +89,11 @@ class ImageSequenceSink(Sink):
         self.name = f"images:{self.directory.name or '.'}{name_suffix}{self.suffix}"
         self.frames_written = 0
         self.meta: dict = {}
+        self.stats = None
 
     def open(self, info: StreamInfo, stats) -> None:
         self.info = info
+        self.stats = stats  # the scene cuts for metadata.json, read at close
         if self.directory.exists() and not self.directory.is_dir():
             raise SinkError(f"{self.directory} exists and is not a directory", hint="choose another -o")
         parent = self.directory.parent
@@ -154,4 +156,4 @@ class ImageSequenceSink(Sink):
             )
         else:
             extra.update(units="display (not metric)")
-        write_json(self.directory / f"metadata{self.name_suffix}.json", sidecar(self.meta, extra))
+        write_json(self.directory / f"metadata{self.name_suffix}.json", sidecar(self.meta, extra, self.stats))

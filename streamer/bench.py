@@ -214,21 +214,7 @@ def bench_run(
     run_model_only(stage, images[: max(2, cfg.engine.batch_size * 2)], cfg)  # warm-up, lazy inits, compilation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result: dict = {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "processor": stage.meta["processor"],
-        "backbone": cfg.model.backbone,
-        "input_size": list(cfg.model.input_size),
-        "precision": stage.meta.get("precision", "-"),
-        "batch_size": cfg.engine.batch_size,
-        "source_size": list(source_size),
-        "frames": frames,
-        "threads": threads.as_dict(),
-        "pinned_memory": cfg.engine.pinned_memory and device.type == "cuda",
-        "cuda_stream": cfg.engine.cuda_stream and device.type == "cuda",
-        "compile": cfg.model.compile,
-    }
+    result = setup_figures(cfg, stage, threads, source_size, frames)
     cfg = cfg.model_copy(deep=True)
     cfg.model.stabilize = "off"  # the engine comparisons do the same work; the stabiliser is timed alone
     with TemporaryDirectory() as tmp:
@@ -270,6 +256,26 @@ def bench_run(
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return result
+
+
+def setup_figures(cfg: Config, stage, threads: ThreadBudget, source_size: tuple[int, int], frames: int) -> dict:
+    """What was measured, so figures from different machines and runs can be told apart."""
+    device = stage.device
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "processor": stage.meta["processor"],
+        "backbone": cfg.model.backbone,
+        "input_size": list(cfg.model.input_size),
+        "precision": stage.meta.get("precision", "-"),
+        "batch_size": cfg.engine.batch_size,
+        "source_size": list(source_size),
+        "frames": frames,
+        "threads": threads.as_dict(),
+        "pinned_memory": cfg.engine.pinned_memory and device.type == "cuda",
+        "cuda_stream": cfg.engine.cuda_stream and device.type == "cuda",
+        "compile": cfg.model.compile,
+    }
 
 
 def _setup(cfg: Config, threads: ThreadBudget):

@@ -34,9 +34,11 @@ from streamer.processors.comfy import COMFY_FOCAL, COMFY_FOCAL_NOTE, COMFY_RESOL
 from streamer.processors.controlnet import AuxStage, load_detector
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage, short_side_size
 from streamer.processors.null import NullStage
+from streamer.processors.stabilize_params import parse_params
+from streamer.processors.stabilize_stage import StabilizeStage
 from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PlySink, PreviewSink, Sink, VideoSink, VirtualCameraSink
 from streamer.sources import Source, open_source
-from streamer.sources.images import IMAGE_SUFFIXES
+from streamer.sources.images import IMAGE_SUFFIXES, ImageSource
 from streamer.types import Result
 from streamer.views import VIEW_FORMATS, PictureSettings
 
@@ -229,6 +231,40 @@ def check_processor_format(cfg: Config, sinks: list[Sink]) -> None:
             )
 
 
+def stabilize_mode(cfg: Config, source: Source, sinks: list[Sink]) -> str:
+    """The stabiliser's mode for this run, or a ConfigError before anything is loaded.
+
+    `auto` is causal, except where it would change nothing or something it must not: outputs
+    that reproduce the ComfyUI node frame by frame (its pictures come from the raw network
+    output), still images (not a sequence), and processors that make no depth.
+    """
+    mode = cfg.model.stabilize
+    comfy = [s.name for s in sinks if any(need.startswith("comfy") for need in s.needs)]
+    has_depth = makes_depth(cfg)
+    if mode == "auto":
+        return "off" if comfy or not has_depth or isinstance(source, ImageSource) else "causal"
+    if mode != "off" and comfy:
+        raise ConfigError(
+            f"--stabilize {mode}: {comfy[0]} reproduces the ComfyUI node frame by frame and is not stabilised",
+            hint="leave --stabilize out (off for comfy-* formats) or pick another --format",
+        )
+    if mode != "off" and not has_depth:
+        raise ConfigError(
+            f"--stabilize {mode} smooths depth, and processor {cfg.model.processor} makes none",
+            hint="leave --stabilize out with ControlNet preprocessors",
+        )
+    if mode == "lookahead" and source.info.live:
+        raise ConfigError(
+            f"--stabilize lookahead is for files: it holds frames back, which live source {source.info.name} cannot wait for",
+            hint="use --stabilize causal (no added latency)",
+        )
+    return mode
+
+
+def build_stabilizer(cfg: Config, source: Source, sinks: list[Sink]) -> StabilizeStage:
+    return StabilizeStage(stabilize_mode(cfg, source, sinks), parse_params(cfg.model.stabilize_params))
+
+
 @dataclass
 class Job:
     """A run put together from a config: source and sinks open, model loaded, not yet started."""
@@ -270,6 +306,7 @@ def prepare(
     if stage is not None:
         return Job(cfg, source, sinks, stage, threads)
     try:
+        stabilize_mode(cfg, source, sinks)  # a wrong mode fails before the model loads
         if announce is not None:
             processor = cfg.model.processor
             announce(f"loading {processor if processor != 'metric3d' else cfg.model.backbone} ...")
@@ -287,7 +324,10 @@ def make_pipeline(source, stage, sinks: list, config: Config | None = None, stat
     pace = cfg.source.pace
     if pace is None:  # a file feeding live outputs plays in real time
         pace = any(s.live for s in sinks)
-    return Pipeline(source, stage, sinks, e.batch_size, e.queue_size, e.pinned_memory, e.cuda_stream, stats, pace)
+    stabilizer = build_stabilizer(cfg, source, sinks)
+    return Pipeline(
+        source, stage, sinks, e.batch_size, e.queue_size, e.pinned_memory, e.cuda_stream, stats, pace, stabilizer
+    )
 
 
 def execute(
@@ -356,6 +396,7 @@ __all__ = [
     "Job",
     "Result",
     "build_sinks",
+    "build_stabilizer",
     "check_damage",
     "execute",
     "file_sink",
@@ -370,4 +411,5 @@ __all__ = [
     "prepare",
     "run",
     "run_pipeline",
+    "stabilize_mode",
 ]

@@ -1,11 +1,14 @@
 """`streamer bench`: throughput and latency of the model, a serial loop and the pipeline, in one run.
 
 Weights do not change speed, so the bench uses the deterministic rule weights unless
-`--checkpoint` is given. Figures are reported as ratios measured in the same process.
+`--checkpoint` is given. Figures are reported as ratios measured in the same process. The depth
+stabiliser is timed on its own at the source size; the engine comparisons run without it, so
+they compare the same work.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import threading
 import time
@@ -30,6 +33,7 @@ from streamer.models.metric3d.weights import load_weights, rule_weights, to_mode
 from streamer.processors.metric3d import CANONICAL_FOCAL, Metric3DProcessor, Metric3DStage
 from streamer.processors.null import NullStage
 from streamer.processors.outputs import Outputs
+from streamer.processors.stabilize import Stabilizer
 from streamer.sinks import VideoSink
 from streamer.sinks.encoders import COLOR_TAGS
 from streamer.sources import PatternSource, VideoSource
@@ -161,6 +165,37 @@ def run_live(stage, size: tuple[int, int], fps: float, frames: int) -> dict:
     return stats
 
 
+def stabilizer_cost(device: torch.device | str, mode: str, size: tuple[int, int], frames: int) -> tuple[float, float]:
+    """Median and best seconds per `Stabilizer.push` for (H, W) frames, after two warm-up frames.
+
+    Medians shrug off a busy machine; on CUDA each push is timed to the end of its device work.
+    The depth's scale jitters from frame to frame, as a model's does.
+    """
+    gen = torch.Generator().manual_seed(0)
+    h, w = size
+    base = 2 + 4 * torch.rand(h, w, generator=gen)
+    depths = [(base * (1 + 0.02 * i)).to(device) for i in range(3)]
+    confidence = torch.rand(h, w, generator=gen).to(device)
+    images = [torch.randint(0, 256, (h, w, 3), generator=gen, dtype=torch.uint8).to(device) for _ in range(2)]
+    stab = Stabilizer(mode)
+    for i in range(2):
+        stab.push(depths[i], confidence, images[i])
+    times = []
+    for i in range(frames):
+        sync(torch.device(device))
+        start = time.perf_counter()
+        stab.push(depths[i % 3], confidence, images[i % 2])
+        sync(torch.device(device))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
+def stabilizer_ms(device: torch.device, source_size: tuple[int, int], frames: int) -> dict[str, float]:
+    """Milliseconds per frame (median) of each stabiliser mode at the bench's source size (W, H)."""
+    w, h = source_size
+    return {mode: 1000 * stabilizer_cost(device, mode, (h, w), frames)[0] for mode in ("causal", "lookahead")}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -183,21 +218,9 @@ def bench_run(
     run_model_only(stage, images[: max(2, cfg.engine.batch_size * 2)], cfg)  # warm-up, lazy inits, compilation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result: dict = {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "processor": stage.meta["processor"],
-        "backbone": cfg.model.backbone,
-        "input_size": list(cfg.model.input_size),
-        "precision": stage.meta.get("precision", "-"),
-        "batch_size": cfg.engine.batch_size,
-        "source_size": list(source_size),
-        "frames": frames,
-        "threads": threads.as_dict(),
-        "pinned_memory": cfg.engine.pinned_memory and device.type == "cuda",
-        "cuda_stream": cfg.engine.cuda_stream and device.type == "cuda",
-        "compile": cfg.model.compile,
-    }
+    result = setup_figures(cfg, stage, threads, source_size, frames)
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.stabilize = "off"  # the engine comparisons do the same work; the stabiliser is timed alone
     with TemporaryDirectory() as tmp:
         video = synthetic_video(Path(tmp) / "in.mp4", frames, source_size)
         model_only = run_model_only(stage, images, cfg)
@@ -230,12 +253,33 @@ def bench_run(
     result["live_fps_in"] = live_fps
     result["frames_dropped"] = live["frames_dropped"]
     result["stage_ms"] = pipeline["stage_ms"]
+    result["stabilize_ms"] = worker.on_device_thread(stabilizer_ms, device, source_size, max(frames, 10))
     result["formats"] = {f: {"fps": r["fps"], "stage_ms": r["stage_ms"]} for f, r in per_format.items()}
     result["peak_rss_mb"] = peak_rss_mb()
     result["memory"] = memory
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return result
+
+
+def setup_figures(cfg: Config, stage, threads: ThreadBudget, source_size: tuple[int, int], frames: int) -> dict:
+    """What was measured, so figures from different machines and runs can be told apart."""
+    device = stage.device
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "processor": stage.meta["processor"],
+        "backbone": cfg.model.backbone,
+        "input_size": list(cfg.model.input_size),
+        "precision": stage.meta.get("precision", "-"),
+        "batch_size": cfg.engine.batch_size,
+        "source_size": list(source_size),
+        "frames": frames,
+        "threads": threads.as_dict(),
+        "pinned_memory": cfg.engine.pinned_memory and device.type == "cuda",
+        "cuda_stream": cfg.engine.cuda_stream and device.type == "cuda",
+        "compile": cfg.model.compile,
+    }
 
 
 def _setup(cfg: Config, threads: ThreadBudget):
@@ -271,6 +315,10 @@ def table(result: dict) -> str:
         ),
         ("live latency p50 / p95", f"{result['latency_ms']['p50']:.0f} / {result['latency_ms']['p95']:.0f} ms"),
         ("model time per frame", f"{result['model_ms']:.1f} ms"),
+        (
+            "stabiliser per frame causal / lookahead",
+            "{causal:.2f} / {lookahead:.2f} ms".format(**result["stabilize_ms"]),
+        ),
         ("threads torch / decode / encode", "{torch} / {decode} / {encode}".format(**result["threads"])),
         *[(f"{fmt}: fps", f"{r['fps']:.2f}  ({stage_line(r['stage_ms'])})") for fmt, r in result["formats"].items()],
         ("pipeline stages", stage_line(result["stage_ms"])),

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from streamer.errors import ConfigError
 from streamer.focal import Focal, given_focal
 from streamer.models.metric3d.variants import BACKBONES, get_variant
+from streamer.processors.stabilize_params import parse_params
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -69,6 +70,19 @@ class ModelConfig(Section):
     precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     local_files_only: bool = False
     compile: bool = False
+    # the depth stabiliser between the model and the outputs; auto = causal, but off for comfy-*
+    # outputs (they reproduce the node frame by frame), still images and processors without depth
+    stabilize: Literal["auto", "off", "causal", "lookahead"] = "auto"
+    stabilize_params: dict[str, int | float] = {}  # overrides of StabilizeParams (processors/stabilize_params.py)
+
+    @field_validator("stabilize_params")
+    @classmethod
+    def _stabilize_params(cls, v: dict[str, int | float]) -> dict[str, int | float]:
+        try:
+            parse_params(v)
+        except ConfigError as exc:
+            raise ValueError(exc.one_line()) from None
+        return v
 
     @field_validator("backbone")
     @classmethod

@@ -179,4 +179,6 @@ def test_bench_writes_every_figure_as_json(tmp_path, capsys):
         "batch_size",
     } <= set(result)
     assert result["memory"]["frames_long"] == 6 and "rss_growth_pct" in result["memory"]
-    assert "pipeline / model only" in capsys.readouterr().out
+    assert set(result["stabilize_ms"]) == {"causal", "lookahead"} and min(result["stabilize_ms"].values()) > 0
+    out = capsys.readouterr().out
+    assert "pipeline / model only" in out and "stabiliser per frame causal / lookahead" in out

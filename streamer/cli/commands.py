@@ -15,6 +15,7 @@ from streamer.cli.options import (
     render_options,
     rerun_options,
     serve_options,
+    stabilize_options,
     with_flags,
 )
 from streamer.cli.running import run
@@ -32,7 +33,8 @@ Examples:
   streamer transcode clip.mp4 -o depth16.mkv --format metric16 --hfov 70
   streamer transcode clip.mp4 -o frames/ --format exr --start 5 --end 10
   streamer transcode clip.mp4 -o clouds/ --format ply --stride 4 --fx 1450
-  streamer transcode clip.mp4 -o depth.mp4 --rerun-save depth.rrd"""
+  streamer transcode clip.mp4 -o depth.mp4 --rerun-save depth.rrd
+  streamer transcode clip.mp4 -o depth16.mkv --format metric16 --stabilize lookahead"""
 )
 @click.argument("input_path", metavar="INPUT")
 @click.option(
@@ -56,6 +58,7 @@ Examples:
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output.")
 @click.option("--audio/--no-audio", default=None, help="Copy the input's audio.  [default: on]")
 @rerun_options
+@stabilize_options
 @model_options
 @with_flags
 def transcode(cfg: Config, flags: dict) -> None:
@@ -97,6 +100,7 @@ Keys: q/Esc quit, v switch view, c cycle colormap."""
 @live_extra_options
 @serve_options
 @rerun_options
+@stabilize_options
 @model_options
 @with_flags
 def preview(cfg: Config, flags: dict) -> None:
@@ -128,6 +132,7 @@ Needs OBS 28+ (Windows/macOS), Unity Capture (Windows) or v4l2loopback (Linux, e
 @live_extra_options
 @serve_options
 @rerun_options
+@stabilize_options
 @model_options
 @with_flags
 def virtualcam(cfg: Config, flags: dict) -> None:
@@ -156,6 +161,7 @@ Endpoints: / (page), /stream.mjpg, /snapshot.png, /depth.png (16-bit mm), /stats
 @click.option("--virtualcam", "also_virtualcam", is_flag=True, help="Also send frames to the virtual camera.")
 @live_extra_options
 @rerun_options
+@stabilize_options
 @model_options
 @with_flags
 def serve(cfg: Config, flags: dict) -> None:

@@ -29,6 +29,7 @@ FLAG_TO_CONFIG = {
     "precision": ("model", "precision"),
     "offline": ("model", "local_files_only"),
     "compile": ("model", "compile"),
+    "stabilize": ("model", "stabilize"),
     "batch_size": ("engine", "batch_size"),
     "threads": ("engine", "threads"),
     "pace": ("source", "pace"),
@@ -178,6 +179,17 @@ model_options = stack(
         "--threads",
         type=int,
         help="CPU threads for decoding, the model and encoding together (see `streamer doctor`).  [default: all cores]",
+    ),
+)
+
+
+# the depth stabiliser (video commands; still images are not a sequence)
+stabilize_options = stack(
+    click.option(
+        "--stabilize",
+        type=click.Choice(["off", "causal", "lookahead"]),
+        help="Temporal depth stabiliser: causal adds no latency; lookahead (files only) waits a few frames "
+        "to smooth better. Scene cuts reset it and are listed in the sidecar.  [default: causal; off for comfy-*]",
     ),
 )
 

@@ -12,6 +12,11 @@ sentinels, all joined, the error re-raised in the caller's thread. `stop()` is i
 Live sources hand each result to the sinks as soon as its download is complete; files keep one
 batch in flight so the next batch computes while the last one downloads. A person's stop (a
 quit key, Ctrl-C, SIGTERM) ends a live run normally; for a file it is an interruption.
+
+Between the model and the outputs runs the depth stabiliser (processors/stabilize_stage.py). In
+lookahead mode it holds a few frames back and returns them, with their own maps, in later groups
+and at the end of the file; the engine sends on whatever it returns, so each frame still leaves
+once and in order. Live sources refuse lookahead: they cannot wait.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from queue import Empty
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -32,12 +37,14 @@ from streamer.engine.device import DeviceTransfer, PendingDownload
 from streamer.engine.queues import StageQueue
 from streamer.engine.shared import SharedStage
 from streamer.engine.stats import Stats
-from streamer.errors import Interrupted, PipelineError, StopRequested
+from streamer.errors import ConfigError, Interrupted, PipelineError, StopRequested
 from streamer.focal import Focal
 from streamer.processors.outputs import Outputs
+from streamer.processors.stabilize_stage import Ready, StabilizeStage
 from streamer.types import EndOfStream, Frame, Result
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 END = EndOfStream()
 POLL_S = 0.1
 MAIN_POLL_S = 0.01  # how often the main thread looks at its sinks (GUI events stay responsive)
@@ -119,14 +126,22 @@ class Pipeline:
         cuda_stream: bool = True,
         stats: Stats | None = None,
         pace: bool = False,
+        stabilizer: StabilizeStage | None = None,
     ) -> None:
         self.source = source
         self.processor = processor
         self.sinks = sinks
         self.live = bool(source.info.live)
+        self.stabilizer = stabilizer or StabilizeStage("off")
+        if self.live and self.stabilizer.latency:
+            raise ConfigError(
+                "stabilize lookahead holds frames back, which a live source cannot wait for",
+                hint="use --stabilize causal (no added latency) for cameras and streams",
+            )
         self.pace = pace and not self.live
         self.batch_size = 1 if self.live else batch_size
         self.stats = stats or Stats()
+        self.stats.detects_cuts = self.stabilizer.mode != "off"
         self.transfer = DeviceTransfer(processor.device, pinned_memory, cuda_stream)
         self.outputs = Outputs(sinks)
         # live: a one-slot queue that always holds the newest frame; files: back-pressure
@@ -368,37 +383,62 @@ class Pipeline:
                 queue.put_end(END)
 
     def _inference_loop(self) -> None:
-        pending: deque = deque()
+        pending: deque = deque()  # downloads under way, oldest first
         carry: list[Frame] = []
+        self.stabilizer.start()
         while not self._stop.is_set():
             batch = self._next_batch(carry)
             if batch is None:
                 break
             started = time.perf_counter()
-            if isinstance(self.processor, SharedStage):
-                download, meta = self.processor.call(self._compute, batch)
-            else:
-                download, meta = self._compute(batch)
-            pending.append((batch, download, meta, started))
-            if self.live or len(pending) > 1:  # live: at once; files: one batch in flight
-                self._emit(*pending.popleft())
+            for group, download in self._on_model_thread(self._compute, batch):
+                self._queue(pending, group, download, started)
+        if not self._stop.is_set():  # the end of the input: the frames the stabiliser still holds
+            for group, download in self._on_model_thread(self._flush_stabilizer):
+                self._queue(pending, group, download, time.perf_counter())
+        self._record_cuts(wait=True)
         while pending and not self._stop.is_set():
             self._emit(*pending.popleft())
 
-    def _compute(self, batch: list[Frame]) -> tuple[PendingDownload, dict]:
-        """A batch's device work, on the model thread: upload, forward pass, pictures, download start."""
+    def _on_model_thread(self, fn: Callable[..., T], *args) -> T:
+        """Device work runs on the model thread: here already, or sent there for a shared stage."""
+        return self.processor.call(fn, *args) if isinstance(self.processor, SharedStage) else fn(*args)
+
+    def _compute(self, batch: list[Frame]) -> list[tuple[Ready, PendingDownload]]:
+        """A batch's device work: upload, forward pass, stabiliser, pictures, download start."""
         started = time.perf_counter()
         images = self.transfer.upload([f.image for f in batch])
         uploaded = time.perf_counter()
-        maps, meta = self.processor(images, self.outputs.stage_wants(), batch[0].focal)
+        wants = self.outputs.stage_wants() | self.stabilizer.needs
+        maps, meta = self.processor(images, wants, batch[0].focal)
         computed = time.perf_counter()
-        download = self.transfer.download(self.outputs(maps, images))
-        rendered = time.perf_counter()
+        ready = self.stabilizer(batch, maps, images, {**meta, "stabilize": self.stabilizer.describe()})
         n = len(batch)
-        for name, seconds in (("upload", uploaded - started), ("model", computed - uploaded)):
-            self.stats.stage(name, seconds, n)
-        self.stats.stage("render", rendered - computed, n)
-        return download, meta
+        self.stats.stage("upload", uploaded - started, n)
+        self.stats.stage("model", computed - uploaded, n)
+        if self.stabilizer.mode != "off":
+            self.stats.stage("stabilize", time.perf_counter() - computed, n)
+        self._record_cuts(wait=False)
+        return [(group, self._render(group)) for group in ready]  # lookahead: earlier frames, or none yet
+
+    def _flush_stabilizer(self) -> list[tuple[Ready, PendingDownload]]:
+        return [(group, self._render(group)) for group in self.stabilizer.flush()]
+
+    def _render(self, group: Ready) -> PendingDownload:
+        """Outputs of frames whose maps are final, made on the device; their download starts."""
+        rendering = time.perf_counter()
+        download = self.transfer.download(self.outputs(group.maps, group.images))
+        self.stats.stage("render", time.perf_counter() - rendering, len(group.frames))
+        return download
+
+    def _queue(self, pending: deque, group: Ready, download: PendingDownload, started: float) -> None:
+        pending.append((group.frames, download, group.meta, started))
+        if self.live or len(pending) > 1:  # live: at once; files: one batch in flight
+            self._emit(*pending.popleft())
+
+    def _record_cuts(self, wait: bool) -> None:
+        for cut in self.stabilizer.new_cuts(wait):
+            self.stats.scene_cut(cut)
 
     def _emit(self, batch: list[Frame], download, meta: dict, started: float) -> None:
         waited = time.perf_counter()

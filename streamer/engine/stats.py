@@ -1,4 +1,8 @@
-"""Live statistics: per-stage time, fps in/out, capture-to-sink latency percentiles, drops."""
+"""Live statistics: per-stage time, fps in/out, capture-to-sink latency percentiles, drops, scene cuts.
+
+Sinks get the run's Stats when they open; file sinks read the scene cuts from it when they write
+their sidecar at close, after the engine has recorded the last one.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ class Stats:
         self._in_times: deque[float] = deque(maxlen=64)
         self.queue_depths: dict[str, Callable[[], int]] = {}
         self.drop_counters: dict[str, Callable[[], int]] = {}
+        self.detects_cuts = False  # the stabiliser runs, so scene cuts are looked for
+        self.cuts: list[dict] = []  # {frame, time (s), score} of each scene cut, in order
 
     def stage(self, name: str, seconds: float, items: int = 1) -> None:
         with self._lock:
@@ -48,6 +54,15 @@ class Stats:
         with self._lock:
             self.frames_in += 1
             self._in_times.append(time.monotonic())
+
+    def scene_cut(self, cut: dict) -> None:
+        with self._lock:
+            self.cuts.append(dict(cut))
+
+    def cut_list(self) -> list[dict]:
+        """A copy of the cuts so far (the engine may still be adding to them)."""
+        with self._lock:
+            return [dict(cut) for cut in self.cuts]
 
     def frame_out(self, capture_time: float) -> None:
         now = time.monotonic()
@@ -82,11 +97,13 @@ class Stats:
                 "queue_depth": {name: fn() for name, fn in self.queue_depths.items()},
                 "dropped": {name: fn() for name, fn in self.drop_counters.items()},
                 "frames_dropped": sum(fn() for fn in self.drop_counters.values()),
+                "scene_cuts": len(self.cuts),
             }
 
     def summary_line(self) -> str:
         s = self.snapshot()
+        cuts = f"  scene cuts {s['scene_cuts']}" if self.detects_cuts else ""
         return (
             f"{s['fps_out']:.1f} fps  latency p50 {s['latency_ms']['p50']:.0f} ms "
-            f"p95 {s['latency_ms']['p95']:.0f} ms  dropped {s['frames_dropped']}"
+            f"p95 {s['latency_ms']['p95']:.0f} ms  dropped {s['frames_dropped']}{cuts}"
         )

@@ -11,7 +11,7 @@ sinks, on the model's device, and removes both while keeping the output metric:
   cleared where the input image or the depth changed: moving things follow at once, static ones
   settle. The smoothed global scale is applied on the way out.
 - Scene cuts (colour change of downscaled frames against the recent average, as PySceneDetect's
-  AdaptiveDetector does) reset both, and are reported in `Stabilizer.cuts`.
+  AdaptiveDetector does; scenecuts.py) reset both, and are reported in `Stabilizer.cuts`.
 
 Modes: `off`, `causal` (no latency) and `lookahead` (for files: K future frames refine the scale;
 outputs come K frames later and `flush` returns the rest). Per frame the cost is a few dozen
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,53 +31,12 @@ import torch.nn.functional as F
 
 from streamer.errors import ConfigError
 from streamer.processors.metric3d import MAX_METRIC_DEPTH
+from streamer.processors.scenecuts import Cut, CutDetector, CutLog
+from streamer.processors.stabilize_params import MODES, StabilizeParams, param_names
 
-MODES = ("off", "causal", "lookahead")
+__all__ = ["MODES", "Cut", "CutDetector", "StabilizeParams", "Stabilizer", "pool", "weighted_median"]
+
 MIN_DEPTH = 1e-3  # metres; the model clamps at 0, logs need a floor
-
-
-@dataclass(frozen=True)
-class StabilizeParams:
-    """Tuning of the stabiliser. The defaults suit 24-60 fps video; `as_dict` goes in sidecars."""
-
-    lookahead: int = 3  # future frames that mode "lookahead" uses (and its latency in frames)
-    scale_memory: float = 10.0  # frames over which the global scale is averaged
-    pixel_memory: float = 10.0  # frames over which a static, confident pixel is averaged
-    confidence_floor: float = 0.25  # least weight of an unsure pixel (it averages over memory / floor frames)
-    image_change: float = 0.04  # relative brightness change where a pixel starts to count as moving (fully at 3x)
-    depth_change: float = 0.06  # relative depth change where a pixel starts to count as moving (fully at 2x)
-    work_scale: int = 8  # downscale factor for the global alignment and the cut detector
-    motion_scale: int = 4  # block size of the image-change map (at most work_scale's effective factor)
-    min_work_side: int = 32  # ... but the downscaled frame keeps at least this short side
-    cut_ratio: float = 3.0  # a cut changes the content this many times more than recent frames did
-    cut_min_score: float = 0.08  # ... and at least this much (mean abs HSV difference, 0..1)
-    cut_window: int = 8  # recent frames whose scores are averaged
-    min_scene_len: int = 6  # frames in a scene before another cut can start (also from the start)
-
-    def __post_init__(self) -> None:
-        counts = (self.lookahead, self.work_scale, self.motion_scale, self.min_work_side, self.cut_window)
-        if min(counts) < 1 or min(self.scale_memory, self.pixel_memory) < 1 or self.min_scene_len < 0:
-            raise ConfigError("stabilizer: frame counts and scales must be >= 1", hint=f"got {self}")
-        if not 0 < self.confidence_floor <= 1:
-            raise ConfigError("stabilizer: confidence_floor must be in (0, 1]", hint=f"got {self.confidence_floor}")
-        if min(self.image_change, self.depth_change, self.cut_ratio, self.cut_min_score) <= 0:
-            raise ConfigError("stabilizer: change thresholds must be > 0", hint=f"got {self}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Cut:
-    """A detected scene cut: the first frame of the new scene (`index` counts pushes from 0)."""
-
-    index: int
-    key: Any
-    time: float | None
-    score: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"frame": self.index, "time": self.time, "score": round(self.score, 4)}
 
 
 def ramp(x: torch.Tensor, start: float, full: float) -> torch.Tensor:
@@ -99,99 +58,6 @@ def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     cumulative = (weights.reshape(-1)[order] + 1e-6).cumsum(0)
     index = torch.searchsorted(cumulative, cumulative[-1:] * 0.5).clamp_(max=v.numel() - 1)
     return v[index][0]
-
-
-def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
-    """(3, h, w) RGB in 0..1 -> (3, h, w) hue, saturation, value in 0..1."""
-    r, g, b = rgb
-    value, low = rgb.amax(0), rgb.amin(0)
-    delta = value - low
-    saturation = delta / value.clamp_min(1e-6)
-    d = delta.clamp_min(1e-6)
-    hue = torch.where(value == r, (g - b) / d, torch.where(value == g, 2 + (b - r) / d, 4 + (r - g) / d))
-    return torch.stack((torch.remainder(hue / 6, 1.0), saturation, value))
-
-
-def content_change(hsv: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-    """Mean abs difference of hue (circular, weighted by saturation: grey hue is noise), S and V."""
-    dh = (hsv[0] - prev[0]).abs()
-    dh = torch.minimum(dh, 1 - dh) * 2 * torch.minimum(hsv[1], prev[1])
-    return (dh.mean() + (hsv[1] - prev[1]).abs().mean() + (hsv[2] - prev[2]).abs().mean()) / 3
-
-
-class CutDetector:
-    """Hard cuts from downscaled RGB frames, as PySceneDetect's AdaptiveDetector decides them.
-
-    A frame starts a new scene when its HSV change from the previous frame is at least
-    `cut_ratio` times the average change of the last `cut_window` frames (so camera motion and
-    fades, which change every frame a little, do not count), at least `cut_min_score` in absolute
-    terms (so noise on a still picture does not count), and the current scene is at least
-    `min_scene_len` frames long. Only past frames are used, and the decision stays on the device.
-    """
-
-    def __init__(self, params: StabilizeParams) -> None:
-        self.params = params
-        self.reset()
-
-    def reset(self) -> None:
-        self._prev: torch.Tensor | None = None
-        self._scores = self._counted = self._length = torch.zeros(())
-        self._slot = 0
-
-    def __call__(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, h, w) RGB in 0..1 -> (1.0 if this frame starts a new scene else 0.0, the change score)."""
-        p = self.params
-        hsv = rgb_to_hsv(rgb)
-        prev, self._prev = self._prev, hsv
-        if prev is None:
-            self._scores, self._counted = hsv.new_zeros(p.cut_window), hsv.new_zeros(p.cut_window)
-            self._length = hsv.new_ones(())  # frames in the current scene before the next one
-            return hsv.new_zeros(()), hsv.new_zeros(())
-        score = content_change(hsv, prev)
-        recent = (self._scores * self._counted).sum() / self._counted.sum().clamp_min(1)
-        cut = (score >= p.cut_min_score) & (score >= p.cut_ratio * recent) & (self._length >= p.min_scene_len)
-        cut = cut.float()
-        slot, self._slot = self._slot % p.cut_window, self._slot + 1
-        self._scores[slot] = score
-        self._counted[slot] = 1 - cut  # a cut's score stays out of the average, or it would hide the next cut
-        self._length = self._length * (1 - cut) + 1
-        return cut, score
-
-
-class CutLog:
-    """Cut flags decided on the device, read back without making the stream wait.
-
-    Each flag starts a non-blocking copy to (pinned) host memory, read by a later push once it has
-    landed; `resolve` waits for the rest.
-    """
-
-    def __init__(self) -> None:
-        self.cuts: list[Cut] = []
-        self._pending: deque[tuple[int, Any, float | None, torch.Tensor, torch.cuda.Event | None]] = deque()
-
-    def add(self, index: int, key: Any, time: float | None, cut: torch.Tensor, score: torch.Tensor) -> None:
-        flags, event = torch.stack((cut, score)), None
-        if flags.is_cuda:  # a non-blocking copy to the CPU lands in pinned memory
-            flags, event = flags.to("cpu", non_blocking=True), torch.cuda.Event()
-            event.record()
-        self._pending.append((index, key, time, flags, event))
-        self._collect(wait=False)
-
-    def _collect(self, wait: bool) -> None:
-        while self._pending:
-            index, key, time, flags, event = self._pending[0]
-            if event is not None and not event.query():
-                if not wait:
-                    return
-                event.synchronize()
-            self._pending.popleft()
-            cut, score = flags.tolist()
-            if cut:
-                self.cuts.append(Cut(index, key, time, score))
-
-    def resolve(self) -> list[Cut]:
-        self._collect(wait=True)
-        return self.cuts
 
 
 class RunningMean:
@@ -247,7 +113,7 @@ class Stabilizer:
     def __init__(self, mode: str = "causal", params: StabilizeParams | None = None, **overrides: Any) -> None:
         if mode not in MODES:
             raise ConfigError(f"stabilize mode {mode!r} is unknown", hint=f"use one of {', '.join(MODES)}")
-        names = [f.name for f in fields(StabilizeParams)]
+        names = param_names()
         if set(overrides) - set(names):
             unknown = ", ".join(sorted(set(overrides) - set(names)))
             raise ConfigError(f"stabilizer parameter {unknown} unknown", hint=f"use {', '.join(names)}")
@@ -264,6 +130,11 @@ class Stabilizer:
     def cuts(self) -> list[Cut]:
         """The cuts so far, in order; reading it waits for the device to decide the last frames."""
         return self._log.resolve()
+
+    @property
+    def cuts_known(self) -> list[Cut]:
+        """The cuts whose decision has reached the host already: reading it never waits (live stats)."""
+        return self._log.cuts
 
     def reset(self) -> None:
         """Forget the stream: a new one starts with the next push."""

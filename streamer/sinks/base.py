@@ -87,12 +87,14 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
-def sidecar(meta: dict, extra: dict) -> dict:
+def sidecar(meta: dict, extra: dict, stats=None) -> dict:
     """What a user needs to turn pixel values back into metres, and where they came from.
 
     fx/fy are the focal lengths the metres were computed with (source size) and `focal_source` says
     whether the user gave them, the file's EXIF or metadata did, or they were assumed (then metres are
     approximate; `focal_note` says why). `intrinsics` is (fx, fy, cx, cy) at the output size.
+    `stabilize` holds the stabiliser's mode and parameters; given the run's `stats` (at close),
+    it also lists the scene cuts found, each with its frame index and time in seconds.
     """
     keep = (
         "fx",
@@ -106,8 +108,12 @@ def sidecar(meta: dict, extra: dict) -> dict:
         "precision",
         "focal_mode",
         "processor",
+        "stabilize",
     )
-    return {**{k: meta[k] for k in keep if k in meta}, **extra}
+    out = {**{k: meta[k] for k in keep if k in meta}, **extra}
+    if stats is not None and getattr(stats, "detects_cuts", False) and "stabilize" in out:
+        out["stabilize"] = {**out["stabilize"], "scene_cuts": stats.cut_list()}
+    return out
 
 
 class ImageFocals:

@@ -95,9 +95,11 @@ class ImageSequenceSink(Sink):
         self.frames_written = 0
         self.meta: dict = {}
         self.focals = ImageFocals()
+        self.stats = None
 
     def open(self, info: StreamInfo, stats) -> None:
         self.info = info
+        self.stats = stats  # the scene cuts for metadata.json, read at close
         if self.directory.exists() and not self.directory.is_dir():
             raise SinkError(f"{self.directory} exists and is not a directory", hint="choose another -o")
         parent = self.directory.parent
@@ -165,4 +167,4 @@ class ImageSequenceSink(Sink):
             extra.update(units="display (not metric)")
         extra.update(self.sidecar_extra)
         extra.update(self.focals.extra())
-        write_json(self.directory / f"metadata{self.name_suffix}.json", sidecar(self.meta, extra))
+        write_json(self.directory / f"metadata{self.name_suffix}.json", sidecar(self.meta, extra, self.stats))

@@ -182,9 +182,11 @@ class PlySink(Sink):
         self.meta: dict = {}
         self.intrinsics: tuple[float, float, float, float] | None = None
         self.focals = ImageFocals()
+        self.stats = None
 
     def open(self, info: StreamInfo, stats) -> None:
         self.info = info
+        self.stats = stats  # the scene cuts for metadata.json, read at close
         prepare_directory(self.directory)
 
     def path_for(self, result: Result) -> Path:
@@ -241,4 +243,4 @@ class PlySink(Sink):
         if "focal_note" in self.meta:
             extra["focal_note"] = self.meta["focal_note"]
         extra.update(self.focals.extra())
-        write_json(self.directory / "metadata.json", sidecar(self.meta, extra))
+        write_json(self.directory / "metadata.json", sidecar(self.meta, extra, self.stats))

@@ -92,6 +92,7 @@ class VideoSink(Sink):
         self.work_path = partial_path(self.path)
         self.frames_written = 0
         self.meta: dict = {}
+        self.stats = None
         self.audio_note: str | None = None
         self.container = None
         self._stream = None
@@ -102,6 +103,7 @@ class VideoSink(Sink):
 
     def open(self, info: StreamInfo, stats) -> None:
         self.info = info
+        self.stats = stats  # the scene cuts for the sidecar, read at close
         try:
             self.container = av.open(str(self.work_path), "w")
         except (av.FFmpegError, OSError) as exc:
@@ -124,7 +126,8 @@ class VideoSink(Sink):
             stream.options = {"crf": str(self.crf), "preset": "veryfast"}
         ctx.thread_type = "AUTO"
         ctx.thread_count = self.threads
-        # the sidecar's units, scale, fx/fy and model also travel inside the file
+        # the sidecar's units, scale, fx/fy, model and stabiliser also travel inside the file (the
+        # scene cuts only in the sidecar: the header is written before they are known)
         self.container.metadata["comment"] = json.dumps(sidecar(self.meta, self.encoding()))
         self._stream = stream
 
@@ -253,7 +256,7 @@ class VideoSink(Sink):
         extra = {**self.encoding(), "frames": self.frames_written, "complete": complete, "source": self.info.name}
         if self.audio_note:
             extra["audio"] = self.audio_note
-        return sidecar(self.meta, {**extra, **self.sidecar_extra})
+        return sidecar(self.meta, {**extra, **self.sidecar_extra}, self.stats)
 
 
 __all__ = ["VIDEO_SUFFIXES", "VideoSink"]

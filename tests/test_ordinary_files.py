@@ -241,3 +241,30 @@ def test_gray_per_frame_range_uses_full_range_and_says_so(ffmpeg_cli, tmp_path, 
     assert v.color_range == "pc", f"color_range {v.color_range}"
     tags = {"color_space": v.color_space, "color_primaries": v.color_primaries, "color_transfer": v.color_transfer}
     assert all(value not in (None, "unknown") for value in tags.values()), tags
+
+
+def test_audio_from_a_url_comes_from_the_same_demuxer(tmp_path, checkpoint, capsys, caplog):
+    """`transcode http://host/clip.mp4`: audio travels with the frames; the input is opened once."""
+    import functools
+    import http.server
+    import threading
+
+    from conftest import write_video
+
+    write_video(tmp_path / "clip.mp4", frames=12, audio=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    serving = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
+    serving.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+        out = tmp_path / "depth.mp4"
+        code, said = run(checkpoint, url, out, capsys, caplog)
+    finally:
+        server.shutdown()
+        serving.join()
+    assert code == 0, said
+    assert out.exists() and not (tmp_path / "depth.partial.mp4").exists()
+    after = probe(out)
+    assert after.audio and abs(after.audio[0].duration - probe(tmp_path / "clip.mp4").audio[0].duration) < 0.1

@@ -20,6 +20,7 @@ from streamer.cli.options import build_config
 from streamer.config import load_config
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import ConfigError
+from streamer.focal import FocalResolver
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.processors.stabilize import Stabilizer
 from streamer.processors.stabilize_params import StabilizeParams
@@ -47,7 +48,7 @@ class Collect(Sink):
 
 @pytest.fixture(scope="module")
 def stage(small_model):
-    return Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), lambda w: (1000.0, 1000.0))
+    return Metric3DStage(Metric3DProcessor(small_model, TINY_INPUT), FocalResolver(1000.0, 1000.0))
 
 
 def transcode(checkpoint, *args: str) -> int:
@@ -129,7 +130,7 @@ def test_off_reproduces_the_raw_depth_and_the_default_stabilises(tmp_path, check
     written = {}
     for name, args in (("off", ("--stabilize", "off")), ("default", ())):
         out = tmp_path / name
-        assert transcode(checkpoint, str(src), "-o", str(out), "--format", "exr", *args) == 0
+        assert transcode(checkpoint, str(src), "-o", str(out), "--format", "exr", "--fx", "1000", *args) == 0
         depths = [decode_exr(p.read_bytes()) for p in sorted(out.glob("frame_*.exr"))]
         written[name] = depths, json.loads((out / "metadata.json").read_text())["stabilize"]
     off, off_sidecar = written["off"]

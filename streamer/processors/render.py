@@ -116,21 +116,33 @@ def letterbox(pictures: torch.Tensor, width: int, height: int) -> torch.Tensor:
 def rgb_to_yuv(pictures: torch.Tensor, pixel_format: str) -> torch.Tensor:
     """(N, H, W, 3) RGB -> full-range BT.709 planes in PyAV's `from_ndarray` layout.
 
-    yuv420p: (N, H*3/2, W) with U and V as 2x2 means; yuv444p: (N, 3, H, W), also what an
-    odd-sized yuv420p picture becomes (4:2:0 needs even sizes; the picture keeps its size).
+    yuv420p: (N, H*3/2, W) with U and V from 2x2 means (the transform is linear, so the chroma
+    of the mean colour: a quarter of the work); yuv444p: (N, 3, H, W), also what an odd-sized
+    yuv420p picture becomes (4:2:0 needs even sizes; the picture keeps its size).
     """
     rgb = pictures.permute(0, 3, 1, 2).float()
-    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    y = KR * r + (1 - KR - KB) * g + KB * b
-    u = (b - y) / (2 * (1 - KB)) + 128.0
-    v = (r - y) / (2 * (1 - KR)) + 128.0
-    as_u8 = lambda t: t.round_().clamp_(0, 255).to(torch.uint8)  # noqa: E731
-    n, h, w = y.shape
+    n, _, h, w = rgb.shape
+    y = luma(rgb)
     if pixel_format == "yuv444p" or h % 2 or w % 2:
-        return as_u8(torch.stack((y, u, v), dim=1))
-    uv = F.avg_pool2d(torch.stack((u, v), dim=1), 2)  # (N, 2, H/2, W/2)
-    planes = torch.cat((y.reshape(n, -1), uv.reshape(n, -1)), dim=1)
-    return as_u8(planes.reshape(n, h * 3 // 2, w))
+        return to_u8(torch.cat((y[:, None], chroma(rgb, y)), dim=1))
+    pooled = F.avg_pool2d(rgb, 2)
+    uv = chroma(pooled, luma(pooled))
+    return to_u8(torch.cat((y.reshape(n, -1), uv.reshape(n, -1)), dim=1).reshape(n, h * 3 // 2, w))
+
+
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    return KR * rgb[:, 0] + (1 - KR - KB) * rgb[:, 1] + KB * rgb[:, 2]
+
+
+def chroma(rgb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N, 2, H, W): U and V centred on 128."""
+    u = (rgb[:, 2] - y) / (2 * (1 - KB)) + 128.0
+    v = (rgb[:, 0] - y) / (2 * (1 - KR)) + 128.0
+    return torch.stack((u, v), dim=1)
+
+
+def to_u8(t: torch.Tensor) -> torch.Tensor:
+    return t.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def yuv_lut(view: str, colormap: str, device: torch.device) -> torch.Tensor:

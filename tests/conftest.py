@@ -32,6 +32,15 @@ def missing_tool(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small frames gain nothing from threads, and two OpenMP threads crawl on busy shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def manifest(backbone: str) -> dict:
     return json.loads((DATA / f"manifest_{backbone.replace('-', '_')}.json").read_text())
 

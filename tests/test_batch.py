@@ -22,7 +22,7 @@ from streamer.cli.main import main
 from streamer.config import load_config, merge
 from streamer.errors import ConfigError
 
-from conftest import TINY_INPUT, write_video
+from conftest import TINY_INPUT, missing_tool, write_video
 
 TINY = f"{TINY_INPUT[0]}x{TINY_INPUT[1]}"
 NAMES = ("a.mp4", "sub/b.mp4", "sub/c.mkv")
@@ -216,9 +216,7 @@ def ray_cluster():
     try:
         import ray
     except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("ray is not installed, and CI must run the Ray tests: pip install -e '.[dev]'")
-        pytest.skip("ray is not installed (pip install 'streamer[ray]')")
+        missing_tool("ray is not installed (pip install 'streamer[ray]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

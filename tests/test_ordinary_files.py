@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import cv2  # noqa: F401  (before av: see streamer/__init__.py)
 
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from media_corpus import (
     CORPUS,
     FFMPEG,
@@ -32,6 +30,8 @@ from media_corpus import (
 )
 
 from streamer.cli.main import main
+
+from conftest import missing_tool
 
 # The smallest input the model takes: these tests are about containers and timing, not depth, and
 # a few hundred frames must go through in well under a minute on two CPU cores.
@@ -50,18 +50,10 @@ def ffmpeg_cli() -> None:
     """The corpus needs Debian's ffmpeg/ffprobe; without them skip here, but fail on CI."""
     missing = ffmpeg_available()
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"the ordinary-file corpus needs the ffmpeg CLI: {missing}")
-        pytest.skip(f"the ordinary-file corpus needs the ffmpeg CLI: {missing}")
+        missing_tool(f"the ordinary-file corpus needs the ffmpeg CLI: {missing}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny frames gain nothing from threads, and two OpenMP threads crawl on busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def transcode(checkpoint: Path, src: Path, out: Path, *args: str, input_size: str = CORPUS_INPUT) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import os
 import socket
 import sys
 from fractions import Fraction
@@ -18,6 +17,8 @@ from streamer.errors import SinkError
 from streamer.sinks.rerun import RerunSink
 from streamer.types import Frame, Result, StreamInfo
 
+from conftest import missing_tool
+
 H, W = 24, 32
 FX, FY, CX, CY = 500.0, 510.0, 15.5, 11.5
 TIME_BASE = Fraction(1, 90000)
@@ -29,9 +30,7 @@ def need_rerun():
     try:
         return importlib.import_module("rerun")
     except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("rerun-sdk is not installed in CI: pip install rerun-sdk")
-        pytest.skip("rerun-sdk is not installed (pip install rerun-sdk)")
+        missing_tool("rerun-sdk is not installed (pip install rerun-sdk)")
 
 
 def make_result(index: int) -> Result:

@@ -163,17 +163,11 @@ def figures(seq: Sequence, out: list[torch.Tensor]) -> dict[str, float]:
     return result
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Frames of 100x130 pixels are too small to gain from threads, and threads lose on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def sequences(one_thread) -> dict[str, Sequence]:
+def sequences(one_torch_thread) -> dict[str, Sequence]:
     return {"main": make_sequence(MAIN), "held-out": make_sequence(HELD_OUT), "large": make_sequence(LARGE)}
 
 

@@ -11,10 +11,11 @@ import cv2  # noqa: F401
 
 __version__ = "0.1.0"
 
-from streamer.api import DepthEstimator, execute, load_model, load_stage, prepare, run, run_pipeline
+from streamer.api import execute, load_model, load_stage, prepare, run, run_pipeline
 from streamer.config import Config, load_config
 from streamer.detector import Metric3DDetector
 from streamer.errors import StreamerError
+from streamer.estimator import DepthEstimator
 from streamer.sources import open_source
 
 __all__ = [

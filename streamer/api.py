@@ -5,7 +5,7 @@
     stats = streamer.run(cfg)
 
 `prepare` checks the outputs, opens the source and loads the model; `execute` runs it; the CLI
-uses the two to report in between. `DepthEstimator` is for single images in memory.
+uses the two to report in between. `streamer.estimator.DepthEstimator` is for single images.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from pydantic import ValidationError
 
-from streamer.config import Config, ModelConfig, describe_validation_error
+from streamer.config import Config, ModelConfig
 from streamer.engine import worker
 from streamer.engine.compiled import CompiledOrEager
 from streamer.engine.device import resolve_device, resolve_dtype
@@ -32,7 +30,7 @@ from streamer.models.metric3d import Metric3D, build_metric3d
 from streamer.models.metric3d.weights import load_weights, read_checkpoint, resolve_checkpoint
 from streamer.processors.comfy import COMFY_FOCAL, COMFY_FOCAL_NOTE, COMFY_RESOLUTION
 from streamer.processors.controlnet import AuxStage, load_detector
-from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage, short_side_size
+from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.processors.null import NullStage
 from streamer.processors.stabilize_params import parse_params
 from streamer.processors.stabilize_stage import StabilizeStage
@@ -359,40 +357,7 @@ def run_pipeline(source, stage, sinks: list, config: Config | None = None, stats
     return make_pipeline(source, stage, sinks, config, stats).run()
 
 
-class DepthEstimator:
-    """Metric depth for single RGB images: `DepthEstimator().predict(rgb, fx=..., fy=...)`.
-
-    Returns float32 arrays at the image's own size: `depth` (m), `normal` (H, W, 3),
-    `kappa` and `confidence`, plus the fx and fy used. Without fx/fy (here or in the config) a
-    field of view is assumed and a warning logged once: pass the camera's focal for true metres.
-    """
-
-    def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
-        base = (config or ModelConfig()).model_dump()
-        try:
-            self.config = ModelConfig.model_validate({**base, **overrides})
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(exc)) from None
-        self.processor, self.meta = worker.on_device_thread(load_processor, self.config)
-        self.focal = focal_resolver(self.config)
-
-    def predict(self, rgb: np.ndarray, fx: float | None = None, fy: float | None = None) -> dict[str, np.ndarray]:
-        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ValueError("expected an RGB uint8 array of shape (H, W, 3)")
-        if fx is None and fy is None:
-            focal = self.focal(rgb.shape[1], rgb.shape[0])
-            fx, fy = focal.fx, focal.fy
-        fx, fy = fx or fy, fy or fx
-        out_hw = short_side_size(rgb.shape[:2], self.config.resolution) if self.config.resolution else None
-        images = torch.from_numpy(np.ascontiguousarray(rgb))[None].to(self.processor.device)
-        maps = worker.on_device_thread(self.processor, images, fx, fy, out_hw)
-        out = {k: v[0].cpu().numpy() for k, v in maps.items()}
-        out.update(fx=np.float32(fx), fy=np.float32(fy))
-        return out
-
-
 __all__ = [
-    "DepthEstimator",
     "Job",
     "Result",
     "build_sinks",

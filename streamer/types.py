@@ -78,7 +78,3 @@ class StreamInfo:
     # that starts first; outputs put 0 there so the A/V offset stays the input's
     start: Fraction | None = None
     focal: Focal | None = None  # the first frame's focal hint, as on Frame: the CLI reports it before the run
-
-
-class EndOfStream:
-    """Sentinel put on a queue after the last item."""

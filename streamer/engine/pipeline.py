@@ -34,18 +34,18 @@ import torch
 
 from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, PendingDownload
-from streamer.engine.queues import StageQueue
+from streamer.engine.queues import END, StageQueue
 from streamer.engine.shared import SharedStage
+from streamer.engine.sink_runner import SinkRunner
 from streamer.engine.stats import Stats
 from streamer.errors import ConfigError, Interrupted, PipelineError, StopRequested
 from streamer.focal import Focal
 from streamer.processors.outputs import Outputs
 from streamer.processors.stabilize_stage import Ready, StabilizeStage
-from streamer.types import EndOfStream, Frame, Result
+from streamer.types import Frame, Result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-END = EndOfStream()
 POLL_S = 0.1
 MAIN_POLL_S = 0.01  # how often the main thread looks at its sinks (GUI events stay responsive)
 TICK_S = 0.25
@@ -64,54 +64,6 @@ class FrameProcessor(Protocol):
     def __call__(
         self, images: torch.Tensor, wants: set[str], focal_hint: Focal | None = None
     ) -> tuple[dict[str, torch.Tensor], dict]: ...
-
-
-class SinkRunner:
-    """Feeds one sink from its queue, on whichever thread calls `step`, and always closes it."""
-
-    def __init__(self, pipeline: Pipeline, sink, queue: StageQueue) -> None:
-        self.pipeline, self.sink, self.queue = pipeline, sink, queue
-        self.idle = getattr(sink, "idle_interval", None)
-        self.finished = False
-
-    def step(self, timeout: float) -> bool:
-        """Write what arrived within `timeout`; False once the sink is finished."""
-        try:
-            item = self.queue.get(timeout=self.idle or timeout)
-        except Empty:
-            if self.idle:
-                self.sink.idle()
-            return True
-        if item is END:
-            self.finish()
-            return False
-        started = time.perf_counter()
-        try:
-            self.sink.write(item)
-        finally:
-            item.done()
-        self.pipeline.stats.stage(f"sink:{self.sink.name}", time.perf_counter() - started)
-        if self.queue is self.pipeline.queues[0]:
-            self.pipeline.stats.frame_out(item.frame.capture_time)
-        return True
-
-    def finish(self, failed: bool = False) -> None:
-        if not self.finished:
-            self.finished = True
-            self.sink.close(complete=not failed and self.pipeline.outputs_complete())
-
-    def guarded_step(self, timeout: float) -> bool:
-        try:
-            return self.step(timeout)
-        except StopRequested:
-            self.pipeline.person_stop()
-            return True
-        except KeyboardInterrupt:  # Ctrl-C while the main thread wrote: a person's stop, not a failure
-            raise
-        except BaseException as exc:  # recorded with its stage, re-raised by run()
-            self.pipeline.fail(f"sink:{self.sink.name}", exc)
-            self.finish(failed=True)
-            return False
 
 
 class Pipeline:

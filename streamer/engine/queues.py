@@ -16,6 +16,13 @@ from typing import Any
 POLICIES = ("block", "latest")
 
 
+class EndOfStream:
+    """Sentinel put on a queue after the last item."""
+
+
+END = EndOfStream()
+
+
 class StageQueue:
     def __init__(
         self, maxsize: int, policy: str = "block", name: str = "", on_drop: Callable[[Any], None] | None = None

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check in one script (~8 minutes on an H100): CUDA tests, then `streamer bench` for
-# vit-small and vit-large at 616x1064 fp16 with a 1920x1080 source, each switch's effect, the
+# The GPU check in one script (~8 minutes on an H100): CUDA tests (engine and stabiliser), then
+# `streamer bench` for vit-small, vit-large and vit-giant2 at 616x1064 fp16 with a 1920x1080
+# source (each also reports the stabiliser's cost per 1080p frame), each switch's effect, the
 # engine's own ceiling (--processor null) per output format, and GPU utilisation while it runs.
 #
 # usage (repository root, on the GPU machine):  benchmarks/gpu.sh OUTDIR
@@ -25,7 +26,7 @@ SAMPLER=$!
 trap 'kill $SAMPLER 2>/dev/null' EXIT
 
 log "pytest -m gpu"
-timeout 180 python3 -m pytest -m gpu tests/test_cuda.py -q -p no:cacheprovider > "$OUT/pytest-gpu.txt" 2>&1
+timeout 240 python3 -m pytest -m gpu tests/test_cuda.py tests/test_stabilize.py -q -p no:cacheprovider > "$OUT/pytest-gpu.txt" 2>&1
 log "pytest rc=$?"
 
 bench() {  # name, then bench flags

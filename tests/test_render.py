@@ -94,3 +94,17 @@ def test_only_what_the_sinks_need_is_made(tmp_path):
     assert made["picture:0"].dtype == torch.uint8 and made["picture:0"].shape == (1, 9, 8)  # 4:2:0 planes
     assert made["depth_mm"].dtype == torch.uint16 and int(made["depth_mm"][0, 0, 0]) == 1234
     assert to_millimetres(torch.tensor([70.0])).item() == 65535
+
+
+def test_side_by_side_planes_match_the_rgb_path(depths):
+    """The fast path (input half converted, depth half by table) gives the same luma as converting
+    the whole RGB picture, and the input half's chroma too."""
+    image = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (1, 48, 64, 3), dtype=np.uint8))
+    maps = {"depth": torch.from_numpy(depths[:1]), "image": image}
+    fast = Renderer(PictureSettings("side-by-side", range="frame", pixel_format="yuv420p"))(maps)
+    rgb = Renderer(PictureSettings("side-by-side", range="frame"))(maps)
+    slow = rgb_to_yuv(rgb, "yuv420p")
+    assert fast.shape == slow.shape == (1, 72, 128)
+    assert (fast[0, :48].int() - slow[0, :48].int()).abs().max() <= 1
+    u_fast, u_slow = fast[0, 48:].reshape(-1)[: 24 * 64].reshape(24, 64), slow[0, 48:].reshape(-1)[: 24 * 64].reshape(24, 64)
+    assert (u_fast[:, :32].int() - u_slow[:, :32].int()).abs().max() <= 1

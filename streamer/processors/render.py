@@ -171,6 +171,20 @@ def levels_to_yuv(levels: torch.Tensor, lut: torch.Tensor, pixel_format: str) ->
     return torch.cat((y.reshape(n, -1), uv), dim=1).reshape(n, h * 3 // 2, w)
 
 
+def side_by_side_yuv420(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Two (N, H*3/2, W) yuv420p pictures -> one (N, H*3/2, 2W): each plane joined side by side."""
+    n, rows, w = left.shape
+    h = rows * 2 // 3
+    sizes = (h * w, h * w // 4, h * w // 4)
+    shapes = ((h, w), (h // 2, w // 2), (h // 2, w // 2))
+    planes = []
+    for a, b, shape in zip(
+        left.reshape(n, -1).split(sizes, 1), right.reshape(n, -1).split(sizes, 1), shapes, strict=True
+    ):
+        planes.append(torch.cat((a.reshape(n, *shape), b.reshape(n, *shape)), dim=2).reshape(n, -1))
+    return torch.cat(planes, dim=1).reshape(n, rows, 2 * w)
+
+
 class Renderer:
     """One sink's pictures, made on the device from the maps; keeps that sink's display range."""
 
@@ -217,10 +231,16 @@ class Renderer:
         s = self.settings
         if s.pixel_format == "rgb24":
             return self.pictures(maps).contiguous()
-        if s.view in ("gray", "color") and s.fit is None and "picture" not in maps:  # the common case, by table
-            return levels_to_yuv(
-                self.levels(maps["depth"]), yuv_lut(s.view, s.colormap, maps["depth"].device), s.pixel_format
-            )
+        if s.fit is None and "picture" not in maps and s.view in ("gray", "color", "side-by-side"):
+            depth = maps["depth"]
+            n, h, w = depth.shape
+            if s.view == "side-by-side" and not (s.pixel_format == "yuv420p" and h % 2 == 0 and w % 2 == 0):
+                return rgb_to_yuv(self.pictures(maps), s.pixel_format)
+            view = "color" if s.view == "side-by-side" else s.view  # the common cases: depth by table
+            planes = levels_to_yuv(self.levels(depth), yuv_lut(view, s.colormap, depth.device), s.pixel_format)
+            if s.view == "side-by-side":  # only the input's half goes through colour maths
+                return side_by_side_yuv420(rgb_to_yuv(resize_u8(maps["image"], (h, w)), "yuv420p"), planes)
+            return planes
         return rgb_to_yuv(self.pictures(maps), s.pixel_format)
 
 

@@ -106,16 +106,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def engine_kwargs(cfg: Config) -> dict:
-    e = cfg.engine
-    return dict(
-        batch_size=e.batch_size, queue_size=e.queue_size, pinned_memory=e.pinned_memory, cuda_stream=e.cuda_stream
-    )
-
-
 def run_model_only(stage, images: list[np.ndarray], cfg: Config) -> float:
     started = time.perf_counter()
-    stats = Pipeline(MemorySource(images), stage, [], **engine_kwargs(cfg)).run()
+    stats = make_pipeline(MemorySource(images), stage, [], cfg).run()
     sync(stage.device)
     return stats["frames_out"] / (time.perf_counter() - started)
 
@@ -214,13 +207,13 @@ def bench_run(
     threads = ThreadBudget.plan(resolve_device(cfg.model.device).type, cfg.engine.threads)
     stage = worker.on_device_thread(_setup, cfg, threads)
     device = stage.device
+    result = setup_figures(cfg, stage, threads, source_size, frames)
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.stabilize = "off"  # the engine comparisons do the same work; the stabiliser is timed alone
     images = [pattern_image(*source_size, i / 30) for i in range(frames)]
     run_model_only(stage, images[: max(2, cfg.engine.batch_size * 2)], cfg)  # warm-up, lazy inits, compilation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result = setup_figures(cfg, stage, threads, source_size, frames)
-    cfg = cfg.model_copy(deep=True)
-    cfg.model.stabilize = "off"  # the engine comparisons do the same work; the stabiliser is timed alone
     with TemporaryDirectory() as tmp:
         video = synthetic_video(Path(tmp) / "in.mp4", frames, source_size)
         model_only = run_model_only(stage, images, cfg)

@@ -72,6 +72,31 @@ def no_leaked_threads():
     assert not leaked, f"threads left running: {leaked}"
 
 
+def encode_images(
+    path: Path,
+    images,
+    rate: int = 10,
+    codec: str = "libx264",
+    options: dict | None = None,
+    metadata: dict | None = None,
+) -> Path:
+    """Encode RGB uint8 pictures as frames 0, 1, 2... (`options` for the container, `metadata` its tags)."""
+    images = list(images)
+    h, w = images[0].shape[:2]
+    with av.open(str(path), "w", options=options or {}) as container:
+        container.metadata.update(metadata or {})
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i, image in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
 def write_video(
     path: Path,
     frames: int = 8,

@@ -7,7 +7,6 @@ import json
 import math
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -18,7 +17,7 @@ from streamer.errors import SinkError
 from streamer.sinks.ply import PlySink
 from streamer.sinks.rerun import RerunSink
 
-from conftest import TINY_INPUT, write_video
+from conftest import TINY_INPUT, encode_images, write_video
 from test_focal import APPLE_F35, jpeg_with_exif
 from test_rerun import need_rerun, read_columns
 
@@ -123,20 +122,14 @@ def test_comfy_mode_keeps_the_nodes_1000_px(tmp_path, checkpoint, capsys):
 
 def video_with_focal_metadata(path: Path, frames: int = 3) -> Path:
     """A QuickTime file carrying Apple's 35 mm equivalent key, as an iPhone writes it."""
-    with av.open(str(path), "w", options={"movflags": "use_metadata_tags"}) as container:
-        container.metadata[APPLE_F35] = "26"
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        for i in range(frames):
-            image = np.full((H, W, 3), 40 * i, np.uint8)
-            image[:, : W // 2] = 200
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
+    images = []
+    for i in range(frames):
+        image = np.full((H, W, 3), 40 * i, np.uint8)
+        image[:, : W // 2] = 200
+        images.append(image)
+    return encode_images(
+        path, images, codec="mpeg4", options={"movflags": "use_metadata_tags"}, metadata={APPLE_F35: "26"}
+    )
 
 
 def test_transcode_to_point_clouds_with_stride_and_video_metadata_focal(tmp_path, checkpoint, capsys):

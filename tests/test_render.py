@@ -106,5 +106,8 @@ def test_side_by_side_planes_match_the_rgb_path(depths):
     slow = rgb_to_yuv(rgb, "yuv420p")
     assert fast.shape == slow.shape == (1, 72, 128)
     assert (fast[0, :48].int() - slow[0, :48].int()).abs().max() <= 1
-    u_fast, u_slow = fast[0, 48:].reshape(-1)[: 24 * 64].reshape(24, 64), slow[0, 48:].reshape(-1)[: 24 * 64].reshape(24, 64)
+    u_fast, u_slow = (
+        fast[0, 48:].reshape(-1)[: 24 * 64].reshape(24, 64),
+        slow[0, 48:].reshape(-1)[: 24 * 64].reshape(24, 64),
+    )
     assert (u_fast[:, :32].int() - u_slow[:, :32].int()).abs().max() <= 1

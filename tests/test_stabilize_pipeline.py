@@ -30,7 +30,7 @@ from streamer.sinks.images import decode_exr
 from streamer.sources import PatternSource, VideoSource
 from streamer.sources.testsrc import pattern_image
 
-from conftest import TINY_INPUT, video_timestamps, write_video
+from conftest import TINY_INPUT, encode_images, video_timestamps, write_video
 
 TINY = f"{TINY_INPUT[0]}x{TINY_INPUT[1]}"
 
@@ -58,21 +58,9 @@ def transcode(checkpoint, *args: str) -> int:
 def write_cut_video(path: Path, frames: int = 20, cut: int = 10, size: tuple[int, int] = (96, 64), rate: int = 10):
     """A clip whose content changes abruptly at frame `cut`: the test pattern, then its negative
     with the colour channels turned around (the disc keeps moving in both scenes)."""
-    w, h = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for i in range(frames):
-            image = pattern_image(w, h, i / rate)
-            if i >= cut:
-                image = np.ascontiguousarray(255 - image[..., ::-1])
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
+    images = [pattern_image(*size, i / rate) for i in range(frames)]
+    images[cut:] = [np.ascontiguousarray(255 - image[..., ::-1]) for image in images[cut:]]
+    return encode_images(path, images, rate)
 
 
 def test_lookahead_through_the_engine_gives_each_frame_its_own_depth_in_order(tmp_path, stage):

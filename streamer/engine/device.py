@@ -144,10 +144,6 @@ class PendingDownload:
         self._event = event
         self.lease = lease
 
-    def ready(self) -> bool:
-        """True once the copy has finished (never blocks)."""
-        return self._event is None or self._event.query()
-
     def wait(self) -> dict[str, np.ndarray]:
         """The arrays, as views of the slot: valid until every holder of `lease` has released it."""
         if self._event is not None:

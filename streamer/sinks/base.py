@@ -8,13 +8,12 @@ from pathlib import Path
 
 from streamer.errors import SinkError
 from streamer.types import METRIC16_SCALE, Result, StreamInfo
-from streamer.views import PictureSettings
+from streamer.views import VIEW_FORMATS, PictureSettings
 
 METRIC16_MAX_M = 65535 * METRIC16_SCALE
-PICTURE_FORMATS = ("gray", "color", "normal", "side-by-side")
 # what each output format reads from a result (see streamer/processors/outputs.py)
 FORMAT_NEEDS = {
-    **{fmt: "picture" for fmt in PICTURE_FORMATS},
+    **{fmt: "picture" for fmt in VIEW_FORMATS},
     "metric16": "depth_mm",
     "comfy-depth": "comfy_depth",
     "comfy-normal": "comfy_normal",
@@ -58,7 +57,7 @@ def format_needs(fmt: str) -> frozenset[str]:
 
 def format_picture(fmt: str, settings: PictureSettings | None) -> PictureSettings | None:
     """The picture settings a file output uses: its view is the format itself."""
-    if fmt not in PICTURE_FORMATS:
+    if fmt not in VIEW_FORMATS:
         return None
     settings = settings or PictureSettings()
     return PictureSettings(fmt, settings.colormap, settings.range, settings.near, settings.far)

@@ -46,6 +46,8 @@ Run it again to continue: finished outputs are skipped; a table and depth/batch-
 @render_options
 @click.option("--codec", help="Encoder, as for transcode.  [default: by container]")
 @click.option("--crf", type=int, help="x264/x265 quality, lower is better.  [default: 18]")
+@click.option("--start", type=float, help="Start each video at this many seconds.")
+@click.option("--end", type=float, help="Stop each video at this many seconds.")
 @click.option("--audio/--no-audio", default=None, help="Copy the input's audio.  [default: on]")
 @click.option("--overwrite", is_flag=True, default=None, help="Also replace existing files this batch did not make.")
 @click.option(

@@ -44,20 +44,19 @@ def batch(capsys, *args: str) -> tuple[int, str, dict]:
     return code, err, files
 
 
-def test_a_shorter_rerun_of_a_frame_sequence_leaves_no_stale_frames(videos, tmp_path, capsys):
+@pytest.mark.parametrize(("fmt", "suffix"), [("metric16", ".png"), ("exr", ".exr")])
+def test_a_shorter_rerun_of_a_frame_sequence_leaves_no_stale_frames(videos, tmp_path, capsys, fmt, suffix):
     out = tmp_path / "out"
-    flags = ["--format", "metric16", "--container", "images"]
+    flags = ["--format", fmt, "--container", "images"]
     assert batch(capsys, str(videos / "a.mp4"), "-o", str(out), *flags)[0] == 0
-    assert len(list((out / "a").glob("frame_*.png"))) == 20
-    config = tmp_path / "trim.yaml"
-    config.write_text("source: {end: 1.0}\n")  # other settings: the sequence is made again, shorter
-    code, err, files = batch(capsys, str(videos / "a.mp4"), "-o", str(out), *flags, "--config", str(config))
+    assert len(list((out / "a").glob(f"frame_*{suffix}"))) == 20
+    # other settings (a trim): the sequence is made again, shorter
+    code, err, files = batch(capsys, str(videos / "a.mp4"), "-o", str(out), *flags, "--end", "1.0")
     assert code == 0 and files["a.mp4"]["status"] == "done", err
     sidecar = json.loads((out / "a/metadata.json").read_text())
     assert sidecar["frames"] == 10 and sidecar["complete"] is True
-    assert sorted(p.name for p in (out / "a").iterdir()) == [f"frame_{i:06d}.png" for i in range(10)] + [
-        "metadata.json"
-    ]
+    frames = [f"frame_{i:06d}{suffix}" for i in range(10)]
+    assert sorted(p.name for p in (out / "a").iterdir()) == [*frames, "metadata.json"]
 
 
 def test_a_crash_between_rename_and_sidecar_leaves_an_output_the_rerun_makes_again(
@@ -85,9 +84,7 @@ def test_a_crash_between_rename_and_sidecar_leaves_an_output_the_rerun_makes_aga
 
 def test_a_failed_file_leaves_no_claim_behind(videos, tmp_path, capsys):
     out = tmp_path / "out"
-    config = tmp_path / "late.yaml"
-    config.write_text("source: {start: 30}\n")
-    code, err, files = batch(capsys, str(videos / "a.mp4"), "-o", str(out), "--config", str(config))
+    code, err, files = batch(capsys, str(videos / "a.mp4"), "-o", str(out), "--start", "30")
     assert code == 1 and files["a.mp4"]["status"] == "failed"
     assert sorted(p.name for p in out.iterdir()) == ["batch-report.json"]
 

@@ -26,6 +26,7 @@ from streamer.batch.report import DONE, FAILED, INTERRUPTED, PENDING, Item, Outc
 from streamer.batch.resume import (
     COMPLETE,
     FOREIGN,
+    STALE,
     SidecarFields,
     claim,
     complete_outcome,
@@ -94,9 +95,10 @@ class FileWorker:
         cfg = self.cfg.model_copy(deep=True)
         cfg.source.uri, cfg.source.live = item.input, False
         cfg.output.path = output = Path(item.output)
-        cfg.output.overwrite = cfg.output.overwrite or item.replace
+        state = output_state(output, item.record)  # now: a dead worker's retry finds its own leftovers
+        cfg.output.overwrite = cfg.output.overwrite or item.replace or state == STALE
         output.parent.mkdir(parents=True, exist_ok=True)
-        if cfg.output.overwrite or output_state(output, item.record) != FOREIGN:
+        if cfg.output.overwrite or state != FOREIGN:
             claim(output, item.record)
         try:
             return self._run_pipeline(item, cfg)

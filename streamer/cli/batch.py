@@ -73,9 +73,10 @@ def batch(cfg: Config, flags: dict) -> None:
     """Transcode many videos, resumably: files, folders, globs or @list.txt of paths.
 
     Each output is written as NAME.partial.EXT and renamed when complete, with its JSON sidecar,
-    which also records the input's size and time and a hash of the settings: a rerun skips
-    outputs that are complete and match, so an interrupted batch continues where it stopped.
-    A failing input is reported and the others go on.
+    which also records the input (size, time, a hash of its ends) and a hash of the settings,
+    device and precision: a rerun skips outputs that are complete and match, wherever the same
+    file is reached from, so an interrupted batch continues where it stopped. A failing input
+    is reported and the others go on; a damaged one is reported alike on every run.
     """
     backend = "local" if flags["ray_address"] is None else "ray"
     bar = ProgressBar()

@@ -272,6 +272,7 @@ class Job:
     sinks: list[Sink]
     stage: Metric3DStage | AuxStage | NullStage | SharedStage
     threads: ThreadBudget
+    length: float | None = None  # seconds, where the input file says (read while it is open)
 
     @property
     def focal(self) -> Focal | None:
@@ -301,19 +302,26 @@ def prepare(
     threads = ThreadBudget.plan(resolve_device(cfg.model.device).type, cfg.engine.threads)
     sinks = build_sinks(cfg, threads) if sinks is None else sinks
     source = open_source(cfg.source, threads.decode) if source is None else source
+    length = getattr(source, "duration", None)
     if stage is not None:
-        return Job(cfg, source, sinks, stage, threads)
+        return Job(cfg, source, sinks, stage, threads, length)
     try:
         stabilize_mode(cfg, source, sinks)  # a wrong mode fails before the model loads
-        if announce is not None:
-            processor = cfg.model.processor
-            announce(f"loading {processor if processor != 'metric3d' else cfg.model.backbone} ...")
+        if announce is not None and model_name(cfg.model):
+            announce(f"loading {model_name(cfg.model)} ...")
         comfy = any(need.startswith("comfy") for sink in sinks for need in sink.needs)
         stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch, warn)
     except BaseException:
         source.close()
         raise
-    return Job(cfg, source, sinks, stage, threads)
+    return Job(cfg, source, sinks, stage, threads, length)
+
+
+def model_name(cfg: ModelConfig) -> str | None:
+    """The model a run loads (what a person waits for): a backbone, a preprocessor, or None for null."""
+    if cfg.processor == "null":
+        return None
+    return cfg.backbone if cfg.processor == "metric3d" else cfg.processor
 
 
 def make_pipeline(source, stage, sinks: list, config: Config | None = None, stats: Stats | None = None) -> Pipeline:
@@ -333,18 +341,41 @@ def execute(
 ) -> dict:
     """Run a prepared job to its end; a damaged input is reported (`check`) after its frames were written."""
     result = make_pipeline(job.source, job.stage, job.sinks, job.config, stats).run(tick)
+    check_range(job, result)
     if check:
         check_damage(job, result)
     return result
 
 
+def check_range(job: Job, result: dict) -> None:
+    """A trim that kept no frame is an error, not an empty success: it says whether the start lies
+    past the end (with the clip's length) or the range holds no frame.
+
+    An empty range (start >= end) is refused with the config; a range past the end is judged
+    once the file was read, since the length a header declares is not always the truth."""
+    src = job.config.source
+    if result["frames_out"] or result.get("stopped_by_person") or (src.start is None and src.end is None):
+        return
+    length = job.length
+    clip = job.source.info.name if length is None else f"{job.source.info.name} ({length:.2f} s long)"
+    if src.start is not None and length is not None and src.start >= length:
+        raise SourceError(f"--start {src.start:g} s is past the end of {clip}", hint=f"start before {length:.2f} s")
+    span = f"between {src.start or 0:g} s and {src.end:g} s" if src.end is not None else f"after {src.start:g} s"
+    raise SourceError(f"no frames {span} of {clip}", hint="widen the range given by --start and --end")
+
+
 def check_damage(job: Job, result: dict) -> None:
     damage = getattr(job.source, "damage", None)
     if damage:
-        raise SourceError(
-            f"input {job.source.info.name} is damaged: {damage}",
-            hint=f"the output is complete for the {result['frames_out']} frames that could be decoded",
-        )
+        raise damage_error(job.source.info.name, damage, result["frames_out"])
+
+
+def damage_error(name: str, damage: str, frames: int) -> SourceError:
+    """How a damaged input is reported: by every run, and by a batch rerun from the sidecar's record."""
+    return SourceError(
+        f"input {name} is damaged: {damage}",
+        hint=f"the output is complete for the {frames} frames that could be decoded",
+    )
 
 
 def run(cfg: Config, tick: Callable[[Stats], None] | None = None) -> dict:
@@ -363,6 +394,8 @@ __all__ = [
     "build_sinks",
     "build_stabilizer",
     "check_damage",
+    "check_range",
+    "damage_error",
     "execute",
     "file_sink",
     "focal_resolver",
@@ -370,6 +403,7 @@ __all__ = [
     "load_processor",
     "load_stage",
     "make_pipeline",
+    "model_name",
     "picture_settings",
     "place_model",
     "ply_sink",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from streamer.errors import ConfigError
 from streamer.focal import Focal, given_focal
@@ -44,6 +44,14 @@ class SourceConfig(Section):
     frames: int | None = Field(None, ge=1, description="stop after this many frames")
     live: bool | None = Field(None, description="drop stale frames (default: true for cameras/URLs)")
     pace: bool | None = Field(None, description="play files in real time (default: when they feed live outputs)")
+
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, v: float | None, info: ValidationInfo) -> float | None:
+        start = info.data.get("start")
+        if v is not None and start is not None and v <= start:
+            raise ValueError(f"the range from start {start:g} s to end {v:g} s is empty; end must be after start")
+        return v
 
 
 class ModelConfig(Section):

@@ -111,7 +111,7 @@ def test_settings_fingerprint_follows_what_changes_the_output():
 
     base = fingerprint({})
     same = [
-        {"model": {"checkpoint": "/elsewhere/w.pth", "device": "cpu"}},
+        {"model": {"checkpoint": "/elsewhere/w.pth", "local_files_only": True}},
         {"engine": {"threads": 1, "batch_size": 4}},
         {"output": {"path": "x.mkv", "overwrite": True}},
         {"source": {"uri": "other.mp4", "pace": True}},

@@ -143,3 +143,10 @@ def output_for(relative: Path, outdir: Path, container: str) -> Path:
     """`sub/clip.mp4` -> OUTDIR/sub/clip.mkv (videos) or OUTDIR/sub/clip/ (image sequences)."""
     stem = outdir / relative.with_suffix("")
     return stem if container == "images" else stem.with_name(f"{stem.name}.{container}")
+
+
+def container_of(output: Path) -> str:
+    """The container an output was planned in (the inverse of output_for's choice): a folder of
+    images unless it ends in a video container's suffix (`my.take` is a folder)."""
+    suffix = Path(output).suffix.lstrip(".")
+    return suffix if suffix in CONTAINERS and suffix != "images" else "images"

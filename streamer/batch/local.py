@@ -15,13 +15,26 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from streamer import api
-from streamer.batch.report import DONE, FAILED, INTERRUPTED, PENDING, SKIPPED, Item, Outcome, Progress
-from streamer.batch.resume import COMPLETE, frames_of, output_state
+from streamer.batch.inputs import container_of
+from streamer.batch.report import DONE, FAILED, INTERRUPTED, PENDING, Item, Outcome, Progress
+from streamer.batch.resume import (
+    COMPLETE,
+    FOREIGN,
+    STALE,
+    SidecarFields,
+    claim,
+    complete_outcome,
+    output_state,
+    release,
+    runs_on,
+    settings_fingerprint,
+)
 from streamer.config import Config
 from streamer.engine import worker
 from streamer.engine.device import resolve_device
@@ -29,7 +42,7 @@ from streamer.engine.pipeline import Pipeline
 from streamer.engine.shared import SharedStage, run_concurrently
 from streamer.engine.stats import Stats
 from streamer.engine.threads import ThreadBudget
-from streamer.errors import Interrupted, StreamerError
+from streamer.errors import Interrupted, SourceError, StreamerError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +59,7 @@ class FileWorker:
         comfy = cfg.output.format.startswith("comfy")
         stage = worker.on_model_thread(key, api.load_stage, cfg.model, comfy, self.threads.torch)
         self.stage = SharedStage(stage, key)
+        self.where = runs_on(cfg)
         self._lock = threading.Lock()
         self._running: dict[str, tuple[Pipeline, Stats]] = {}
         self._stopping = False
@@ -54,10 +68,11 @@ class FileWorker:
         """Transcode one input, unless its output is complete already; never raises: a failure
         is the outcome's reason, so one bad file does not stop the others."""
         started = time.monotonic()
+        item = self.as_made_here(item)
         try:
             if output_state(Path(item.output), item.record) == COMPLETE:  # e.g. a retry after a crash
-                return Outcome.of(item, SKIPPED, "complete", frames_of(Path(item.output)))
-            frames = self._transcode(item)
+                return complete_outcome(item, Path(item.output))
+            frames, damage = self._transcode(item)
         except Interrupted as exc:
             return Outcome.of(item, INTERRUPTED, exc.message, seconds=time.monotonic() - started)
         except StreamerError as exc:
@@ -65,17 +80,37 @@ class FileWorker:
         except Exception as exc:  # a bug or an odd file: reported with the file, the batch goes on
             log.debug("%s failed", item.input, exc_info=exc)
             return Outcome.of(item, FAILED, f"unexpected {type(exc).__name__}: {exc}")
-        return Outcome.of(item, DONE, frames=frames, seconds=time.monotonic() - started)
+        status = FAILED if damage else DONE  # a damaged input: its output is complete, and it is said
+        return Outcome.of(item, status, damage or "", frames, time.monotonic() - started)
 
-    def _transcode(self, item: Item) -> int:
+    def as_made_here(self, item: Item) -> Item:
+        """The item with the settings hash of the device and precision this worker's model runs in
+        (the planner guessed them from its own machine, which on a cluster may have no GPU)."""
+        settings = settings_fingerprint(self.cfg, container_of(Path(item.output)), self.where)
+        return replace(item, record={**item.record, "settings": settings})
+
+    def _transcode(self, item: Item) -> tuple[int, str | None]:
+        """-> (frames written, the input's damage report or None). The output is claimed first, and
+        the claim taken back if nothing was written (see batch/resume.py)."""
         cfg = self.cfg.model_copy(deep=True)
         cfg.source.uri, cfg.source.live = item.input, False
-        cfg.output.path = Path(item.output)
-        cfg.output.overwrite = cfg.output.overwrite or item.replace
-        Path(item.output).parent.mkdir(parents=True, exist_ok=True)
-        sink = api.file_sink(cfg, item.output, [item.input], self.threads.encode, {"batch": item.record})
+        cfg.output.path = output = Path(item.output)
+        state = output_state(output, item.record)  # now: a dead worker's retry finds its own leftovers
+        cfg.output.overwrite = cfg.output.overwrite or item.replace or state == STALE
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if cfg.output.overwrite or state != FOREIGN:
+            claim(output, item.record)
+        try:
+            return self._run_pipeline(item, cfg)
+        finally:
+            release(output, item.record)
+
+    def _run_pipeline(self, item: Item, cfg: Config) -> tuple[int, str | None]:
+        fields = SidecarFields(item.record)
+        sink = api.file_sink(cfg, item.output, [item.input], self.threads.encode, fields)
         api.check_processor_format(cfg, [sink])
         job = api.prepare(cfg, [sink], stage=self.stage)
+        fields.source = job.source
         stats = Stats()
         try:
             pipeline = api.make_pipeline(job.source, job.stage, job.sinks, cfg, stats)
@@ -91,8 +126,12 @@ class FileWorker:
         finally:
             with self._lock:
                 self._running.pop(item.relative, None)
-        api.check_damage(job, result)
-        return result["frames_out"]
+        api.check_range(job, result)
+        try:
+            api.check_damage(job, result)
+        except SourceError as exc:
+            return result["frames_out"], exc.one_line()
+        return result["frames_out"], None
 
     def progress(self) -> dict[str, int]:
         """Frames written so far by each file in flight."""
@@ -131,7 +170,8 @@ def run_local(
     if announce is not None:
         files = f"{workers} file{'s' if workers > 1 else ''} at a time"
         where = f"one per GPU on {len(devices)} GPUs, {files} each" if len(devices) > 1 else files
-        announce(f"loading {cfg.model.backbone} ({where}) ...")
+        name = api.model_name(cfg.model)
+        announce(f"loading {name} ({where}) ..." if name else f"processor null, no model ({where}) ...")
     config = cfg.model_dump(mode="json")
     models = [FileWorker(config, device, device or "") for device in devices]
     busy = [0] * len(models)

@@ -26,10 +26,19 @@ from streamer.batch.inputs import (
     relative_name,
 )
 from streamer.batch.local import run_local
-from streamer.batch.report import FAILED, REPORT_NAME, SKIPPED, BatchReport, Item, Outcome, Progress
-from streamer.batch.resume import COMPLETE, STALE, frames_of, input_record, output_state, settings_fingerprint
+from streamer.batch.report import FAILED, REPORT_NAME, BatchReport, Item, Outcome, Progress
+from streamer.batch.resume import (
+    COMPLETE,
+    STALE,
+    CompleteOutputs,
+    complete_outcome,
+    input_record,
+    output_state,
+    settings_fingerprint,
+)
 from streamer.config import Config
-from streamer.errors import ConfigError, StreamerError
+from streamer.errors import ConfigError, SinkError, StreamerError
+from streamer.sinks.base import check_writable
 from streamer.sources import VideoSource
 
 
@@ -57,6 +66,7 @@ def run_batch(
         raise ConfigError(f"--workers must be at least 1, not {workers}")
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown batch backend {backend!r}", hint="local or ray")
+    check_outdir(outdir)
     items, outcomes, settings = plan(cfg, inputs, outdir, container)
     report = BatchReport(str(outdir), backend, settings, workers, outcomes)
     if items:
@@ -73,6 +83,20 @@ def run_batch(
     return report
 
 
+def check_outdir(outdir: Path) -> None:
+    """The output folder, or the folder it will be made in, must be a folder this process may write
+    to: checked as every command checks its output, before any input is read."""
+    existing = outdir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    check_writable(existing)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SinkError(f"cannot create {outdir}: {exc.strerror}", hint="choose a directory you can write to") from exc
+    check_writable(outdir)
+
+
 def plan(cfg: Config, inputs: list[str], outdir: Path, container: str) -> tuple[list[Item], list[Outcome], str]:
     """-> the items to run, the outcomes known already (skipped, failed), the settings hash."""
     found = find_inputs(inputs, outdir)
@@ -81,11 +105,11 @@ def plan(cfg: Config, inputs: list[str], outdir: Path, container: str) -> tuple[
             f"no video files found in {' '.join(inputs)}",
             hint=f"give video files ({' '.join(sorted(VIDEO_INPUT_SUFFIXES))}), folders, globs or @list.txt",
         )
-    outdir.mkdir(parents=True, exist_ok=True)
     settings = settings_fingerprint(cfg, container)
     outcomes = [Outcome(arg, arg, "", FAILED, f"{arg} names no file; check the path") for arg in found.missing]
     items: list[Item] = []
     owners: dict[Path, str] = {}
+    made = CompleteOutputs(outdir)
     for path in found.files:
         relative = relative_name(path, found.root)
         output = output_for(relative, outdir, container)
@@ -94,7 +118,7 @@ def plan(cfg: Config, inputs: list[str], outdir: Path, container: str) -> tuple[
             outcomes.append(Outcome(relative.as_posix(), str(path), str(output), FAILED, reason))
             continue
         owners[output] = relative.as_posix()
-        item, outcome = plan_one(path, relative, output, settings)
+        item, outcome = plan_one(path, relative, output, settings, made)
         if item is not None:
             items.append(item)
         if outcome is not None:
@@ -102,15 +126,21 @@ def plan(cfg: Config, inputs: list[str], outdir: Path, container: str) -> tuple[
     return items, outcomes, settings
 
 
-def plan_one(path: Path, relative: Path, output: Path, settings: str) -> tuple[Item | None, Outcome | None]:
-    """Skip a complete output; report an input that cannot be opened; else an item to run."""
+def plan_one(
+    path: Path, relative: Path, output: Path, settings: str, made: CompleteOutputs
+) -> tuple[Item | None, Outcome | None]:
+    """Skip a complete output (where this root puts it, or where another root put it); report an
+    input that cannot be opened; else an item to run."""
     try:
         item = Item(str(path), relative.as_posix(), str(output), input_record(path, relative, settings))
     except OSError as exc:
         return None, Outcome(relative.as_posix(), str(path), str(output), FAILED, f"cannot read {path}: {exc}")
     state = output_state(output, item.record)
     if state == COMPLETE:
-        return None, Outcome.of(item, SKIPPED, "complete", frames_of(output))
+        return None, complete_outcome(item, output)
+    elsewhere = made.find(item.record)
+    if elsewhere is not None:
+        return None, complete_outcome(item, elsewhere)
     try:
         frames = probe(path)
     except StreamerError as exc:

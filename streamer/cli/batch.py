@@ -46,6 +46,8 @@ Run it again to continue: finished outputs are skipped; a table and depth/batch-
 @render_options
 @click.option("--codec", help="Encoder, as for transcode.  [default: by container]")
 @click.option("--crf", type=int, help="x264/x265 quality, lower is better.  [default: 18]")
+@click.option("--start", type=float, help="Start each video at this many seconds.")
+@click.option("--end", type=float, help="Stop each video at this many seconds.")
 @click.option("--audio/--no-audio", default=None, help="Copy the input's audio.  [default: on]")
 @click.option("--overwrite", is_flag=True, default=None, help="Also replace existing files this batch did not make.")
 @click.option(
@@ -71,9 +73,10 @@ def batch(cfg: Config, flags: dict) -> None:
     """Transcode many videos, resumably: files, folders, globs or @list.txt of paths.
 
     Each output is written as NAME.partial.EXT and renamed when complete, with its JSON sidecar,
-    which also records the input's size and time and a hash of the settings: a rerun skips
-    outputs that are complete and match, so an interrupted batch continues where it stopped.
-    A failing input is reported and the others go on.
+    which also records the input (size, time, a hash of its ends) and a hash of the settings,
+    device and precision: a rerun skips outputs that are complete and match, wherever the same
+    file is reached from, so an interrupted batch continues where it stopped. A failing input
+    is reported and the others go on; a damaged one is reported alike on every run.
     """
     backend = "local" if flags["ray_address"] is None else "ray"
     bar = ProgressBar()

@@ -73,12 +73,17 @@ def check_output(path: Path, overwrite: bool, inputs: list[str | Path] = ()) -> 
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         raise SinkError(f"output directory {parent} does not exist", hint="create it first or choose another -o")
-    if not parent.is_dir():
-        raise SinkError(f"{parent} is not a directory", hint="choose another -o")
-    if not os.access(parent, os.W_OK):
-        raise SinkError(f"output directory {parent} is not writable", hint="choose a directory you can write to")
+    check_writable(parent)
     if path.exists() and not overwrite:
         raise SinkError(f"output {path} already exists", hint="pass --overwrite to replace it")
+
+
+def check_writable(directory: Path) -> None:
+    """An existing output directory must be a directory this process may write to."""
+    if not directory.is_dir():
+        raise SinkError(f"{directory} is not a directory", hint="choose another -o")
+    if not os.access(directory, os.W_OK):
+        raise SinkError(f"output directory {directory} is not writable", hint="choose a directory you can write to")
 
 
 def partial_path(path: Path) -> Path:

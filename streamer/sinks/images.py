@@ -10,6 +10,7 @@ import cv2
 
 import io
 import os
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -93,6 +94,7 @@ class ImageSequenceSink(Sink):
         self.write_metadata = write_metadata
         self.name = f"images:{self.directory.name or '.'}{name_suffix}{self.suffix}"
         self.frames_written = 0
+        self.written: set[str] = set()  # file names this run wrote: the others of an earlier run are stale
         self.meta: dict = {}
         self.focals = ImageFocals()
         self.stats = None
@@ -118,6 +120,15 @@ class ImageSequenceSink(Sink):
         stem = result.frame.name or f"frame_{result.frame.index:06d}"
         return self.directory / f"{stem}{self.name_suffix}{self.suffix}"
 
+    def remove_stale_frames(self) -> None:
+        """A replaced sequence keeps no frame of the earlier run: a shorter rerun of a video must not
+        leave the old frames past its end. Only numbered frames of this format go; named ones
+        (a folder of photos) may be other runs' results and stay."""
+        numbered = re.compile(rf"frame_\d{{6,}}{re.escape(self.name_suffix + self.suffix)}")
+        for path in self.directory.iterdir():
+            if numbered.fullmatch(path.name) and path.name not in self.written:
+                path.unlink(missing_ok=True)
+
     def encode(self, result: Result) -> bytes:
         if self.fmt == "metric16":
             return encode_png(result.maps["depth_mm"])
@@ -141,10 +152,13 @@ class ImageSequenceSink(Sink):
             tmp.unlink(missing_ok=True)
             raise SinkError(f"writing {path} failed: {exc.strerror}", hint="check free disk space") from exc
         self.frames_written += 1
+        self.written.add(path.name)
         self.meta = result.meta
         self.focals.note(result)
 
     def close(self, complete: bool) -> None:
+        if self.overwrite and self.frames_written:
+            self.remove_stale_frames()
         if not self.write_metadata or self.frames_written == 0:
             return
         extra: dict = {

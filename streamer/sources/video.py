@@ -278,6 +278,12 @@ class VideoSource(Source):
         return 0.0
 
     @property
+    def duration(self) -> float | None:
+        """Seconds from the timeline's start to the video's end, as the file declares (None: it does not)."""
+        end = self._declared_video_end() or self._container_end()
+        return None if end is None else end - self.origin
+
+    @property
     def damage(self) -> str | None:
         """What was wrong with the input, once it has been read; None for a clean input."""
         parts = [self.truncated] if self.truncated else []

@@ -127,7 +127,7 @@ class EngineConfig(Section):
 
 
 class OutputConfig(Section):
-    path: Path | None = None
+    path: str | None = Field(None, description="a video file, or a folder (ends in / or exists) for sequences")
     format: OutputFormat = "color"
     colormap: str = "turbo"
     range: Literal["auto", "fixed", "frame"] = "auto"
@@ -140,6 +140,12 @@ class OutputConfig(Section):
     ply_stride: int = Field(1, ge=1, description="point clouds keep every Nth pixel in both axes")
     min_confidence: float = Field(0.0, ge=0, description="point clouds (PLY, Rerun) drop pixels below this")
     ply_normals: bool = False  # add nx ny nz to each PLY vertex
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        """A string, so a trailing slash (a folder: `out/base.exr/`) survives; Path objects are welcome."""
+        return str(v) if isinstance(v, Path) else v
 
 
 class PreviewConfig(Section):

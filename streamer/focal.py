@@ -358,7 +358,8 @@ def exif_upright(image_path: str | Path) -> np.ndarray:
     """An image file as upright RGB uint8 (H, W, 3), EXIF orientation applied.
 
     Phones store portrait photos as landscape pixels plus an orientation tag; ignoring it feeds the
-    model a sideways scene. 16-bit images keep their top 8 bits, alpha is dropped.
+    model a sideways scene. 16-bit images keep their top 8 bits, alpha (or a palette's transparency)
+    is dropped.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -369,6 +370,8 @@ def exif_upright(image_path: str | Path) -> np.ndarray:
                 gray = np.asarray(upright, dtype=np.int64)
                 gray = gray >> 8 if upright.mode != "I" or gray.max(initial=0) > 255 else gray
                 return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+            if upright.mode in ("P", "PA") and "transparency" in upright.info:
+                upright = upright.convert("RGBA")  # Pillow's own advice: P -> RGB with transparency warns
             return np.asarray(upright.convert("RGB"), dtype=np.uint8).copy()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise SourceError(f"{image_path} is not a readable image", hint="use PNG, JPEG, BMP, TIFF or WebP") from exc

@@ -108,7 +108,7 @@ def output_names(paths: list[Path]) -> list[str]:
     stems = Counter(p.stem.casefold() for p in paths)
     names = [p.stem if stems[p.stem.casefold()] == 1 else f"{p.stem}_{p.suffix[1:].lower()}" for p in paths]
     owners: dict[str, Path] = {}
-    for name, path in zip(names, paths):
+    for name, path in zip(names, paths, strict=True):
         other = owners.setdefault(name.casefold(), path)
         if other is not path:
             raise SourceError(
@@ -163,10 +163,10 @@ class ImageSource(Source):
         self.time_base = 1 / self.rate if self.rate else Fraction(1)
         first, focal = read_image(self.paths[0])
         h, w = first.shape[:2]
-        self.info = StreamInfo(w, h, self.rate, None, False, len(self.paths), "images", focal=focal)
+        self.info = StreamInfo(w, h, self.time_base, self.rate, False, len(self.paths), "images", focal=focal)
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
-        for index, (path, name) in enumerate(zip(self.paths, self.names)):
+        for index, (path, name) in enumerate(zip(self.paths, self.names, strict=True)):
             if stop.is_set():
                 return
             image, focal = read_image(path)

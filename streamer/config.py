@@ -38,7 +38,7 @@ class SourceConfig(Section):
     uri: str = "0"
     width: int | None = Field(None, ge=16, description="requested camera width")
     height: int | None = Field(None, ge=16, description="requested camera height")
-    fps: float | None = Field(None, gt=0, description="requested camera / test pattern rate")
+    fps: float | None = Field(None, gt=0, description="requested camera / test pattern rate; an image sequence's rate")
     start: float | None = Field(None, ge=0, description="seek to this many seconds (files)")
     end: float | None = Field(None, gt=0, description="stop at this many seconds (files)")
     frames: int | None = Field(None, ge=1, description="stop after this many frames")

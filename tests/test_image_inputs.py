@@ -158,3 +158,11 @@ def test_null_depth_writes_a_sidecar_per_image(tmp_path, capsys):
     sidecars = {p.name: json.loads(p.read_text()) for p in out.glob("[ab].json")}
     assert sorted(sidecars) == ["a.json", "b.json"] and sidecars["b.json"]["image"] == "b.png"
     assert all(s["format"] == "gray" and s["processor"] == "null" and "fx" in s for s in sidecars.values())
+
+
+def test_batch_names_sequence_folders_after_inputs_with_dots(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    src = write_video(tmp_path / "in" / "clip.v2.mp4", frames=2, size=(32, 24))
+    out = tmp_path / "out"
+    assert run("batch", str(src.parent), "-o", str(out), "--format", "exr") == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "clip.v2").glob("*.exr")) == ["frame_000000.exr", "frame_000001.exr"]

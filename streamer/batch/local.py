@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from streamer import api
+from streamer.batch.inputs import CONTAINERS
 from streamer.batch.report import DONE, FAILED, INTERRUPTED, PENDING, SKIPPED, Item, Outcome, Progress
 from streamer.batch.resume import COMPLETE, frames_of, output_state
 from streamer.config import Config
@@ -32,6 +33,7 @@ from streamer.engine.threads import ThreadBudget
 from streamer.errors import Interrupted, StreamerError
 
 log = logging.getLogger(__name__)
+VIDEO_OUTPUTS = {f".{c}" for c in CONTAINERS if c != "images"}
 
 
 class FileWorker:
@@ -73,7 +75,8 @@ class FileWorker:
         cfg.output.path = Path(item.output)
         cfg.output.overwrite = cfg.output.overwrite or item.replace
         Path(item.output).parent.mkdir(parents=True, exist_ok=True)
-        sink = api.file_sink(cfg, item.output, [item.input], self.threads.encode, {"batch": item.record})
+        folder = Path(item.output).suffix.lower() not in VIDEO_OUTPUTS  # images: named after the input, dots and all
+        sink = api.file_sink(cfg, item.output, [item.input], self.threads.encode, {"batch": item.record}, folder)
         api.check_processor_format(cfg, [sink])
         job = api.prepare(cfg, [sink], stage=self.stage)
         stats = Stats()

@@ -55,6 +55,14 @@ def test_names_that_still_clash_are_refused_before_anything_is_written(tmp_path,
     assert not out.exists()
 
 
+def test_an_image_named_like_the_folders_sidecar_keeps_its_own(tmp_path, capsys):
+    photo = picture(tmp_path / "metadata.jpg")
+    out = tmp_path / "out"
+    assert run("depth", str(photo), "-o", str(out), "--format", "gray") == 0, capsys.readouterr().err
+    assert json.loads((out / "metadata_jpg.json").read_text())["image"] == "metadata_jpg.png"
+    assert "frames" in json.loads((out / "metadata.json").read_text())  # the folder's, beside it
+
+
 def test_an_image_named_twice_is_read_once(tmp_path, capsys):
     one = picture(tmp_path / "one.png")
     out = tmp_path / "out"
@@ -69,6 +77,13 @@ def test_a_mistyped_extension_is_refused_naming_the_containers(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is not a video container" in err and ".mkv .mov .mp4" in err and "/" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]  # no folder of PNGs
+
+
+def test_a_video_whose_name_looks_like_a_glob_is_a_video(tmp_path, capsys):
+    src = write_video(tmp_path / "clip [1].mp4", frames=2, size=(32, 24))
+    out = tmp_path / "depth.mkv"
+    assert run("transcode", str(src), "-o", str(out)) == 0, capsys.readouterr().err
+    assert "done: 2 frames" in capsys.readouterr().err
 
 
 def test_a_trailing_slash_makes_a_folder_whatever_its_name(tmp_path, capsys):
@@ -124,6 +139,10 @@ def test_a_glob_without_fps_says_the_rate_it_assumes(tmp_path, capsys, caplog):
     assert len(warned) == 1 and "25 fps" in warned[0] and "--fps" in warned[0] and "\n" not in warned[0]
     with av.open(str(out)) as container:
         assert container.streams.video[0].average_rate == 25
+    folder = tmp_path / "from_folder.mkv"  # a folder of frames is a sequence too
+    assert run("transcode", str(tmp_path / "seq"), "-o", str(folder), "--fps", "5") == 0, capsys.readouterr().err
+    with av.open(str(folder)) as container:
+        assert container.streams.video[0].average_rate == 5
     assert ImageSource([str(tmp_path / "seq")], fps=29.97).rate == Fraction(2997, 100)
 
 

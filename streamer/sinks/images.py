@@ -1,7 +1,9 @@
 """Image sequences: 8-bit PNG pictures, 16-bit PNG millimetres, float32 EXR metres, or NPZ arrays.
 
 Each file is written under a temporary name and renamed when complete; `metadata.json` beside
-them says how to read the values back.
+them says how to read the values back. With `image_sidecars` (the `depth` command) each image also
+gets NAME.json with its own focal length, so photos from several cameras, and later calls into the
+same folder, each keep theirs. The NPZ sidecar lists the arrays as they are in the files.
 """
 
 from __future__ import annotations

@@ -35,11 +35,17 @@ from streamer.types import Frame, StreamInfo
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SEQUENCE_FPS = 25  # what ffmpeg's image2 demuxer assumes for a sequence without -framerate
 PRINTF_NUMBER = re.compile(r"%(0?)(\d*)d")  # %d, %4d, %04d: the frame number in a sequence pattern
+RESERVED_NAMES = ("metadata",)  # the sequence folder's own sidecar
 ANIMATED_FORMATS = {"GIF", "PNG", "WEBP"}  # formats whose extra frames are an animation (MPO, TIFF: other views)
 
 
 def is_image_path(uri: str) -> bool:
-    return Path(uri).suffix.lower() in IMAGE_SUFFIXES or glob.has_magic(uri) or is_printf_pattern(uri)
+    """An image, a folder of them, or a pattern (glob, `frame_%04d.png`). A file that exists is taken
+    by its suffix, so a video named `clip [1].mp4` is not read as a glob."""
+    path = Path(uri)
+    if path.exists():
+        return path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
+    return path.suffix.lower() in IMAGE_SUFFIXES or glob.has_magic(uri)
 
 
 def is_printf_pattern(uri: str) -> bool:
@@ -106,6 +112,7 @@ def output_names(paths: list[Path]) -> list[str]:
 
     Names are compared case-insensitively: on Windows and macOS `IMG.png` and `img.png` are one file."""
     stems = Counter(p.stem.casefold() for p in paths)
+    stems.update(RESERVED_NAMES)  # `metadata.jpg` would write over the folder's metadata.json
     names = [p.stem if stems[p.stem.casefold()] == 1 else f"{p.stem}_{p.suffix[1:].lower()}" for p in paths]
     owners: dict[str, Path] = {}
     for name, path in zip(names, paths, strict=True):

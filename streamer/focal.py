@@ -135,7 +135,7 @@ def _camera_frame(tags: dict[int, Any], stored: tuple[int, int]) -> tuple[tuple[
     ref_h = ref_h or ref_w * h / w
     notes = []
     if _aspect_differs((ref_w, ref_h), stored) and not _aspect_differs((ref_h, ref_w), stored):
-        notes.append(f"EXIF size {ref_w:g}x{ref_h:g} is the unrotated picture's: read as {ref_h:g}x{ref_w:g}")
+        notes.append(f"EXIF size {ref_w:g}x{ref_h:g} is of the picture turned by 90 deg: read as {ref_h:g}x{ref_w:g}")
         ref_w, ref_h = ref_h, ref_w
     sx, sy = w / ref_w, h / ref_h
     scale = max(sx, sy)

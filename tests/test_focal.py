@@ -122,7 +122,16 @@ def test_pixels_turned_by_an_editor_with_unrotated_size_tags(tmp_path):
     path = jpeg_with_exif(tmp_path / "turned.jpg", (300, 400), CAMERA_TAGS)  # orientation 1, tags say 4000x3000
     focal = focal_from_exif(path, 300, 400)
     assert focal.fx == focal.fy == pytest.approx(300)
-    assert "unrotated" in focal.note and "another aspect" not in focal.note
+    assert "turned by 90 deg" in focal.note and "another aspect" not in focal.note
+
+
+def test_orientation_6_with_size_tags_written_upright(tmp_path):
+    # stored landscape 400x300 with orientation 6, the size tags already portrait (3000x4000)
+    tags = {**CAMERA_TAGS, 0xA002: 3000, 0xA003: 4000}
+    path = jpeg_with_exif(tmp_path / "o6.jpg", (400, 300), tags, orientation=6)
+    focal = focal_from_exif(path, 300, 400)  # the upright picture
+    assert focal.fx == focal.fy == pytest.approx(300)
+    assert "turned by 90 deg" in focal.note and "another aspect" not in focal.note
 
 
 def test_35mm_equivalent_of_a_cropped_file_refers_to_the_cameras_frame(tmp_path):

@@ -40,11 +40,14 @@ ANIMATED_FORMATS = {"GIF", "PNG", "WEBP"}  # formats whose extra frames are an a
 
 
 def is_image_path(uri: str) -> bool:
-    """An image, a folder of them, or a pattern (glob, `frame_%04d.png`). A file that exists is taken
-    by its suffix, so a video named `clip [1].mp4` is not read as a glob."""
+    """An image, a folder holding images, or a pattern (glob, `frame_%04d.png`). A file that exists is
+    taken by its suffix, so a video named `clip [1].mp4` is not read as a glob; a folder without
+    images is left to the video source, which says what to do with a folder of videos."""
     path = Path(uri)
+    if path.is_dir():
+        return any(m.suffix.lower() in IMAGE_SUFFIXES for m in path.iterdir())
     if path.exists():
-        return path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
+        return path.suffix.lower() in IMAGE_SUFFIXES
     return path.suffix.lower() in IMAGE_SUFFIXES or glob.has_magic(uri)
 
 
@@ -68,8 +71,10 @@ def printf_matches(pattern: str) -> list[Path]:
             regex += re.escape(piece)
     compiled = re.compile(regex)
     root = Path(folder or ".")
-    found = [(compiled.fullmatch(p.name), p) for p in root.iterdir()] if root.is_dir() else []
-    return [p for m, p in sorted(((m, p) for m, p in found if m), key=lambda mp: int(mp[0].group(1)))]
+    if not root.is_dir():
+        return []
+    numbered_files = [(int(m.group(1)), p) for p in root.iterdir() if (m := compiled.fullmatch(p.name))]
+    return [p for _, p in sorted(numbered_files)]
 
 
 def expand_images(inputs: list[str]) -> list[Path]:

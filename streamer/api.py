@@ -10,6 +10,7 @@ uses the two to report in between. `streamer.estimator.DepthEstimator` is for si
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,27 +131,58 @@ def ply_sink(cfg: Config, directory: str | Path) -> PlySink:
     return PlySink(directory, out.overwrite, out.ply_stride, out.min_confidence, out.ply_normals)
 
 
-def file_sink(
-    cfg: Config, path: str | Path, inputs: list[str] = (), threads: int = 0, sidecar_extra: dict | None = None
-) -> Sink:
-    """A video file, or an image sequence or point clouds (ply) in a directory, for `cfg.output.format`.
+SINGLE_FILE_SUFFIXES = IMAGE_SUFFIXES | {".exr", ".npz", ".ply"}  # one picture or cloud, never a sequence
 
-    `sidecar_extra` adds fields to the JSON sidecar (a batch records what the output was made from)."""
+
+def is_folder_output(path: str | Path) -> bool:
+    """Whether `-o` names a folder (an image sequence, point clouds) rather than a video file.
+
+    A folder ends in a slash or already is one; a name without a suffix is a new folder. A video
+    ends in a container's suffix. Anything else is refused, so a typo (`out.mp5`) is not quietly
+    taken for a folder: a picture's suffix (`out.png`), or one no output has (`out.xyz`).
+    """
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)) or Path(text).is_dir():
+        return True
+    suffix = Path(text).suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return False
+    if suffix in SINGLE_FILE_SUFFIXES:
+        raise SinkError(
+            f"{text} names a single file",
+            hint=f"image sequences and point clouds are written into a directory: -o {Path(text).with_suffix('')}/",
+        )
+    if suffix:
+        raise SinkError(
+            f"-o {text}: {suffix} is not a video container",
+            hint=f"a video ends in {' '.join(sorted(VIDEO_SUFFIXES))}; a folder of images ends in / ({text}/)",
+        )
+    return True
+
+
+def file_sink(
+    cfg: Config,
+    path: str | Path,
+    inputs: list[str] = (),
+    threads: int = 0,
+    sidecar_extra: dict | None = None,
+    folder: bool | None = None,
+) -> Sink:
+    """A video file, or an image sequence or point clouds (ply) in a folder, for `cfg.output.format`.
+
+    `folder` overrides reading the kind from the path (`is_folder_output`): a caller that made the
+    name knows. `sidecar_extra` adds fields to the JSON sidecar (a batch records what the output was made from)."""
+    folder = is_folder_output(path) if folder is None else folder
     path = Path(path)
     fmt = cfg.output.format
-    if path.suffix.lower() in IMAGE_SUFFIXES | {".exr", ".npz", ".ply"}:
-        raise SinkError(
-            f"{path} names a single file",
-            hint=f"image sequences and point clouds are written into a directory: -o {path.with_suffix('')}/",
-        )
     out = cfg.output
     if fmt == "ply":
-        if path.suffix.lower() in VIDEO_SUFFIXES:
+        if not folder:
             raise SinkError(
                 f"--format ply writes one .ply per frame, not a video {path}", hint="give a directory as -o"
             )
         return ply_sink(cfg, path)
-    if path.suffix.lower() in VIDEO_SUFFIXES:
+    if not folder:
         return VideoSink(
             path,
             fmt,

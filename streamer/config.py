@@ -38,7 +38,7 @@ class SourceConfig(Section):
     uri: str = "0"
     width: int | None = Field(None, ge=16, description="requested camera width")
     height: int | None = Field(None, ge=16, description="requested camera height")
-    fps: float | None = Field(None, gt=0, description="requested camera / test pattern rate")
+    fps: float | None = Field(None, gt=0, description="requested camera / test pattern rate; an image sequence's rate")
     start: float | None = Field(None, ge=0, description="seek to this many seconds (files)")
     end: float | None = Field(None, gt=0, description="stop at this many seconds (files)")
     frames: int | None = Field(None, ge=1, description="stop after this many frames")
@@ -135,7 +135,7 @@ class EngineConfig(Section):
 
 
 class OutputConfig(Section):
-    path: Path | None = None
+    path: str | None = Field(None, description="a video file, or a folder (ends in / or exists) for sequences")
     format: OutputFormat = "color"
     colormap: str = "turbo"
     range: Literal["auto", "fixed", "frame"] = "auto"
@@ -148,6 +148,12 @@ class OutputConfig(Section):
     ply_stride: int = Field(1, ge=1, description="point clouds keep every Nth pixel in both axes")
     min_confidence: float = Field(0.0, ge=0, description="point clouds (PLY, Rerun) drop pixels below this")
     ply_normals: bool = False  # add nx ny nz to each PLY vertex
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        """A string, so a trailing slash (a folder: `out/base.exr/`) survives; Path objects are welcome."""
+        return str(v) if isinstance(v, Path) else v
 
 
 class PreviewConfig(Section):

@@ -12,6 +12,11 @@ diagonal is matched to the 43.27 mm diagonal of a 36 x 24 mm frame, so
 for 4:3 and 16:9 images it is 4% and 2% larger than that long-side rule, and it is what matches
 published phone sensors (e.g. 4.2 mm lens = 26 mm equivalent on a 5.6 x 4.2 mm sensor).
 
+A photo's focal is one number, fx = fy: camera pixels are square. It is found for the frame the
+camera wrote (EXIF PixelX/YDimension) and scaled to the file by one scale, whose rule for files that
+were cropped, resized or turned after the camera is in `_camera_frame`. FocalLength in mm with nothing
+else to convert it takes the sensor width of a known camera from OpenSfM's table (streamer/sensors.py).
+
 This module imports no torch: sources and the CLI use it before any model exists.
 """
 
@@ -28,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from streamer.errors import ConfigError, SourceError
+from streamer.sensors import sensor_width_mm
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,9 @@ TAG_FOCAL_PLANE_Y_RES = 0xA20F
 TAG_FOCAL_PLANE_UNIT = 0xA210  # 2 inch (default), 3 cm; 4 mm and 5 um are TIFF/EP values seen in the wild
 TAG_PIXEL_X_DIMENSION = 0xA002  # the image width the focal plane resolution refers to
 TAG_PIXEL_Y_DIMENSION = 0xA003
+TAG_MAKE = 0x010F  # IFD0 strings: the camera, for the sensor-size table
+TAG_MODEL = 0x0110
+ASPECT_TOLERANCE = 0.01  # |log| of the aspect ratio of the EXIF size to the file's: beyond it they disagree
 FOCAL_PLANE_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
 TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
@@ -106,29 +115,75 @@ def _exif_tags(image: Any) -> tuple[dict[int, Any], int]:
     return tags, orientation if isinstance(orientation, int) else 1
 
 
-def _focal_plane_fx_fy(tags: dict[int, Any], stored_size: tuple[int, int]) -> tuple[float, float] | None:
-    """FocalLength (mm) x FocalPlaneX/YResolution (px per unit) -> fx, fy at the stored image size."""
+def _camera_frame(tags: dict[int, Any], stored: tuple[int, int]) -> tuple[tuple[float, float], float, str]:
+    """The frame the camera wrote (PixelX/YDimension) in the file's stored orientation, the one scale
+    from it to the file's pixels, and a note when the tags do not simply describe the file.
+
+    Pixels are square, so one scale serves both axes. When the tags' aspect differs from the file's,
+    a crop and a resize cannot be told apart; the rule is that the file is a crop spanning the camera
+    frame's full width or full height (what aspect-ratio crops such as 4:3 -> 16:9 or 1:1 give), then
+    resized: scale = max(W / ref_W, H / ref_H). That is exact for a crop along one axis, for a resize,
+    and for both together; only a crop of both axes (a free-hand crop) gets a focal that is too short.
+    Tags left unrotated by an editor that turned the pixels (4000x3000 on a 3000x4000 file) are read
+    swapped when that makes the aspects agree.
+    """
+    w, h = stored
+    ref_w, ref_h = _number(tags.get(TAG_PIXEL_X_DIMENSION)), _number(tags.get(TAG_PIXEL_Y_DIMENSION))
+    if ref_w is None and ref_h is None:
+        return (float(w), float(h)), 1.0, ""
+    ref_w = ref_w or ref_h * w / h  # one tag alone: the file's aspect
+    ref_h = ref_h or ref_w * h / w
+    notes = []
+    if _aspect_differs((ref_w, ref_h), stored) and not _aspect_differs((ref_h, ref_w), stored):
+        notes.append(f"EXIF size {ref_w:g}x{ref_h:g} is of the picture turned by 90 deg: read as {ref_h:g}x{ref_w:g}")
+        ref_w, ref_h = ref_h, ref_w
+    sx, sy = w / ref_w, h / ref_h
+    scale = max(sx, sy)
+    if _aspect_differs((ref_w, ref_h), stored):
+        side = "width" if sx >= sy else "height"
+        notes.append(
+            f"EXIF size {ref_w:g}x{ref_h:g} has another aspect than the file's {w}x{h}: assumed a crop spanning "
+            f"the camera frame's full {side}, scaled by {scale:.4g} (a crop of both sides would make the focal longer)"
+        )
+    return (ref_w, ref_h), scale, "; ".join(notes)
+
+
+def _aspect_differs(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """More than 1% apart: rounding a resized side to whole pixels stays well within it."""
+    return abs(math.log((a[0] / a[1]) / (b[0] / b[1]))) > ASPECT_TOLERANCE
+
+
+def _camera_focal(tags: dict[int, Any], frame: tuple[float, float]) -> tuple[float, str] | None:
+    """The focal length in pixels of the camera's frame, and what it came from, or None.
+
+    FocalLengthIn35mmFilm (diagonal convention, module docstring) > FocalLength with the focal plane
+    resolution > FocalLength with the camera's sensor width from a kept table (streamer/sensors.py).
+    """
+    f35 = _number(tags.get(TAG_FOCAL_LENGTH_35MM))
+    if f35 is not None:
+        return fx_from_35mm(f35, *frame), f"EXIF FocalLengthIn35mmFilm {f35:g} mm"
     focal_mm = _number(tags.get(TAG_FOCAL_LENGTH))
+    if focal_mm is None:
+        return None
     x_res = _number(tags.get(TAG_FOCAL_PLANE_X_RES))
     unit_mm = FOCAL_PLANE_UNIT_MM.get(tags.get(TAG_FOCAL_PLANE_UNIT, 2))
-    if focal_mm is None or x_res is None or unit_mm is None:
+    if x_res is not None and unit_mm is not None:  # X only: pixels are square, Y repeats it or is noise
+        return focal_mm * x_res / unit_mm, f"EXIF FocalLength {focal_mm:g} mm"
+    make, model = (str(tags.get(t) or "").strip("\x00 ") for t in (TAG_MAKE, TAG_MODEL))
+    sensor = sensor_width_mm(make, model)
+    if sensor is None:
         return None
-    y_res = _number(tags.get(TAG_FOCAL_PLANE_Y_RES)) or x_res
-    # The resolution refers to PixelX/YDimension (the image as the camera wrote it); scale to the file's pixels.
-    ref_w = _number(tags.get(TAG_PIXEL_X_DIMENSION)) or stored_size[0]
-    ref_h = _number(tags.get(TAG_PIXEL_Y_DIMENSION)) or stored_size[1]
-    fx = focal_mm * x_res / unit_mm * stored_size[0] / ref_w
-    fy = focal_mm * y_res / unit_mm * stored_size[1] / ref_h
-    return fx, fy
+    width_mm, key = sensor
+    note = f"EXIF FocalLength {focal_mm:g} mm on a {width_mm:g} mm wide sensor ({key}, sensor table)"
+    return focal_mm / width_mm * max(frame), note
 
 
 def focal_from_exif(path_or_bytes: str | Path | bytes, width: int, height: int) -> Focal | None:
     """The focal length in pixels of the upright image `width` x `height` from its EXIF, or None.
 
-    FocalLengthIn35mmFilm wins (diagonal convention, module docstring); else FocalLength (mm) with
-    FocalPlaneXResolution / FocalPlaneResolutionUnit, scaled from the file's stored size to `width`
-    and swapped for orientations 5-8. `width` and `height` may differ from the file's (a resized
-    output): both readings scale with them.
+    Found for the camera's frame (`_camera_focal`), scaled to the file's pixels by one scale
+    (`_camera_frame`: square pixels), then to `width` x `height`, which may differ from the file's
+    size (a resized output). The note says where it came from and any assumption made on the way.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -140,19 +195,14 @@ def focal_from_exif(path_or_bytes: str | Path | bytes, width: int, height: int) 
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         log.debug("no EXIF read from %s", "bytes" if isinstance(source, io.BytesIO) else source, exc_info=True)
         return None
-    f35 = _number(tags.get(TAG_FOCAL_LENGTH_35MM))
-    if f35 is not None:
-        fx = fx_from_35mm(f35, width, height)
-        return Focal(fx, fx, "exif", f"EXIF FocalLengthIn35mmFilm {f35:g} mm")
-    plane = _focal_plane_fx_fy(tags, stored)
-    if plane is None:
+    frame, scale, frame_note = _camera_frame(tags, stored)
+    found = _camera_focal(tags, frame)
+    if found is None:
         return None
-    fx, fy = plane
-    upright_w = stored[0]
-    if orientation in TRANSPOSING_ORIENTATIONS:
-        fx, fy, upright_w = fy, fx, stored[1]
-    scale = width / upright_w
-    return Focal(fx * scale, fy * scale, "exif", f"EXIF FocalLength {_number(tags[TAG_FOCAL_LENGTH]):g} mm")
+    focal, note = found
+    upright = stored[::-1] if orientation in TRANSPOSING_ORIENTATIONS else stored
+    f = focal * scale * max(width / upright[0], height / upright[1])
+    return Focal(f, f, "exif", "; ".join(n for n in (note, frame_note) if n))
 
 
 def video_metadata(container: Any) -> dict[str, str]:
@@ -308,7 +358,8 @@ def exif_upright(image_path: str | Path) -> np.ndarray:
     """An image file as upright RGB uint8 (H, W, 3), EXIF orientation applied.
 
     Phones store portrait photos as landscape pixels plus an orientation tag; ignoring it feeds the
-    model a sideways scene. 16-bit images keep their top 8 bits, alpha is dropped.
+    model a sideways scene. 16-bit images keep their top 8 bits, alpha (or a palette's transparency)
+    is dropped.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -319,6 +370,8 @@ def exif_upright(image_path: str | Path) -> np.ndarray:
                 gray = np.asarray(upright, dtype=np.int64)
                 gray = gray >> 8 if upright.mode != "I" or gray.max(initial=0) > 255 else gray
                 return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+            if upright.mode in ("P", "PA") and "transparency" in upright.info:
+                upright = upright.convert("RGBA")  # Pillow's own advice: P -> RGB with transparency warns
             return np.asarray(upright.convert("RGB"), dtype=np.uint8).copy()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise SourceError(f"{image_path} is not a readable image", hint="use PNG, JPEG, BMP, TIFF or WebP") from exc

@@ -30,12 +30,15 @@ from streamer.focal import (
 APPLE_F35 = "com.apple.quicktime.camera.focal_length.35mm_equivalent"
 
 
-def jpeg_with_exif(path: Path, size: tuple[int, int], exif_ifd: dict[int, object], orientation: int = 1) -> Path:
-    """A JPEG whose left third is red, with the given Exif sub-IFD tags and orientation."""
+def jpeg_with_exif(
+    path: Path, size: tuple[int, int], exif_ifd: dict[int, object], orientation: int = 1, ifd0: dict | None = None
+) -> Path:
+    """A JPEG whose left third is red, with the given Exif sub-IFD tags, orientation and IFD0 tags (Make, Model)."""
     w, h = size
     pixels = np.zeros((h, w, 3), np.uint8)
     pixels[:, : w // 3] = (255, 0, 0)
     exif = Image.Exif()
+    exif.update(ifd0 or {})
     if orientation != 1:
         exif[0x0112] = orientation
     if exif_ifd:
@@ -75,7 +78,8 @@ def test_focal_plane_resolution_refers_to_the_cameras_pixel_dimensions(tmp_path)
     assert focal_from_exif(path, 400, 300).fx == pytest.approx(300, rel=1e-4)
 
 
-def test_orientation_6_gives_an_upright_image_of_swapped_size_and_swaps_fx_fy(tmp_path):
+def test_orientation_6_gives_an_upright_image_of_swapped_size_and_square_pixels(tmp_path):
+    # Y resolution written as twice X (a camera's rounding gone wrong): pixels are still square, X counts.
     tags = {0x920A: IFDRational(5, 1), 0xA20E: IFDRational(1000, 1), 0xA20F: IFDRational(2000, 1), 0xA210: 3}
     path = jpeg_with_exif(tmp_path / "d.jpg", (60, 30), tags, orientation=6)
     upright = exif_upright(path)
@@ -83,7 +87,80 @@ def test_orientation_6_gives_an_upright_image_of_swapped_size_and_swaps_fx_fy(tm
     # Orientation 6 = rotate 90 deg clockwise to view: the stored left third becomes the top third.
     assert upright[:18, :, 0].mean() > 200 and upright[25:, :, 0].mean() < 40
     focal = focal_from_exif(path, 30, 60)
-    assert (focal.fx, focal.fy) == (pytest.approx(1000), pytest.approx(500))  # 5 mm x 200 / 100 px per mm
+    assert (focal.fx, focal.fy) == (pytest.approx(500), pytest.approx(500))  # 5 mm x 100 px per mm
+    assert focal_from_exif(path, 15, 30).fx == pytest.approx(250)
+
+
+# A camera frame of 4000 x 3000 px whose focal is 3000 px: 6 mm at 500 px per mm (5000 px/cm).
+CAMERA_TAGS = {0x920A: IFDRational(6, 1), 0xA20E: IFDRational(5000, 1), 0xA210: 3, 0xA002: 4000, 0xA003: 3000}
+
+
+@pytest.mark.parametrize(
+    "size, expected, side",
+    [
+        ((400, 400), 400.0, "height"),  # a 1:1 crop of the 4:3 frame spanning its height, resized to 400
+        ((400, 225), 300.0, "width"),  # a 16:9 crop spanning its width, resized to 400 wide
+        ((1000, 3000), 3000.0, "height"),  # a strip cut out of the full-size frame: no resize
+    ],
+)
+def test_stale_exif_size_of_another_aspect_gives_one_focal_and_says_the_rule(tmp_path, size, expected, side):
+    path = jpeg_with_exif(tmp_path / "crop.jpg", size, CAMERA_TAGS)
+    focal = focal_from_exif(path, *size)
+    assert focal.fx == focal.fy == pytest.approx(expected)
+    assert "another aspect" in focal.note and f"full {side}" in focal.note and "4000x3000" in focal.note
+    assert focal.note.startswith("EXIF FocalLength 6 mm")
+
+
+def test_resized_file_with_the_cameras_size_tags_scales_both_axes_alike(tmp_path):
+    path = jpeg_with_exif(tmp_path / "small.jpg", (401, 300), CAMERA_TAGS)  # 400.x rounded: same aspect
+    focal = focal_from_exif(path, 401, 300)
+    assert focal.fx == focal.fy == pytest.approx(300 * 401 / 400)
+    assert focal.note == "EXIF FocalLength 6 mm"  # nothing assumed, nothing to say
+
+
+def test_pixels_turned_by_an_editor_with_unrotated_size_tags(tmp_path):
+    path = jpeg_with_exif(tmp_path / "turned.jpg", (300, 400), CAMERA_TAGS)  # orientation 1, tags say 4000x3000
+    focal = focal_from_exif(path, 300, 400)
+    assert focal.fx == focal.fy == pytest.approx(300)
+    assert "turned by 90 deg" in focal.note and "another aspect" not in focal.note
+
+
+def test_orientation_6_with_size_tags_written_upright(tmp_path):
+    # stored landscape 400x300 with orientation 6, the size tags already portrait (3000x4000)
+    tags = {**CAMERA_TAGS, 0xA002: 3000, 0xA003: 4000}
+    path = jpeg_with_exif(tmp_path / "o6.jpg", (400, 300), tags, orientation=6)
+    focal = focal_from_exif(path, 300, 400)  # the upright picture
+    assert focal.fx == focal.fy == pytest.approx(300)
+    assert "turned by 90 deg" in focal.note and "another aspect" not in focal.note
+
+
+def test_35mm_equivalent_of_a_cropped_file_refers_to_the_cameras_frame(tmp_path):
+    path = jpeg_with_exif(tmp_path / "sq.jpg", (400, 400), {0xA405: 50, 0xA002: 6000, 0xA003: 4000})
+    focal = focal_from_exif(path, 400, 400)
+    assert focal.fx == focal.fy == pytest.approx(50 * 6000 / 36 * 0.1)  # 3:2 frame, scaled 400 / 4000
+    assert "FocalLengthIn35mmFilm 50 mm" in focal.note and "full height" in focal.note
+
+
+@pytest.mark.parametrize(
+    "make, model",
+    [("Canon", "Canon EOS 5D Mark II"), ("NIKON CORPORATION", "NIKON D700"), ("Canon", "EOS 5D Mark II")],
+)
+def test_focal_length_in_mm_alone_takes_a_known_cameras_sensor_width(tmp_path, make, model):
+    # both have a 36 mm wide sensor in the table: 50 mm is 50 / 36 of the image's long side
+    ifd0 = {0x010F: make, 0x0110: model}
+    path = jpeg_with_exif(tmp_path / "cam.jpg", (600, 400), {0x920A: IFDRational(50, 1)}, ifd0=ifd0)
+    focal = focal_from_exif(path, 600, 400)
+    assert focal.source == "exif" and focal.fx == focal.fy == pytest.approx(50 / 36 * 600)
+    assert "36 mm wide sensor" in focal.note and "sensor table" in focal.note
+    portrait = jpeg_with_exif(tmp_path / "p.jpg", (400, 600), {0x920A: IFDRational(50, 1)}, ifd0=ifd0)
+    assert focal_from_exif(portrait, 400, 600).fx == pytest.approx(50 / 36 * 600)  # the long side either way
+
+
+def test_focal_length_in_mm_of_an_unknown_camera_is_left_to_the_assumed_field_of_view(tmp_path):
+    ifd0 = {0x010F: "Nobody", 0x0110: "Prototype 1"}
+    path = jpeg_with_exif(tmp_path / "x.jpg", (600, 400), {0x920A: IFDRational(50, 1)}, ifd0=ifd0)
+    assert focal_from_exif(path, 600, 400) is None
+    assert resolve_focal(None, None, None, 600, 400, exif_focal=None).source == "assumed"
 
 
 def test_exif_upright_without_orientation_keeps_the_pixels(tmp_path):

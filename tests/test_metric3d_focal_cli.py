@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL.TiffImagePlugin import IFDRational
 
 from streamer.api import build_sinks, file_sink
 from streamer.cli.main import main
@@ -90,6 +91,24 @@ def test_photos_from_different_cameras_keep_their_own_focal(tmp_path, checkpoint
     assert {name: f["focal_source"] for name, f in per_image.items()} == {"0": "exif", "1": "exif", "2": "assumed"}
     assert per_image["1"]["fx"] == pytest.approx(f35_pixels(50, W, H))
     assert per_image["0"]["fx"] == pytest.approx(f35_pixels(26, W, H))
+
+
+def test_each_image_keeps_its_own_focal_in_its_sidecar_across_calls(tmp_path, checkpoint, capsys):
+    out = tmp_path / "out"
+    first = jpeg_with_exif(tmp_path / "wide.jpg", (W, H), {0xA405: 26})
+    assert run(checkpoint, "depth", str(first), "-o", str(out), "--format", "gray") == 0, capsys.readouterr().err
+    # a second call into the same folder: a cropped photo whose size tags are the camera's (4:3, 10x)
+    tags = {0x920A: IFDRational(6, 1), 0xA20E: IFDRational(800, 1), 0xA210: 3, 0xA002: 10 * W, 0xA003: 10 * W * 3 // 4}
+    second = jpeg_with_exif(tmp_path / "crop.jpg", (W, H), tags)
+    assert run(checkpoint, "depth", str(second), "-o", str(out), "--format", "gray") == 0, capsys.readouterr().err
+    wide, crop = (json.loads((out / f"{name}.json").read_text()) for name in ("wide", "crop"))
+    assert wide["focal_source"] == crop["focal_source"] == "exif"
+    assert wide["fx"] == wide["fy"] == pytest.approx(f35_pixels(26, W, H))  # the first call's, kept
+    # 6 mm x 80 px/mm = 480 px at 960 wide; the 96x64 file spans the 960x720 frame's width: 48 px, fx = fy
+    assert crop["fx"] == crop["fy"] == pytest.approx(48.0)
+    assert "another aspect" in crop["focal_note"] and "full width" in crop["focal_note"]
+    assert crop["intrinsics"] == pytest.approx([48.0, 48.0, 47.5, 31.5])
+    assert float(np.load(out / "crop.npz")["fx"]) == pytest.approx(48.0)
 
 
 def test_given_fx_wins_over_exif(tmp_path, checkpoint, capsys):

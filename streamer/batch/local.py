@@ -107,7 +107,8 @@ class FileWorker:
 
     def _run_pipeline(self, item: Item, cfg: Config) -> tuple[int, str | None]:
         fields = SidecarFields(item.record)
-        sink = api.file_sink(cfg, item.output, [item.input], self.threads.encode, fields)
+        folder = container_of(Path(item.output)) == "images"  # images: named after the input, dots and all
+        sink = api.file_sink(cfg, item.output, [item.input], self.threads.encode, fields, folder)
         api.check_processor_format(cfg, [sink])
         job = api.prepare(cfg, [sink], stage=self.stage)
         fields.source = job.source

@@ -34,11 +34,16 @@ Examples:
   streamer transcode clip.mp4 -o frames/ --format exr --start 5 --end 10
   streamer transcode clip.mp4 -o clouds/ --format ply --stride 4 --fx 1450
   streamer transcode clip.mp4 -o depth.mp4 --rerun-save depth.rrd
-  streamer transcode clip.mp4 -o depth16.mkv --format metric16 --stabilize lookahead"""
+  streamer transcode clip.mp4 -o depth16.mkv --format metric16 --stabilize lookahead
+  streamer transcode frames/frame_%04d.png -o depth.mp4 --fps 30   # an image sequence"""
 )
 @click.argument("input_path", metavar="INPUT")
 @click.option(
-    "-o", "--output", required=True, help="Video file (.mp4 .mkv .mov .webm) or a directory for image sequences."
+    "-o",
+    "--output",
+    required=True,
+    help="Video file (.mp4 .mkv .mov .webm .avi), or a folder for image sequences and point clouds: a path ending "
+    "in / or an existing folder (a name without a suffix is a new folder; other suffixes are refused).",
 )
 @click.option(
     "--format",
@@ -52,6 +57,11 @@ Examples:
     help="Encoder: auto (.mp4/.mov: NVENC when it opens here, else libx264), or any FFmpeg encoder (ffv1 for .mkv, libvpx-vp9 for .webm are the defaults there).",
 )
 @click.option("--crf", type=int, help="x264/x265 quality, lower is better.  [default: 18]")
+@click.option(
+    "--fps",
+    type=float,
+    help="Frame rate of an image-sequence INPUT ('frames/*.png', frames/, frame_%04d.png).  [default: 25, with a warning]",
+)
 @click.option("--start", type=float, help="Start at this many seconds.")
 @click.option("--end", type=float, help="Stop at this many seconds.")
 @click.option("--max-frames", type=int, help="Stop after this many frames.")
@@ -177,8 +187,12 @@ Examples:
   streamer depth 'shots/*.png' -o out/ --fx 1450 --fy 1450 --format gray
   streamer depth photo.jpg -o out/ --format ply   # out/photo.ply: a point cloud in metres
   streamer depth photo.jpg -o out/ --comfy     # the same images as the ComfyUI node
-The focal length comes from --fx/--fy or --hfov, else each image's EXIF, else a 70 deg field of
-view is assumed (with a warning: the metres are then approximate)."""
+The focal length comes from --fx/--fy or --hfov, else each image's EXIF (a 35 mm equivalent, the
+focal plane resolution, or a known camera's sensor width), else a 70 deg field of view is assumed
+(with a warning: the metres are then approximate). Each image's own focal is in NAME.json.
+Results are named after their image; images that share a name (img.tiff img.webp) keep their
+extension in it (img_tiff.png, img_webp.png); names that still clash are refused up front.
+Animations (GIF, APNG, animated WebP) are refused: transcode reads a GIF's every frame."""
 )
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the results.")
@@ -198,7 +212,8 @@ view is assumed (with a warning: the metres are then approximate)."""
 def depth(cfg: Config, flags: dict) -> None:
     """Depth for still images: NAME.png (or NAME.ply) plus NAME.npz (depth m, normal, kappa, confidence, fx, fy).
 
-    Images are read upright (EXIF orientation); metadata.json records the focal length and its source.
+    Images are read upright (EXIF orientation); NAME.json records each image's focal length and its
+    source, metadata.json the format.
     """
     out = Path(flags["output"])
     overwrite = cfg.output.overwrite
@@ -213,11 +228,13 @@ def depth(cfg: Config, flags: dict) -> None:
     else:
         sinks = [ImageSequenceSink(out, cfg.output.format, picture, overwrite, write_metadata=False)]
     if cfg.model.processor == "metric3d":
-        sinks.append(ImageSequenceSink(out, "npz", picture, overwrite, write_metadata=cfg.output.format != "ply"))
+        npz = ImageSequenceSink(out, "npz", picture, overwrite, write_metadata=cfg.output.format != "ply")
+        sinks.append(npz)
+        npz.image_sidecars = True  # NAME.json: each image's own focal
     elif not isinstance(sinks[0], ImageSequenceSink):
         raise ConfigError("point clouds need Metric3D's metric depth", hint="drop --processor, or use a picture format")
     else:
-        sinks[0].write_metadata = True
+        sinks[0].write_metadata = sinks[0].image_sidecars = True
     run(cfg, sinks, ImageSource(list(flags["images"])), unit="image")
 
 

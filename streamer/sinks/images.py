@@ -1,7 +1,9 @@
 """Image sequences: 8-bit PNG pictures, 16-bit PNG millimetres, float32 EXR metres, or NPZ arrays.
 
 Each file is written under a temporary name and renamed when complete; `metadata.json` beside
-them says how to read the values back.
+them says how to read the values back. With `image_sidecars` (the `depth` command) each image also
+gets NAME.json with its own focal length, so photos from several cameras, and later calls into the
+same folder, each keep theirs. The NPZ sidecar lists the arrays as they are in the files.
 """
 
 from __future__ import annotations
@@ -50,14 +52,22 @@ def decode_exr(data: bytes) -> np.ndarray:
     return ctx.decode(av.Packet(data))[0].to_ndarray(format="grayf32le")
 
 
-def encode_npz(result: Result) -> bytes:
+# what each array of an NPZ holds, for metadata.json (listed as they are in the files)
+NPZ_ARRAYS = {"depth": "depth (m)", "normal": "normal (HxWx3 unit)"}
+
+
+def npz_arrays(result: Result) -> dict[str, np.ndarray]:
     """Every map as float32, with the frame's own fx, fy and their source (a folder of photos may mix cameras)."""
-    buffer = io.BytesIO()
     arrays = {k: v.astype(np.float32) if v.dtype != np.uint8 else v for k, v in result.maps.items()}
-    focal = {"fx": np.float32(result.meta.get("fx", 0)), "fy": np.float32(result.meta.get("fy", 0))}
+    arrays |= {"fx": np.float32(result.meta.get("fx", 0)), "fy": np.float32(result.meta.get("fy", 0))}
     if "focal_source" in result.meta:
-        focal["focal_source"] = np.str_(result.meta["focal_source"])  # a plain string array: no pickle to load
-    np.savez_compressed(buffer, **arrays, **focal)
+        arrays["focal_source"] = np.str_(result.meta["focal_source"])  # a plain string array: no pickle to load
+    return arrays
+
+
+def encode_npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
 
 
@@ -82,8 +92,10 @@ class ImageSequenceSink(Sink):
         name_suffix: str = "",
         write_metadata: bool = True,
         sidecar_extra: dict | None = None,
+        image_sidecars: bool = False,
     ) -> None:
         self.directory = Path(directory)
+        self.image_sidecars = image_sidecars  # NAME.json beside each image: its own focal (`depth`)
         self.sidecar_extra = sidecar_extra or {}  # more sidecar fields from the caller (batch: what made it)
         self.fmt = fmt
         self.needs = format_needs(fmt)
@@ -98,6 +110,7 @@ class ImageSequenceSink(Sink):
         self.meta: dict = {}
         self.focals = ImageFocals()
         self.stats = None
+        self.arrays: list[str] = []  # the NPZ's array names, as written
 
     def open(self, info: StreamInfo, stats) -> None:
         self.info = info
@@ -135,19 +148,25 @@ class ImageSequenceSink(Sink):
         if self.fmt == "exr":
             return encode_exr(result.depth)
         if self.fmt == "npz":
-            return encode_npz(result)
+            arrays = npz_arrays(result)
+            self.arrays = list(arrays)
+            return encode_npz(arrays)
         if self.fmt.startswith("comfy"):
             return encode_png(result.maps[self.fmt.replace("-", "_")])
         return encode_png(result.maps["picture"])
 
     def write(self, result: Result) -> None:
         path = self.path_for(result)
-        if path.exists() and not self.overwrite:
-            raise SinkError(f"output {path} already exists", hint="pass --overwrite to replace it")
+        own = path.with_suffix(".json") if self.image_sidecars else None
+        for target in (path, own):
+            if target is not None and target.exists() and not self.overwrite:
+                raise SinkError(f"output {target} already exists", hint="pass --overwrite to replace it")
         tmp = path.with_name(f".{path.name}.partial")
         try:
             tmp.write_bytes(self.encode(result))
             os.replace(tmp, path)
+            if own is not None:
+                write_json(own, sidecar(result.meta, {"image": path.name, "format": self.fmt}))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise SinkError(f"writing {path} failed: {exc.strerror}", hint="check free disk space") from exc
@@ -173,7 +192,7 @@ class ImageSequenceSink(Sink):
             extra.update(
                 units="metres",
                 dtype="float32",
-                arrays="depth (m), normal (HxWx3 unit), kappa, confidence, fx, fy, focal_source"
+                arrays=", ".join(NPZ_ARRAYS.get(name, name) for name in self.arrays)
                 if self.fmt == "npz"
                 else "Y = depth (m)",
             )

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from streamer.sources.base import Source
-from streamer.sources.images import ImageSource, is_image_path
+from streamer.sources.images import SEQUENCE_FPS, ImageSource, is_image_path
 from streamer.sources.testsrc import PatternSource
 from streamer.sources.video import VideoSource, is_network
 from streamer.sources.webcam import WebcamSource
 
 if TYPE_CHECKING:
     from streamer.config import SourceConfig
+
+
+log = logging.getLogger(__name__)
 
 
 def is_camera(uri: str) -> bool:
@@ -26,7 +30,10 @@ def open_source(cfg: SourceConfig, threads: int = 0) -> Source:
     if is_camera(uri):
         return WebcamSource(uri, cfg.width, cfg.height, cfg.fps, cfg.frames)
     if not is_network(uri) and is_image_path(uri):
-        return ImageSource([uri])
+        source = ImageSource([uri], cfg.fps or SEQUENCE_FPS)
+        if cfg.fps is None and source.info.frame_count > 1:
+            log.warning("image sequence %s has no frame rate: read at %d fps; pass --fps to set it", uri, SEQUENCE_FPS)
+        return source
     return VideoSource(uri, cfg.start, cfg.end, cfg.frames, cfg.live, threads)
 
 

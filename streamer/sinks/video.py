@@ -141,9 +141,12 @@ class VideoSink(Sink):
         for key, value in (METRIC16_TAGS if self.fmt == "metric16" else COLOR_TAGS).items():
             setattr(ctx, key, value)
         if self.codec == "ffv1":
-            stream.options = {**FFV1_OPTIONS, "slices": str(ffv1_slices(width, height))}
+            options = {**FFV1_OPTIONS, "slices": str(ffv1_slices(width, height))}
         else:
-            stream.options = quality_options(self.codec, self.crf)
+            options = quality_options(self.codec, self.crf)
+        # packets last as long as their frames (the gap to the next), not 1/rate: VFR stays exact
+        options["flags"] = options.get("flags", "") + "+frame_duration"
+        stream.options = options
         ctx.thread_type = "AUTO"
         ctx.thread_count = self.threads
         # the sidecar's units, scale, fx/fy, model and stabiliser also travel inside the file (the

@@ -178,8 +178,7 @@ class VideoSource(Source):
                     break
                 continue
             if held is not None:
-                held.audio = audio.copy()  # the list itself stays the one audio is read into
-                audio.clear()
+                held.audio = self._audio_before(audio, seconds)
                 yield held
             image = upright_rgb(frame)
             held = Frame(image, index, pts, tb, time.monotonic(), focal=self.focal_hint(image.shape[1], image.shape[0]))
@@ -230,6 +229,15 @@ class VideoSource(Source):
                 self.uri,
                 clock.repaired,
             )
+
+    @staticmethod
+    def _audio_before(audio: list, seconds: float) -> list:
+        """Take the packets read so far that start before `seconds` (the next frame's time) out of
+        `audio`: frames wait in the reordering window while the demuxer reads ahead, and audio
+        past a `--max-frames` cut must stay behind until the cut is known."""
+        taken = [p for p in audio if float(p.pts * p.time_base) < seconds]
+        audio[:] = [p for p in audio if float(p.pts * p.time_base) >= seconds]
+        return taken
 
     def _trim_end(self) -> float | None:
         """Where kept audio ends: `end`, or after the last frame when the frame count cut the input."""

@@ -45,7 +45,11 @@ Run it again to continue: finished outputs are skipped; a table and depth/batch-
 )
 @render_options
 @click.option("--codec", help="Encoder, as for transcode.  [default: by container]")
-@click.option("--crf", type=int, help="x264/x265 quality, lower is better.  [default: 18]")
+@click.option(
+    "--crf",
+    type=int,
+    help="Quality on x264's 0-51 scale, lower is better; every encoder gets its own constant-quality control (FFV1 is lossless).  [default: 18]",
+)
 @click.option("--audio/--no-audio", default=None, help="Copy the input's audio.  [default: on]")
 @click.option("--overwrite", is_flag=True, default=None, help="Also replace existing files this batch did not make.")
 @click.option(

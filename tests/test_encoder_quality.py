@@ -133,7 +133,11 @@ def test_an_encoder_refusing_its_settings_is_named_not_the_disk(ffmpeg_cli, tmp_
 
 
 def test_only_disk_errors_blame_the_disk():
-    full = write_error("writing x", OSError(errno.ENOSPC, "No space left on device"))
+    for code in (errno.ENOSPC, errno.EACCES, errno.EROFS):
+        try:
+            av.error.err_check(-code)  # as PyAV raises what FFmpeg returns
+        except av.FFmpegError as exc:
+            assert write_error("writing x", exc).hint == WRITE_HINT
+    assert write_error("writing x", OSError(errno.ENOSPC, "No space left on device")).hint == WRITE_HINT
     refused = write_error("writing x", av.error.InvalidDataError(errno.EINVAL, "Invalid argument"))
-    assert full.hint == WRITE_HINT
     assert "disk" not in f"{refused} {refused.hint}".replace("not a disk problem", "")

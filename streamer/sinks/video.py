@@ -62,7 +62,7 @@ NEGATIVE_TS_OK = {".mkv": {"avoid_negative_ts": "disabled"}}
 
 def write_error(action: str, exc: Exception) -> SinkError:
     """The disk is blamed only for the disk's errors; FFmpeg refusing data is said as that."""
-    if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+    if getattr(exc, "errno", None) in DISK_ERRORS:
         return SinkError(f"{action} failed: {exc}", hint=WRITE_HINT)
     return SinkError(
         f"{action} failed: FFmpeg refused the data: {exc}",

@@ -24,6 +24,7 @@ from media_corpus import Probe, ffmpeg_available, presented_frame_count, probe
 from streamer.cli.main import main
 from streamer.errors import SinkError
 from streamer.sinks.video import VideoSink
+from streamer.sources.timestamps import FrameClock
 from streamer.types import Frame, Result, StreamInfo
 
 from conftest import missing_tool
@@ -109,3 +110,24 @@ def test_timestamp_problems_are_reported_as_such_not_as_disk_trouble(tmp_path):
     sink.close(False)
     message = f"{raised.value} {raised.value.hint}"
     assert "timestamp" in message and "disk" not in message
+
+
+def times(clock: FrameClock, stamps: list[tuple[int | None, int | None]]) -> list[int]:
+    pushed = [t for i, (pts, dts) in enumerate(stamps) for _, t in clock.push(i, pts, dts)]
+    return pushed + [t for _, t in clock.drain()]
+
+
+def test_frame_clock_sorts_decode_order_pts_and_fills_the_gaps():
+    # pts written in decode order (pts = dts with two B-frames), as the decoder outputs them
+    assert times(FrameClock(10), [(10, 20), (0, 30), (30, 40), (40, 50), (20, 60), (50, None)]) == [
+        0,
+        10,
+        20,
+        30,
+        40,
+        50,
+    ]
+    # no pts (AVI): the packet's dts; nothing at all: one frame on; repeated: one frame on
+    assert times(FrameClock(10), [(None, 0), (None, None), (20, None), (20, 30), (None, 30)]) == [0, 10, 20, 30, 40]
+    # a live stream sorts nothing (window 0) but still never goes back
+    assert times(FrameClock(5, window=0), [(10, None), (0, None), (20, None)]) == [10, 15, 20]

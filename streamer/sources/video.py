@@ -1,7 +1,9 @@
 """Video files and network streams through PyAV: container timestamps, variable frame rate and
 rotation kept, `start`/`end` in seconds, truncated inputs decoded as far as they go, and the
 audio packets of the same demuxer passed along with the frames. A focal length written in the
-container's metadata (phones do) rides on every frame as its focal hint."""
+container's metadata (phones do) rides on every frame as its focal hint. Frame times that files
+get wrong (missing, in decode order, repeated) are repaired in timestamps.py, so they always
+increase; frames FFmpeg decodes with concealed errors are kept like any other."""
 
 from __future__ import annotations
 

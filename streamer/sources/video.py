@@ -154,7 +154,7 @@ class VideoSource(Source):
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         """Decode in order; a corrupt packet is skipped and counted, a broken container ends the stream.
 
-        Audio packets from the same demuxer ride on the next frame; the last frame is held back
+        Audio packets from the same demuxer ride on the frame shown before they start; the last frame is held back
         until the input ends so the audio after it rides along too. Trims cut audio alike.
         """
         tb = self.stream.time_base
@@ -224,7 +224,8 @@ class VideoSource(Source):
             for frame in frames:
                 decoded += 1
                 yield from clock.push(frame, frame.pts, frame.dts, frame.duration)
-        yield from clock.drain()
+        if not stop.is_set():
+            yield from clock.drain()
         if clock.repaired:
             log.info(
                 "%s: %d frames had no time or one not after the previous frame's: timed one frame on",

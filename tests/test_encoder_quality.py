@@ -58,7 +58,7 @@ def kbps(path: Path) -> float:
 
 @pytest.mark.parametrize(
     ("suffix", "codec"),
-    [(".mp4", "libx264"), (".webm", "libvpx-vp9"), (".mkv", "libx265")],
+    [(".mp4", "libx264"), (".webm", "libvpx-vp9"), (".mkv", "libx265"), (".avi", "mpeg4")],
 )
 def test_lower_crf_gives_more_bits_on_every_encoder(suffix, codec, ffmpeg_cli, tmp_path, capsys):
     src = detailed_clip(tmp_path)

@@ -96,7 +96,8 @@ def quality_options(codec: str, crf: int) -> dict[str, str]:
     if codec == "libsvtav1":
         return {"crf": str(round(crf * 63 / 51))}
     if codec in ("mpeg4", "mjpeg", "mpeg2video", "mpeg1video"):  # a fixed quantiser, 2 (best) .. 31
-        return {"flags": "+qscale", "global_quality": str(118 * max(2, min(31, 2 + crf * 29 // 51)))}
+        q = str(2 + crf * 29 // 51)  # pinned at both ends: rate control cannot steer away from it
+        return {"qmin": q, "qmax": q}
     if codec == "ffv1":
         return {}  # lossless: there is no quality to set
     log.warning("--crf has no mapping for the %s encoder: its own defaults are used", codec)

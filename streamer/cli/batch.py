@@ -45,7 +45,11 @@ Run it again to continue: finished outputs are skipped; a table and depth/batch-
 )
 @render_options
 @click.option("--codec", help="Encoder, as for transcode.  [default: by container]")
-@click.option("--crf", type=int, help="x264/x265 quality, lower is better.  [default: 18]")
+@click.option(
+    "--crf",
+    type=int,
+    help="Quality on x264's 0-51 scale, lower is better; every encoder gets its own constant-quality control (FFV1 is lossless).  [default: 18]",
+)
 @click.option("--start", type=float, help="Start each video at this many seconds.")
 @click.option("--end", type=float, help="Stop each video at this many seconds.")
 @click.option("--audio/--no-audio", default=None, help="Copy the input's audio.  [default: on]")

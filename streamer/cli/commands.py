@@ -56,7 +56,11 @@ Examples:
     "--codec",
     help="Encoder: auto (.mp4/.mov: NVENC when it opens here, else libx264), or any FFmpeg encoder (ffv1 for .mkv, libvpx-vp9 for .webm are the defaults there).",
 )
-@click.option("--crf", type=int, help="x264/x265 quality, lower is better.  [default: 18]")
+@click.option(
+    "--crf",
+    type=int,
+    help="Quality on x264's 0-51 scale, lower is better; every encoder gets its own constant-quality control (FFV1 is lossless).  [default: 18]",
+)
 @click.option(
     "--fps",
     type=float,

@@ -13,6 +13,7 @@ says so (range, matrix, primaries, transfer), so the 256 depth levels survive an
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from streamer.sinks.base import (
     sidecar,
     write_json,
 )
-from streamer.sinks.encoders import COLOR_TAGS, METRIC16_TAGS, pick_encoder
+from streamer.sinks.encoders import COLOR_TAGS, METRIC16_TAGS, audio_rate, ffv1_slices, pick_encoder, quality_options
 from streamer.types import Result, StreamInfo
 from streamer.views import PictureSettings
 
@@ -46,8 +47,27 @@ AUDIO_COPY = {
     ".webm": ("opus", "vorbis"),
     ".avi": ("mp3", "ac3", "pcm_s16le"),
 }
-FFV1_OPTIONS = {"level": "3", "slices": "24", "slicecrc": "1", "g": "1"}
+FFV1_OPTIONS = {"level": "3", "slicecrc": "1", "g": "1"}
 WRITE_HINT = "check free disk space and that the output directory is writable"
+# errors that are the disk's (or the folder's) doing; anything else FFmpeg says is not
+DISK_ERRORS = {
+    code
+    for code in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EFBIG)
+    + tuple(getattr(errno, name) for name in ("EDQUOT",) if hasattr(errno, name))
+}
+# Matroska stores blocks relative to clusters, so a block may start before 0: AAC's priming packet
+# keeps its place before the video's 0 instead of the muxer shifting every stream to make it 0
+NEGATIVE_TS_OK = {".mkv": {"avoid_negative_ts": "disabled"}}
+
+
+def write_error(action: str, exc: Exception) -> SinkError:
+    """The disk is blamed only for the disk's errors; FFmpeg refusing data is said as that."""
+    if getattr(exc, "errno", None) in DISK_ERRORS:
+        return SinkError(f"{action} failed: {exc}", hint=WRITE_HINT)
+    return SinkError(
+        f"{action} failed: FFmpeg refused the data: {exc}",
+        hint="not a disk problem; please report it with the input file (`streamer doctor` shows the FFmpeg build)",
+    )
 
 
 class VideoSink(Sink):
@@ -98,6 +118,9 @@ class VideoSink(Sink):
         self._stream = None
         self._audio: dict[int, tuple] = {}  # input stream index -> (output stream, re-encoded?)
         self._origin: Fraction | None = None  # the first frame's time: the output's 0
+        # one frame waits for the next, so its duration is the real gap to it (VFR), not 1/rate
+        self._pending: av.VideoFrame | None = None
+        self._last_gap = 0
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -105,12 +128,9 @@ class VideoSink(Sink):
         self.info = info
         self.stats = stats  # the scene cuts for the sidecar, read at close
         try:
-            self.container = av.open(str(self.work_path), "w")
+            self.container = av.open(str(self.work_path), "w", container_options=NEGATIVE_TS_OK.get(self.suffix))
         except (av.FFmpegError, OSError) as exc:
             raise SinkError(f"cannot create {self.work_path}: {exc}", hint=WRITE_HINT) from exc
-        if self.copy_audio:
-            for src in info.audio:
-                self._open_audio(src)
 
     def _open_video_stream(self, width: int, height: int, pix_fmt: str) -> None:
         stream = self.container.add_stream(self.codec, rate=self.info.rate or Fraction(30))
@@ -121,25 +141,43 @@ class VideoSink(Sink):
         for key, value in (METRIC16_TAGS if self.fmt == "metric16" else COLOR_TAGS).items():
             setattr(ctx, key, value)
         if self.codec == "ffv1":
-            stream.options = FFV1_OPTIONS
-        elif self.codec in ("libx264", "libx265"):
-            stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+            options = {**FFV1_OPTIONS, "slices": str(ffv1_slices(width, height))}
+        else:
+            options = quality_options(self.codec, self.crf)
+        # packets last as long as their frames (the gap to the next), not 1/rate: VFR stays exact
+        options["flags"] = options.get("flags", "") + "+frame_duration"
+        stream.options = options
         ctx.thread_type = "AUTO"
         ctx.thread_count = self.threads
         # the sidecar's units, scale, fx/fy, model and stabiliser also travel inside the file (the
         # scene cuts only in the sidecar: the header is written before they are known)
         self.container.metadata["comment"] = json.dumps(sidecar(self.meta, self.encoding()))
+        self._open_encoder(stream, f"{width}x{height} {pix_fmt}, options {stream.options}")
         self._stream = stream
+
+    def _open_encoder(self, stream, settings: str) -> None:
+        """Open the encoder now, so a refusal names it and its settings (not the disk)."""
+        try:
+            stream.codec_context.open()
+        except (av.FFmpegError, ValueError) as exc:
+            name = stream.codec_context.name
+            raise SinkError(
+                f"the {name} encoder refused its settings ({settings}): {exc}",
+                hint="pick another encoder with --codec or another output format",
+            ) from exc
 
     def _open_audio(self, src) -> None:
         allowed = AUDIO_COPY.get(self.suffix)
         if allowed is None or src.codec_context.name in allowed:
             self._audio[src.index] = (self.container.add_stream_from_template(src), False)
             return
-        out = self.container.add_stream(allowed[0], rate=src.rate)
+        codec = av.Codec(allowed[0], "w")
+        rate = audio_rate(codec, src.rate)  # Opus only runs at 48 kHz and its divisors: PyAV resamples
+        out = self.container.add_stream(allowed[0], rate=rate)
         # a named layout: encoders refuse an unordered one such as "1 channels"
         out.layout = {1: "mono", 2: "stereo"}.get(src.layout.nb_channels, src.layout)
-        out.format = out.codec_context.codec.audio_formats[0]  # e.g. fltp for aac; PyAV resamples
+        out.format = codec.audio_formats[0]  # e.g. fltp for aac; PyAV converts
+        self._open_encoder(out, f"{rate} Hz {out.layout.name} {out.format.name}")
         self._audio[src.index] = (out, True)
         self.audio_note = f"audio re-encoded {src.codec_context.name} -> {allowed[0]} ({self.suffix} cannot hold it)"
         log.warning(self.audio_note)
@@ -165,17 +203,41 @@ class VideoSink(Sink):
             self.meta = result.meta
             pix_fmt = {"rgb24": "bgr0" if self.codec == "ffv1" else "yuv420p"}.get(frame.format.name, frame.format.name)
             self._open_video_stream(frame.width, frame.height, pix_fmt)
+            if self.copy_audio:  # after the video: players and tools expect the video as stream 0
+                for src in self.info.audio:
+                    self._open_audio(src)
             self._origin = Fraction(source.pts) * source.time_base
             if self.info.start is not None:  # audio that starts before the first frame keeps its lead
                 self._origin = min(self._origin, self.info.start)
         frame.pts = source.pts - round(self._origin / source.time_base)
         frame.time_base = source.time_base
+        self._check_order(frame, source.index)
         try:
-            for packet in self._stream.encode(frame):
-                self.container.mux(packet)
+            self._encode_pending(frame.pts - self._pending.pts if self._pending is not None else 0)
+            self._pending = frame
             self._mux_audio(source.audio)
         except (av.FFmpegError, OSError) as exc:
-            raise SinkError(f"writing {self.work_path} failed: {exc}", hint=WRITE_HINT) from exc
+            raise write_error(f"writing {self.work_path}", exc) from exc
+
+    def _check_order(self, frame: av.VideoFrame, index: int) -> None:
+        """Times must increase: a source that breaks this is a timestamp problem, said as one."""
+        if self._pending is not None and frame.pts <= self._pending.pts:
+            tb = frame.time_base
+            raise SinkError(
+                f"frame {index} is timed at {float(frame.pts * tb):.3f} s, not after the previous frame "
+                f"({float(self._pending.pts * tb):.3f} s): video timestamps must increase",
+                hint="the source gave out-of-order timestamps; please report it with the input",
+            )
+
+    def _encode_pending(self, gap: int) -> None:
+        """Encode the waiting frame, lasting `gap` ticks (the last one lasts as long as the gap before it)."""
+        if self._pending is None:
+            return
+        self._last_gap = gap or self._last_gap
+        self._pending.duration = self._last_gap
+        for packet in self._stream.encode(self._pending):
+            self.container.mux(packet)
+        self._pending = None
         self.frames_written += 1
 
     def _mux_audio(self, packets: list) -> None:
@@ -204,6 +266,7 @@ class VideoSink(Sink):
 
     def _flush(self) -> None:
         if self._stream is not None:
+            self._encode_pending(0)
             for packet in self._stream.encode(None):
                 self.container.mux(packet)
         for out, reencode in self._audio.values():
@@ -237,7 +300,7 @@ class VideoSink(Sink):
             write_json(target.with_suffix(".json"), self.describe(final))
         self.final_path = target
         if error is not None and complete:  # after a failed write, that first error is the one reported
-            raise SinkError(f"finishing {self.work_path} failed: {error}", hint=WRITE_HINT) from error
+            raise write_error(f"finishing {self.work_path}", error) from error
 
     def encoding(self) -> dict:
         """How pixel values relate to depth, and how the colours are tagged."""

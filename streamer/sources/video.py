@@ -1,10 +1,13 @@
 """Video files and network streams through PyAV: container timestamps, variable frame rate and
 rotation kept, `start`/`end` in seconds, truncated inputs decoded as far as they go, and the
 audio packets of the same demuxer passed along with the frames. A focal length written in the
-container's metadata (phones do) rides on every frame as its focal hint."""
+container's metadata (phones do) rides on every frame as its focal hint. Frame times that files
+get wrong (missing, in decode order, repeated) are repaired in timestamps.py, so they always
+increase; frames FFmpeg decodes with concealed errors are kept like any other."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -17,8 +20,10 @@ import numpy as np
 from streamer.errors import SourceError
 from streamer.focal import Focal, focal_from_video_metadata, video_metadata
 from streamer.sources.base import Source
+from streamer.sources.timestamps import REORDER_WINDOW, FrameClock
 from streamer.types import Frame, StreamInfo
 
+log = logging.getLogger(__name__)
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "tcp://", "srt://")
 NETWORK_TIMEOUT_S = 10.0
 
@@ -96,6 +101,7 @@ class VideoSource(Source):
         self.start, self.end, self.limit = start, end, frames
         self.truncated: str | None = None
         self.corrupt_packets = 0
+        self._cut = False  # a trim's end was reached: only audio up to it is still read
         self.last_seconds: float | None = None  # the last frame's time
         self.audio_end: float | None = None  # where the last audio packet read ends
         rate = self.stream.average_rate or self.stream.guessed_rate
@@ -148,7 +154,7 @@ class VideoSource(Source):
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         """Decode in order; a corrupt packet is skipped and counted, a broken container ends the stream.
 
-        Audio packets from the same demuxer ride on the next frame; the last frame is held back
+        Audio packets from the same demuxer ride on the frame shown before they start; the last frame is held back
         until the input ends so the audio after it rides along too. Trims cut audio alike.
         """
         tb = self.stream.time_base
@@ -162,52 +168,79 @@ class VideoSource(Source):
                 ) from exc
         held: Frame | None = None
         audio: list = []
-        index, cut = 0, False
+        index = 0
+        self._cut = False
+        for frame, pts in self._timed_frames(stop, audio):
+            seconds = float(pts * tb)
+            if self._cut or (self.start is not None and seconds < self.start):
+                continue
+            if (self.end is not None and seconds >= self.end) or (self.limit is not None and index >= self.limit):
+                self._cut = True  # past the trim: only the audio up to its end is still wanted
+                if not self.audio_streams:
+                    break
+                continue
+            if held is not None:
+                held.audio = self._audio_before(audio, seconds)
+                yield held
+            image = upright_rgb(frame)
+            held = Frame(image, index, pts, tb, time.monotonic(), focal=self.focal_hint(image.shape[1], image.shape[0]))
+            index += 1
+            self.last_seconds = seconds
+        if held is not None:
+            held.audio = [p for p in audio if not self._after_end(p)]
+            yield held
+        if not stop.is_set() and not self._cut and self.start is None:
+            self._check_complete(index)
+
+    def _timed_frames(self, stop: threading.Event, audio: list) -> Iterator[tuple[av.VideoFrame, int]]:
+        """Decoded frames in presentation order with strictly increasing times (see timestamps.py);
+        the audio packets read on the way are collected in `audio`. Frames FFmpeg decodes with
+        concealed errors are kept; a packet it cannot decode at all is skipped and counted."""
+        clock = FrameClock(
+            self._frame_ticks(), self.stream.start_time or 0, window=0 if self.info.live else REORDER_WINDOW
+        )
         packets = self.container.demux(self.stream, *self.audio_streams)
+        decoded = 0
         while not stop.is_set():
             try:
                 packet = next(packets, None)
             except av.FFmpegError as exc:
-                self.truncated = f"reading stopped after {index} frames: {exc.strerror or exc}"
+                self.truncated = f"reading stopped after {decoded} frames: {exc.strerror or exc}"
                 break
             if packet is None:
                 break
             if packet.stream.type == "audio":
                 self._note_audio(packet, audio)
-                if cut and self._after_end(packet):
-                    break
+                if self._cut and self._after_end(packet):
+                    return
                 continue
-            if cut:
-                continue  # past the trim: only the audio up to its end is still wanted
+            if self._cut:
+                continue
             try:
-                decoded = packet.decode()
+                frames = packet.decode()
             except av.FFmpegError:
                 self.corrupt_packets += 1
                 continue
-            for frame in decoded:
-                pts = frame.pts if frame.pts is not None else index
-                seconds = float(pts * tb)
-                if self.start is not None and seconds < self.start:
-                    continue
-                if (self.end is not None and seconds >= self.end) or (self.limit is not None and index >= self.limit):
-                    cut = True
-                    break
-                if held is not None:
-                    held.audio, audio = audio, []
-                    yield held
-                image = upright_rgb(frame)
-                held = Frame(
-                    image, index, pts, tb, time.monotonic(), focal=self.focal_hint(image.shape[1], image.shape[0])
-                )
-                index += 1
-                self.last_seconds = seconds
-            if cut and not self.audio_streams:
-                break
-        if held is not None:
-            held.audio = [p for p in audio if not self._after_end(p)]
-            yield held
-        if not stop.is_set() and not cut and self.start is None:
-            self._check_complete(index)
+            for frame in frames:
+                decoded += 1
+                yield from clock.push(frame, frame.pts, frame.dts, frame.duration)
+        if not stop.is_set():
+            yield from clock.drain()
+        if clock.repaired:
+            log.info(
+                "%s: %d frames had no time or one not after the previous frame's: timed one frame on",
+                self.uri,
+                clock.repaired,
+            )
+
+    @staticmethod
+    def _audio_before(audio: list, seconds: float) -> list:
+        """Take the packets read so far that start before `seconds` (the next frame's time) out of
+        `audio`: frames wait in the reordering window while the demuxer reads ahead, and audio
+        past a `--max-frames` cut must stay behind until the cut is known."""
+        taken = [p for p in audio if float(p.pts * p.time_base) < seconds]
+        audio[:] = [p for p in audio if float(p.pts * p.time_base) >= seconds]
+        return taken
 
     def _trim_end(self) -> float | None:
         """Where kept audio ends: `end`, or after the last frame when the frame count cut the input."""
@@ -231,6 +264,12 @@ class VideoSource(Source):
             return
         if not self._after_end(packet):
             audio.append(packet)
+
+    def _frame_ticks(self) -> int:
+        """One frame in stream ticks, for frames whose time must be made up."""
+        if not self.info.rate:
+            return 1
+        return max(1, round(1 / (self.info.rate * self.stream.time_base)))
 
     @property
     def frame_interval(self) -> float:

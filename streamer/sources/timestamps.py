@@ -1,0 +1,62 @@
+"""Presentation times for decoded frames, for files whose containers get them wrong.
+
+Real files break the muxer in three ways: frames with no pts at all (DivX/Xvid AVI with packed
+B-frames: AVI stores no presentation times), pts that go backwards (phone clips whose packets carry
+pts = dts, ignoring B-frame reordering), and repeated timestamps (broken remuxes). The decoder
+already hands frames out in presentation order; only their times are wrong. So the times of a few
+frames in a row are sorted and given out in that order: a file whose pts are right is unchanged,
+one whose pts were written in decode order gets them back in presentation order. A frame without
+pts takes its packet's dts (what FFmpeg's best-effort timestamp falls back to); a frame with no
+time at all, or one not after the previous frame's, gets the previous time plus one frame. The
+times handed on always strictly increase.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+# Frames whose times are sorted together: more than any B-frame reordering depth seen in the wild
+# (H.264 allows 16, encoders use up to 4 or 5), few enough to hold as decoded YUV frames.
+REORDER_WINDOW = 8
+
+
+class FrameClock(Generic[Item]):
+    """Strictly increasing presentation times (in stream ticks) for decoded frames, in their order."""
+
+    def __init__(self, step: int, start: int = 0, window: int = REORDER_WINDOW) -> None:
+        self.step = max(1, step)  # one frame, in ticks: used where a time must be made up
+        self.start = start  # the first frame's time when it carries none
+        self.window = window
+        self._waiting: deque[tuple[Item, bool, int]] = deque()  # (frame, has a time?, duration)
+        self._times: list[int] = []  # the waiting frames' times, smallest first
+        self.previous: int | None = None
+        self.repaired = 0  # frames whose time was missing or not after the previous one
+
+    def push(self, item: Item, pts: int | None, dts: int | None, duration: int = 0) -> Iterator[tuple[Item, int]]:
+        """Take a decoded frame; hand out (frame, time) for those that leave the sorting window."""
+        time = pts if pts is not None else dts
+        if time is not None:
+            heapq.heappush(self._times, time)
+        self._waiting.append((item, time is not None, duration))
+        while len(self._waiting) > self.window:
+            yield self._release()
+
+    def drain(self) -> Iterator[tuple[Item, int]]:
+        """The frames still waiting, at the end of the input."""
+        while self._waiting:
+            yield self._release()
+
+    def _release(self) -> tuple[Item, int]:
+        item, timed, duration = self._waiting.popleft()
+        time = heapq.heappop(self._times) if timed else None
+        if self.previous is None:
+            time = self.start if time is None else time
+        elif time is None or time <= self.previous:
+            time = self.previous + (duration if duration and duration > 0 else self.step)
+            self.repaired += 1
+        self.previous = time
+        return item, time

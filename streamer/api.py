@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from streamer.calibration import Calibration, store_path
 from streamer.config import Config, ModelConfig
 from streamer.engine import worker
 from streamer.engine.compiled import CompiledOrEager
@@ -121,7 +122,14 @@ def picture_settings(cfg: Config, view: str | None = None) -> PictureSettings:
     """A sink's picture from the output section; `view` for live sinks with their own view."""
     out = cfg.output
     fmt = view or out.format
-    return PictureSettings(fmt if fmt in VIEW_FORMATS else "color", out.colormap, out.range, out.near, out.far)
+    return PictureSettings(
+        fmt if fmt in VIEW_FORMATS else "color",
+        out.colormap,
+        out.range,
+        out.near,
+        out.far,
+        effects=cfg.effects.settings(),
+    )
 
 
 def ply_sink(cfg: Config, directory: str | Path) -> PlySink:
@@ -324,8 +332,34 @@ def make_pipeline(source, stage, sinks: list, config: Config | None = None, stat
         pace = any(s.live for s in sinks)
     stabilizer = build_stabilizer(cfg, source, sinks)
     return Pipeline(
-        source, stage, sinks, e.batch_size, e.queue_size, e.pinned_memory, e.cuda_stream, stats, pace, stabilizer
+        source,
+        stage,
+        sinks,
+        e.batch_size,
+        e.queue_size,
+        e.pinned_memory,
+        e.cuda_stream,
+        stats,
+        pace,
+        stabilizer,
+        run_calibration(cfg, source, sinks),
     )
+
+
+def run_calibration(cfg: Config, source, sinks: list) -> Calibration:
+    """The run's scale factor; a sink that calibrates (the page) holds it, so its clicks reach the metres.
+
+    Only a live camera has an identity to save a click's factor under (its index or device path)."""
+    held = next((s.calibration for s in sinks if getattr(s, "calibration", None) is not None), None)
+    if held is not None:
+        return held
+    c = cfg.calibration
+    camera = cfg.source.uri if source.info.live and c.save else None
+    calibration = Calibration.from_options(c.scale, c.known_distance, camera, store_path())
+    for sink in sinks:
+        if hasattr(sink, "calibration"):
+            sink.calibration = calibration
+    return calibration
 
 
 def execute(

@@ -30,7 +30,8 @@ def to_millimetres(depth: torch.Tensor) -> torch.Tensor:
 class Outputs:
     """Routes from the stage's maps to each sink's arrays; one Renderer per picture settings."""
 
-    def __init__(self, sinks: list) -> None:
+    def __init__(self, sinks: list, calibration=None) -> None:
+        self.calibration = calibration  # streamer.calibration.Calibration: a scale on every metre, or None
         self.renderers: list[Renderer] = []
         self.routes: list[dict[str, str]] = []  # per sink: its name for an array -> the download key
         renderer_of: dict[int, int] = {}
@@ -55,9 +56,18 @@ class Outputs:
         return wants or set(DEFAULT_WANTS)
 
     @torch.inference_mode()
-    def __call__(self, maps: dict[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Stage maps + the uploaded frames -> the tensors to download, keyed as in `routes`."""
+    def __call__(
+        self, maps: dict[str, torch.Tensor], images: torch.Tensor, meta: dict | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Stage maps + the uploaded frames -> the tensors to download, keyed as in `routes`.
+
+        `meta` (the stage's) gives the keyed view its focal length in pixels of the output."""
         maps = dict(maps)
+        if self.calibration is not None and "depth" in maps:
+            maps["depth"] = self.calibration.apply(maps["depth"])
+        focal = output_focal(meta or {}, images, maps)
+        for renderer in self.renderers:
+            renderer.focal_px = focal
         if "image" in self.stage_wants():
             size_key = next(k for k in SIZE_KEYS if k in maps)
             maps["image"] = resize_u8(images, tuple(maps[size_key].shape[1:3]))
@@ -66,6 +76,20 @@ class Outputs:
             out[key] = to_millimetres(maps["depth"]) if key == "depth_mm" else maps[key]
         return out
 
+    def meta(self) -> dict:
+        """What the sidecars record of the calibration in use (`scale`, `scale_source`)."""
+        return self.calibration.describe() if self.calibration is not None else {}
+
     def split(self, arrays: dict[str, np.ndarray], index: int) -> list[dict[str, np.ndarray]]:
         """Frame `index` of a downloaded batch -> one dict per sink, in the sinks' order."""
         return [{need: arrays[key][index] for need, key in route.items()} for route in self.routes]
+
+
+def output_focal(meta: dict, images: torch.Tensor, maps: dict[str, torch.Tensor]) -> float | None:
+    """fx in pixels of the output: the stage's intrinsics at the output size, else its fx at the source's."""
+    if "intrinsics" in meta:
+        return float(meta["intrinsics"][0])
+    size_key = next((k for k in SIZE_KEYS if k in maps), None)
+    if "fx" not in meta or size_key is None:
+        return None
+    return float(meta["fx"]) * maps[size_key].shape[2] / images.shape[2]

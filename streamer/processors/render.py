@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streamer.processors.effects import Keyer, default_focal_px
 from streamer.views import COLORMAPS, PictureSettings
 
 SMOOTHING = 0.1  # EMA weight of the newest frame in auto mode
@@ -191,12 +192,14 @@ class Renderer:
     def __init__(self, settings: PictureSettings | None = None) -> None:
         self.settings = settings or PictureSettings()
         self.display = DisplayRange(self.settings)
+        self.keyer = Keyer()
+        self.focal_px: float | None = None  # at the output size, from the stage's meta (Outputs sets it)
 
     def maps_needed(self) -> set[str]:
         """What the stage must produce for the current view (it may change mid-run)."""
         view = self.settings.view
         needed = {"normal"} if view == "normal" else {"depth"}
-        return needed | ({"image"} if view == "side-by-side" else set())
+        return needed | ({"image"} if view in ("side-by-side", "keyed") else set())
 
     def levels(self, depth: torch.Tensor) -> torch.Tensor:
         """(N, H, W) metres -> 0..255 levels in this sink's display range (near = 255)."""
@@ -213,6 +216,8 @@ class Renderer:
             picture = maps["picture"]
         elif s.view == "normal":
             picture = normal_rgb(maps["normal"])
+        elif s.view == "keyed":
+            picture = self.keyed(maps)
         else:
             u8 = self.levels(maps["depth"])
             picture = (
@@ -225,6 +230,13 @@ class Renderer:
         if s.fit is not None:
             picture = letterbox(picture, *s.fit)
         return picture
+
+    def keyed(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The camera picture keyed by distance and/or with depth of field (processors/effects.py)."""
+        effects, depth = self.settings.effects, maps["depth"]
+        f_px = self.focal_px or default_focal_px(depth.shape[-1])
+        alpha = self.settings.alpha and effects.background_kind == "transparent"
+        return self.keyer(resize_u8(maps["image"], tuple(depth.shape[1:3])), depth, effects, f_px, alpha)
 
     def __call__(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """The picture in the sink's pixel format (RGB, or YUV planes for an encoder)."""

@@ -60,7 +60,9 @@ def format_picture(fmt: str, settings: PictureSettings | None) -> PictureSetting
     if fmt not in VIEW_FORMATS:
         return None
     settings = settings or PictureSettings()
-    return PictureSettings(fmt, settings.colormap, settings.range, settings.near, settings.far)
+    return PictureSettings(
+        fmt, settings.colormap, settings.range, settings.near, settings.far, effects=settings.effects
+    )
 
 
 def check_output(path: Path, overwrite: bool, inputs: list[str | Path] = ()) -> None:
@@ -108,6 +110,8 @@ def sidecar(meta: dict, extra: dict, stats=None) -> dict:
         "focal_mode",
         "processor",
         "stabilize",
+        "scale",
+        "scale_source",
     )
     out = {**{k: meta[k] for k in keep if k in meta}, **extra}
     if stats is not None and getattr(stats, "detects_cuts", False) and "stabilize" in out:

@@ -1,0 +1,203 @@
+"""The `keyed` view on the model's device: distance keying and depth of field, from the metres.
+
+Keying: a pixel is kept when its depth lies in the band near..far. The depth's edges follow the
+network's coarse grid, so the hard mask is refined by a guided filter (kornia) with the camera
+picture as the guide: the alpha then follows the picture's own edges. Over time the mask holds
+still by hysteresis in metres: a kept pixel leaves only once it is `hysteresis` beyond the band,
+a dropped one enters only once it is that far inside it (the stabiliser already smoothed the metres).
+
+Depth of field: a thin lens focused at `focus` metres blurs a point at d metres into a circle of
+diameter  c = f_px * f_m / N * |1/focus - 1/d|  pixels (f_px the focal length in pixels, f_m in
+metres from the sensor width, N the f-number). The picture is blurred at a few scales of a pyramid
+and each pixel blends the two scales around its own circle, so the cost does not grow with the blur.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d, guided_blur
+
+from streamer.effect_settings import EffectSettings, parse_background
+
+LEVELS = 6  # pyramid scales 1, 2, 4, .. 32 px: circles up to ~64 px across
+BLUR_LEVEL = 5  # the `blur` background: the picture at the coarsest scale
+GUIDE_EPS = 1e-3  # guided filter regulariser (guide in 0..1): below the variance of a real edge
+ASSUMED_HFOV = 70.0  # degrees, when the stage said nothing of the focal length (as focal.py assumes)
+
+
+def band_mask(
+    depth: torch.Tensor, near: float, far: float, margin: float, previous: torch.Tensor | None
+) -> torch.Tensor:
+    """(H, W) metres -> bool mask of the band, with hysteresis against the `previous` mask."""
+    valid = depth > 0
+    inside = valid & (depth >= near + margin) & (depth <= far - margin)
+    if previous is None or previous.shape != depth.shape:
+        return valid & (depth >= near) & (depth <= far)
+    loose = valid & (depth >= near - margin) & (depth <= far + margin)
+    return inside | (previous & loose)
+
+
+def guide_of(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 1, H, W) luma in 0..1: the guide for the mask's edge."""
+    rgb = images.permute(0, 3, 1, 2).float() / 255.0
+    return (0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]).contiguous()
+
+
+def refine(mask: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """Hard masks (N, H, W) -> alpha (N, 1, H, W) in 0..1 whose edge follows the guide picture.
+
+    Two guided filter passes: the first pulls the edge from the depth's grid towards the picture's
+    edge (cut again at one half), the second makes the soft alpha along it. The window is about
+    1/60 of the short side, wide enough to reach from the depth's edge (a network's grid cell is
+    about 1/40 of it, its edges bleed a few pixels) to the picture's; subsampling by 4 is the fast
+    guided filter."""
+    short = min(mask.shape[-2:])
+    radius = max(2, short // 60)
+    subsample = 4 if short >= 256 else 1
+    kernel = 2 * (radius // subsample) * subsample + 1
+    hard = (guided_blur(guide, mask[:, None].float(), kernel, GUIDE_EPS, subsample=subsample) > 0.5).float()
+    soft = guided_blur(guide, hard, kernel, GUIDE_EPS, subsample=subsample).clamp_(0.0, 1.0)
+    # only along the edge: elsewhere the filter would print the picture's texture into the matte
+    return torch.where(near_edge(hard, kernel // 2), soft, hard)
+
+
+def near_edge(hard: torch.Tensor, reach: int) -> torch.Tensor:
+    """(N, 1, H, W) 0/1 -> where both values lie within `reach` pixels, found on a 4x smaller grid
+    (a full-size max filter that wide costs more than the rest of the key)."""
+    cells = F.avg_pool2d(hard, 4, ceil_mode=True)
+    k = 2 * (reach // 4 + 1) + 1
+    mixed = (F.max_pool2d(cells, k, 1, k // 2) > 0) & (-F.max_pool2d(-cells, k, 1, k // 2) < 1)
+    return F.interpolate(mixed.float(), scale_factor=4, mode="nearest")[..., : hard.shape[-2], : hard.shape[-1]] > 0
+
+
+def pyramid(images: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
+    """(N, C, H, W) float -> the picture at 1, 1/2, 1/4, ... of its size, each softened a little
+    (a Gaussian pyramid): level i stands for a blur about 2**i pixels wide."""
+    out = [images.contiguous(memory_format=torch.channels_last)]
+    for _ in range(1, levels):
+        if min(out[-1].shape[-2:]) < 8:
+            break
+        soft = gaussian_blur2d(F.avg_pool2d(out[-1], 2, ceil_mode=True), (5, 5), (1.0, 1.0), separable=True)
+        out.append(soft.contiguous(memory_format=torch.channels_last))  # 3-4x faster to resize on CPUs
+    return out
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size, mode="bilinear", align_corners=False)
+
+
+def blend_levels(levels: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    """Per pixel, the two pyramid levels around a fractional level `index` (N, 1, H, W), blended.
+
+    Coarse to fine: each level mixes itself with the (upsampled) blend below it, so only one
+    full-size upsample is paid however many levels there are."""
+    acc = levels[-1]
+    for i in range(len(levels) - 2, -1, -1):
+        size = tuple(levels[i].shape[-2:])
+        step = F.adaptive_avg_pool2d(index, size) if index.shape[-2:] != size else index
+        acc = torch.lerp(levels[i], upsample(acc, size), (step - i).clamp_(0.0, 1.0))
+    return acc
+
+
+def circle_of_confusion(depth: torch.Tensor, focus: float, aperture: float, f_px: float, f_m: float) -> torch.Tensor:
+    """Blur circle diameter in pixels for each depth (metres); 0 at the focus plane."""
+    inverse = torch.where(depth > 0, 1.0 / depth.clamp(min=1e-3), torch.zeros_like(depth))
+    return (f_px * f_m / aperture) * (1.0 / focus - inverse).abs()
+
+
+def focal_metres(f_px: float, width: int, sensor_width_mm: float) -> float:
+    """The focal length in metres of a lens giving the same field of view on a sensor this wide."""
+    return f_px * sensor_width_mm / 1000.0 / width
+
+
+def default_focal_px(width: int) -> float:
+    return width / (2.0 * math.tan(math.radians(ASSUMED_HFOV) / 2.0))
+
+
+def depth_of_field(
+    images: torch.Tensor,
+    depth: torch.Tensor,
+    effects: EffectSettings,
+    f_px: float,
+    levels: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(N, 3, H, W) float pictures, (N, H, W) metres -> the pictures as a lens focused at `focus` sees them."""
+    width = images.shape[-1]
+    coc = circle_of_confusion(
+        depth, effects.focus, effects.aperture, f_px, focal_metres(f_px, width, effects.sensor_width)
+    )
+    levels = levels if levels is not None else pyramid(images)
+    return blend_levels(levels, torch.log2(1.0 + coc[:, None] / 2.0))
+
+
+class Keyer:
+    """One sink's keyed pictures: keeps the previous mask (hysteresis) and the background picture."""
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None
+        self._backgrounds: dict[tuple, torch.Tensor] = {}
+
+    def masks(self, depth: torch.Tensor, effects: EffectSettings) -> torch.Tensor:
+        """(N, H, W) metres -> bool masks, frame after frame through the hysteresis."""
+        out = []
+        for d in depth:
+            self.previous = band_mask(d, effects.near, effects.far, effects.hysteresis, self.previous)
+            out.append(self.previous)
+        return torch.stack(out)
+
+    def background(self, effects: EffectSettings, levels: list[torch.Tensor]) -> torch.Tensor | None:
+        """(1 or N, 3, H, W) float: what shows where the key drops the picture (None: transparent)."""
+        kind, arg = parse_background(effects.background)
+        h, w = levels[0].shape[-2:]
+        if kind == "blur":
+            return upsample(levels[min(BLUR_LEVEL, len(levels) - 1)], (h, w))
+        if kind == "transparent":
+            return None
+        key = (effects.background, h, w, levels[0].device)
+        if key not in self._backgrounds:
+            if kind == "color":
+                colour = torch.tensor(arg, dtype=torch.float32, device=levels[0].device)
+                self._backgrounds[key] = colour.view(1, 3, 1, 1).expand(1, 3, h, w)
+            else:
+                self._backgrounds[key] = load_background(arg, h, w, levels[0].device)
+        return self._backgrounds[key]
+
+    def __call__(
+        self, images: torch.Tensor, depth: torch.Tensor, effects: EffectSettings, f_px: float, alpha_out: bool
+    ) -> torch.Tensor:
+        """(N, H, W, 3) uint8 pictures at the depth's size + metres -> (N, H, W, 3 or 4) uint8."""
+        rgb = images.permute(0, 3, 1, 2).float()
+        kind = effects.background_kind
+        levels = pyramid(rgb) if (effects.focus is not None or kind == "blur") else [rgb]
+        picture = depth_of_field(rgb, depth, effects, f_px, levels) if effects.focus is not None else rgb
+        if kind == "none":
+            return to_hwc_u8(picture)
+        alpha = refine(self.masks(depth, effects), guide_of(images))
+        background = self.background(effects, levels)
+        if background is None:
+            if alpha_out:
+                return to_hwc_u8(torch.cat((picture, alpha * 255.0), dim=1))
+            return to_hwc_u8(picture * alpha)  # no alpha channel: transparent shows as black
+        return to_hwc_u8(background + alpha * (picture - background))
+
+
+def load_background(path, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """A background picture file -> (1, 3, H, W) float on the device, covering the frame (centre crop)."""
+    from PIL import Image  # Pillow is a dependency already (EXIF); only this background needs it
+
+    with Image.open(path) as im:
+        array = np.asarray(im.convert("RGB"))
+    t = torch.from_numpy(array.copy()).to(device).permute(2, 0, 1)[None].float()
+    scale = max(height / t.shape[-2], width / t.shape[-1])
+    size = (max(height, round(t.shape[-2] * scale)), max(width, round(t.shape[-1] * scale)))
+    t = F.interpolate(t, size, mode="bilinear", align_corners=False)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return t[..., top : top + height, left : left + width].contiguous()
+
+
+def to_hwc_u8(pictures: torch.Tensor) -> torch.Tensor:
+    return pictures.round().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()

@@ -200,7 +200,6 @@ class EffectsConfig(Section):
     focus: float | None = Field(None, gt=0, description="depth of field: metres in focus (None: no blur)")
     aperture: float = Field(2.8, gt=0, description="depth of field: f-number")
     sensor_width: float = Field(36.0, gt=0, description="depth of field: the look of this sensor width (mm)")
-    legend: bool = False  # burn a colour bar with metre ticks into recorded pictures
 
     @field_validator("keep")
     @classmethod

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import cv2
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from streamer.calibration import Calibration
 from streamer.cli.main import main
 from streamer.effect_settings import EffectSettings, parse_background, parse_band
 from streamer.errors import ConfigError
@@ -201,3 +204,68 @@ def test_cli_keyed_png_through_the_null_stage(tmp_path, one_torch_thread):
         == 1
     )
     assert not (tmp_path / "x").exists()
+
+
+def null_scene(tmp_path) -> tuple[str, np.ndarray]:
+    """A still whose green makes the null stage's metres: a ramp from 0.5 m (left) to 10 m (right)."""
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[..., 1] = np.linspace(255, 0, 64, dtype=np.float32).round().astype(np.uint8)[None]
+    Image.fromarray(frame).save(tmp_path / "ramp.png")
+    return str(tmp_path / "ramp.png"), 10.0 - frame[..., 1].astype(np.float64) * (9.5 / 255.0)
+
+
+def millimetres(path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.float64)
+
+
+def test_scale_multiplies_every_metre_and_is_recorded(tmp_path):
+    src, metres = null_scene(tmp_path)
+    base = ["depth", src, "--processor", "null", "--format", "metric16"]
+    assert main([*base, "-o", str(tmp_path / "plain")]) == 0
+    assert main([*base, "-o", str(tmp_path / "scaled"), "--scale", "0.5"]) == 0
+    plain, scaled = millimetres(tmp_path / "plain/ramp.png"), millimetres(tmp_path / "scaled/ramp.png")
+    assert np.abs(plain - metres * 1000).max() <= 1.0
+    assert np.abs(scaled - metres * 500).max() <= 1.0
+    meta = json.loads((tmp_path / "scaled/metadata.json").read_text())
+    assert (meta["scale"], meta["scale_source"]) == (0.5, "given")
+
+
+def test_known_distance_sets_the_scale_on_the_first_frame(tmp_path):
+    src, metres = null_scene(tmp_path)
+    x, y, true = 40, 20, 2.5
+    code = main(
+        [
+            "depth",
+            src,
+            "--processor",
+            "null",
+            "--format",
+            "metric16",
+            "-o",
+            str(tmp_path / "k"),
+            "--known-distance",
+            f"{x},{y}={true}",
+        ]
+    )
+    assert code == 0
+    out = millimetres(tmp_path / "k/ramp.png")
+    assert abs(out[y, x] - true * 1000) <= 1.0
+    factor = true / metres[y, x]
+    assert np.abs(out - metres * factor * 1000).max() <= 1.0
+    meta = json.loads((tmp_path / "k/metadata.json").read_text())
+    assert meta["scale_source"] == "known-distance" and meta["scale"] == pytest.approx(factor, rel=1e-5)
+    assert main(["depth", src, "--processor", "null", "-o", str(tmp_path / "bad"), "--known-distance", "40,20"]) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_click_scales_by_the_factor_and_is_saved_per_camera(tmp_path):
+    store = tmp_path / "calibration.json"
+    first = Calibration.from_options(None, None, "/dev/video0", store)
+    assert first.describe() == {"scale": 1.0, "scale_source": "none"}
+    depth = torch.full((1, 4, 4), 4.0)
+    assert first.calibrate(shown=float(first.apply(depth)[0, 0, 0]), metres=3.0) == pytest.approx(0.75)
+    assert float(first.apply(depth)[0, 0, 0]) == pytest.approx(3.0)
+    again = Calibration.from_options(None, None, "/dev/video0", store)
+    assert again.describe() == {"scale": 0.75, "scale_source": "saved"}
+    assert Calibration.from_options(None, None, "1", store).scale == 1.0  # another camera
+    assert Calibration.from_options(0.9, None, "/dev/video0", store).describe()["scale_source"] == "given"

@@ -74,7 +74,6 @@ FLAG_TO_CONFIG = {
     "focus": ("effects", "focus"),
     "aperture": ("effects", "aperture"),
     "sensor_width": ("effects", "sensor_width"),
-    "legend": ("effects", "legend"),
     "scale": ("calibration", "scale"),
     "known_distance": ("calibration", "known_distance"),
 }
@@ -284,7 +283,6 @@ render_options = stack(
     click.option(
         "--sensor-width", type=float, metavar="MM", help="Depth of field: the look of this sensor.  [default: 36]"
     ),
-    click.option("--legend", is_flag=True, default=None, help="Burn a colour bar with metre ticks into the pictures."),
     click.option("--scale", type=float, help="Multiply every metre by this (a known scale error)."),
     click.option(
         "--known-distance",

@@ -365,9 +365,7 @@ class Pipeline:
         wants = self.outputs.stage_wants() | self.stabilizer.needs
         maps, meta = self.processor(images, wants, batch[0].focal)
         computed = time.perf_counter()
-        ready = self.stabilizer(
-            batch, maps, images, {**meta, **self.outputs.meta(), "stabilize": self.stabilizer.describe()}
-        )
+        ready = self.stabilizer(batch, maps, images, {**meta, "stabilize": self.stabilizer.describe()})
         n = len(batch)
         self.stats.stage("upload", uploaded - started, n)
         self.stats.stage("model", computed - uploaded, n)

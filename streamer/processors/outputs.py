@@ -61,10 +61,13 @@ class Outputs:
     ) -> dict[str, torch.Tensor]:
         """Stage maps + the uploaded frames -> the tensors to download, keyed as in `routes`.
 
-        `meta` (the stage's) gives the keyed view its focal length in pixels of the output."""
+        `meta` (the stage's, the results' own) gives the keyed view its focal length in pixels of the
+        output, and hears the scale factor the metres were multiplied by."""
         maps = dict(maps)
         if self.calibration is not None and "depth" in maps:
             maps["depth"] = self.calibration.apply(maps["depth"])
+            if meta is not None:
+                meta.update(self.calibration.describe())  # the sidecars' `scale` and `scale_source`
         focal = output_focal(meta or {}, images, maps)
         for renderer in self.renderers:
             renderer.focal_px = focal
@@ -75,10 +78,6 @@ class Outputs:
         for key in self.raw:
             out[key] = to_millimetres(maps["depth"]) if key == "depth_mm" else maps[key]
         return out
-
-    def meta(self) -> dict:
-        """What the sidecars record of the calibration in use (`scale`, `scale_source`)."""
-        return self.calibration.describe() if self.calibration is not None else {}
 
     def split(self, arrays: dict[str, np.ndarray], index: int) -> list[dict[str, np.ndarray]]:
         """Frame `index` of a downloaded batch -> one dict per sink, in the sinks' order."""

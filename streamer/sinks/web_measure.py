@@ -1,0 +1,107 @@
+"""Measuring on the page (streamer/sinks/web.py): the distance under the pointer, between two points,
+and the calibration click ("this point is D metres away") that scales every metre after it.
+
+Everything reads the newest frame's millimetres, as `/depth.png` serves them, so the page's readout
+and a script reading `/depth.png` agree. Points are in pixels of the served picture; in the
+side-by-side view the depth is the right half and either half's pixel names the same point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+from aiohttp import web
+
+from streamer.types import METRIC16_SCALE
+from streamer.views import PictureSettings
+
+ASSUMED_HFOV = 70.0  # degrees: the page's 3D distance when the stage said nothing of the focal length
+
+
+def intrinsics(meta: dict, width: int, height: int, source_width: int) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) at the depth's size: the stage's, else its fx at the source's size, else assumed."""
+    if "intrinsics" in meta:
+        fx, fy, cx, cy = (float(v) for v in meta["intrinsics"])
+        return fx, fy, cx, cy
+    if "fx" in meta and source_width:
+        fx = float(meta["fx"]) * width / source_width
+        fy = float(meta.get("fy", meta["fx"])) * width / source_width
+    else:
+        fx = fy = width / (2.0 * math.tan(math.radians(ASSUMED_HFOV) / 2.0))
+    return fx, fy, width / 2.0, height / 2.0
+
+
+def pixel(query, picture: PictureSettings, depth: np.ndarray, suffix: str = "") -> tuple[int, int]:
+    """The depth pixel a page pixel `x{suffix}`, `y{suffix}` names (side-by-side: either half)."""
+    try:
+        x, y = int(float(query[f"x{suffix}"])), int(float(query[f"y{suffix}"]))
+    except (KeyError, ValueError, TypeError):
+        raise http_error(web.HTTPBadRequest, f"give x{suffix} and y{suffix} as pixel numbers") from None
+    h, w = depth.shape
+    if picture.view == "side-by-side":
+        x %= w
+    if not (0 <= x < w and 0 <= y < h):
+        raise http_error(web.HTTPBadRequest, f"pixel {x},{y} lies outside the {w}x{h} picture")
+    return x, y
+
+
+def http_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
+    return cls(text=json.dumps({"error": message}), content_type="application/json")
+
+
+class Measure:
+    """The `/measure` and `/calibrate` handlers of one WebApp."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def newest_depth(self) -> np.ndarray:
+        depth = self.app.frames.array("depth")
+        if depth is None:
+            raise http_error(web.HTTPServiceUnavailable, "no depth yet")
+        return depth
+
+    def point(self, query, depth: np.ndarray, suffix: str = "") -> dict:
+        x, y = pixel(query, self.app.sink.picture, depth, suffix)
+        metres = float(depth[y, x]) * METRIC16_SCALE
+        h, w = depth.shape
+        sink = self.app.sink
+        fx, fy, cx, cy = intrinsics(sink.meta, w, h, sink.source_width)
+        xyz = [(x + 0.5 - cx) * metres / fx, (y + 0.5 - cy) * metres / fy, metres]
+        return {"x": x, "y": y, "metres": metres if depth[y, x] else None, "xyz": xyz}
+
+    async def measure(self, request: web.Request) -> web.Response:
+        """GET ?x=&y=: the point's metres and 3D position; with &x2=&y2=: the distance between the two."""
+        depth = self.newest_depth()
+        out = {"points": [self.point(request.query, depth)]}
+        if "x2" in request.query:
+            out["points"].append(self.point(request.query, depth, "2"))
+            a, b = (p["xyz"] for p in out["points"])
+            valid = all(p["metres"] for p in out["points"])
+            out["distance"] = math.dist(a, b) if valid else None
+        return web.json_response({**out, **self.calibration()})
+
+    async def calibrate(self, request: web.Request) -> web.Response:
+        """POST {x, y, metres}: the point there truly lies `metres` away; every later metre is scaled."""
+        from streamer.sinks.web_app import read_body  # the app's own body reader (it imports this module)
+
+        body = {**request.query, **(await read_body(request) if request.body_exists else {})}
+        calibration = self.app.sink.calibration
+        if calibration is None:
+            raise http_error(web.HTTPConflict, "this server does not calibrate (no run behind it)")
+        depth = self.newest_depth()
+        point = self.point(body, depth)
+        try:
+            metres = float(body["metres"])
+        except (KeyError, ValueError, TypeError):
+            raise http_error(web.HTTPBadRequest, "give metres: the true distance of the point") from None
+        if not (point["metres"] and metres > 0 and math.isfinite(metres)):
+            raise http_error(web.HTTPBadRequest, "need a point with depth and metres above 0")
+        calibration.calibrate(point["metres"], metres)
+        return web.json_response({"point": point, **self.calibration()})
+
+    def calibration(self) -> dict:
+        calibration = self.app.sink.calibration
+        return calibration.describe() if calibration is not None else {"scale": 1.0, "scale_source": "none"}

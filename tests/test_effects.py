@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from streamer.bench import effects_ms
 from streamer.calibration import Calibration
 from streamer.cli.main import main
 from streamer.effect_settings import EffectSettings, parse_background, parse_band
@@ -269,3 +270,8 @@ def test_a_click_scales_by_the_factor_and_is_saved_per_camera(tmp_path):
     assert again.describe() == {"scale": 0.75, "scale_source": "saved"}
     assert Calibration.from_options(None, None, "1", store).scale == 1.0  # another camera
     assert Calibration.from_options(0.9, None, "/dev/video0", store).describe()["scale_source"] == "given"
+
+
+def test_bench_measures_the_keyed_view(one_torch_thread):
+    figures = effects_ms(torch.device("cpu"), 1, size=(160, 96))
+    assert set(figures) == {"key", "depth_of_field"} and min(figures.values()) > 0

@@ -70,8 +70,14 @@ def near_edge(hard: torch.Tensor, reach: int) -> torch.Tensor:
     (a full-size max filter that wide costs more than the rest of the key)."""
     cells = F.avg_pool2d(hard, 4, ceil_mode=True)
     k = 2 * (reach // 4 + 1) + 1
-    mixed = (F.max_pool2d(cells, k, 1, k // 2) > 0) & (-F.max_pool2d(-cells, k, 1, k // 2) < 1)
+    mixed = (max_filter(cells, k) > 0) & (-max_filter(-cells, k) < 1)
     return F.interpolate(mixed.float(), scale_factor=4, mode="nearest")[..., : hard.shape[-2], : hard.shape[-1]] > 0
+
+
+def max_filter(x: torch.Tensor, k: int) -> torch.Tensor:
+    """A k x k max filter as two 1-D passes (torch's 2-D max pool costs k*k a pixel on CPUs)."""
+    x = F.max_pool2d(x, (1, k), 1, (0, k // 2))
+    return F.max_pool2d(x, (k, 1), 1, (k // 2, 0))
 
 
 def pyramid(images: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:

@@ -6,6 +6,7 @@ import cv2
 
 import json
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -275,3 +276,31 @@ def test_a_click_scales_by_the_factor_and_is_saved_per_camera(tmp_path):
 def test_bench_measures_the_keyed_view(one_torch_thread):
     figures = effects_ms(torch.device("cpu"), 1, size=(160, 96))
     assert set(figures) == {"key", "depth_of_field"} and min(figures.values()) > 0
+
+
+def write_lossless(path, frames: list[np.ndarray]) -> None:
+    """An FFV1 .mkv of RGB frames: the null stage's metres come through exactly."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=30)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "bgr0"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+def test_webm_recording_keeps_the_transparency(tmp_path):
+    """VP9 in WebM with alpha: read back with libvpx (FFmpeg's own VP9 decoder drops alpha)."""
+    h, w = 120, 160
+    frame = np.random.default_rng(4).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    frame[..., 1] = 188  # 3.0 m
+    frame[30:90, 40:100, 1] = 242  # 0.98 m
+    write_lossless(tmp_path / "in.mkv", [frame] * 4)
+    out = tmp_path / "keyed.webm"
+    args = ["transcode", str(tmp_path / "in.mkv"), "-o", str(out), "--processor", "null", "--format", "keyed"]
+    assert main([*args, "--keep-within", "2", "--background", "transparent"]) == 0
+    decoder = av.CodecContext.create("libvpx-vp9", "r")
+    with av.open(str(out)) as container:
+        frames = [f for packet in container.demux(video=0) for f in decoder.decode(packet)]
+    assert len(frames) == 4 and frames[0].format.name == "yuva420p"
+    alpha = frames[-1].to_ndarray(format="rgba")[..., 3].astype(int)
+    assert alpha[40:80, 50:90].min() > 240 and alpha[:20].max() < 15 and alpha[100:].max() < 15

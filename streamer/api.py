@@ -119,7 +119,9 @@ def load_stage(
 
 
 def picture_settings(cfg: Config, view: str | None = None) -> PictureSettings:
-    """A sink's picture from the output section; `view` for live sinks with their own view."""
+    """A sink's picture from the output section; `view` for live sinks with their own view.
+
+    Files (no `view`) carry the colour bar when `output.legend` asks; live sinks draw their own."""
     out = cfg.output
     fmt = view or out.format
     return PictureSettings(
@@ -129,6 +131,7 @@ def picture_settings(cfg: Config, view: str | None = None) -> PictureSettings:
         out.near,
         out.far,
         effects=cfg.effects.settings(),
+        legend=out.legend and view is None,
     )
 
 
@@ -158,11 +161,12 @@ def file_sink(
                 f"--format ply writes one .ply per frame, not a video {path}", hint="give a directory as -o"
             )
         return ply_sink(cfg, path)
+    picture = picture_settings(cfg)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoSink(
             path,
             fmt,
-            picture_settings(cfg),
+            picture,
             out.codec,
             out.crf,
             out.overwrite,
@@ -171,7 +175,7 @@ def file_sink(
             threads,
             sidecar_extra,
         )
-    return ImageSequenceSink(path, fmt, picture_settings(cfg), out.overwrite, sidecar_extra=sidecar_extra)
+    return ImageSequenceSink(path, fmt, picture, out.overwrite, sidecar_extra=sidecar_extra)
 
 
 def rerun_sink(cfg: Config) -> Sink | None:

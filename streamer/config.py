@@ -152,6 +152,7 @@ class OutputConfig(Section):
     ply_stride: int = Field(1, ge=1, description="point clouds keep every Nth pixel in both axes")
     min_confidence: float = Field(0.0, ge=0, description="point clouds (PLY, Rerun) drop pixels below this")
     ply_normals: bool = False  # add nx ny nz to each PLY vertex
+    legend: bool = False  # burn a colour bar with metre ticks into recorded pictures (streamer/legend.py)
 
 
 class PreviewConfig(Section):

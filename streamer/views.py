@@ -39,6 +39,7 @@ class PictureSettings:
     # the keyed view's band, background and depth of field (streamer/effect_settings.py)
     effects: EffectSettings = field(default_factory=EffectSettings)
     alpha: bool = False  # the sink can carry transparency: a transparent background gives RGBA
+    legend: bool = False  # burn a colour bar with metre ticks into the picture (streamer/legend.py)
 
     def __post_init__(self) -> None:
         check_choice("view", self.view, VIEW_FORMATS)

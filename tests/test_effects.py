@@ -18,6 +18,7 @@ from streamer.calibration import Calibration
 from streamer.cli.main import main
 from streamer.effect_settings import EffectSettings, parse_background, parse_band
 from streamer.errors import ConfigError
+from streamer.legend import legend_picture, ticks
 from streamer.processors.effects import Keyer, band_mask, depth_of_field, pyramid
 
 H, W = 720, 1280
@@ -304,3 +305,34 @@ def test_webm_recording_keeps_the_transparency(tmp_path):
     assert len(frames) == 4 and frames[0].format.name == "yuva420p"
     alpha = frames[-1].to_ndarray(format="rgba")[..., 3].astype(int)
     assert alpha[40:80, 50:90].min() > 240 and alpha[:20].max() < 15 and alpha[100:].max() < 15
+
+
+def test_legend_ticks_are_nice_metres():
+    assert ticks(0.3, 4.2) == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
+    assert ticks(1.0, 30.0) == [5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+    assert ticks(0.12, 0.19, 4) == [0.12, 0.14, 0.16, 0.18]
+
+
+def test_legend_bar_runs_from_the_near_colour_to_the_far_one():
+    colors = np.stack([np.arange(256), 255 - np.arange(256), np.full(256, 7)], axis=1).astype(np.uint8)
+    plate = legend_picture(colors, 0.5, 4.0, 400)
+    opaque_rows = np.where((plate[..., 3] == 255).mean(axis=1) > 0.8)[0]  # the bar
+    bar = plate[opaque_rows[len(opaque_rows) // 2]]
+    solid = np.where(bar[:, 3] == 255)[0]
+    near_end, far_end = bar[solid[0] + 2, :3].astype(int), bar[solid[-1] - 2, :3].astype(int)  # beside the end ticks
+    assert np.abs(near_end - colors[255]).max() <= 4 and np.abs(far_end - colors[0]).max() <= 4
+    below = plate[opaque_rows[-1] + 2 :, :, :3]
+    assert (below.min(axis=2) > 200).sum() > 50  # the tick labels
+
+
+def test_legend_is_burned_into_recorded_pictures_only_when_asked(tmp_path):
+    src, _ = null_scene(tmp_path)
+    base = ["depth", src, "--processor", "null", "--range", "fixed", "--near", "0.5", "--far", "10"]
+    assert main([*base, "-o", str(tmp_path / "plain")]) == 0
+    assert main([*base, "-o", str(tmp_path / "legend"), "--legend"]) == 0
+    plain = cv2.imread(str(tmp_path / "plain/ramp.png")).astype(int)
+    legend = cv2.imread(str(tmp_path / "legend/ramp.png")).astype(int)
+    changed = np.abs(plain - legend).max(axis=2) > 0
+    rows = np.where(changed.any(axis=1))[0]
+    assert rows.size and rows.min() >= plain.shape[0] * 2 // 3  # the bar sits at the bottom
+    assert changed.any()

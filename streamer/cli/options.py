@@ -74,6 +74,7 @@ FLAG_TO_CONFIG = {
     "focus": ("effects", "focus"),
     "aperture": ("effects", "aperture"),
     "sensor_width": ("effects", "sensor_width"),
+    "legend": ("output", "legend"),
     "scale": ("calibration", "scale"),
     "known_distance": ("calibration", "known_distance"),
 }
@@ -282,6 +283,9 @@ render_options = stack(
     click.option("--aperture", type=float, help="Depth of field: f-number.  [default: 2.8]"),
     click.option(
         "--sensor-width", type=float, metavar="MM", help="Depth of field: the look of this sensor.  [default: 36]"
+    ),
+    click.option(
+        "--legend", is_flag=True, default=None, help="Burn a colour bar with metre ticks into recorded pictures."
     ),
     click.option("--scale", type=float, help="Multiply every metre by this (a known scale error)."),
     click.option(

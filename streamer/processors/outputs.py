@@ -2,6 +2,8 @@
 
 Each sink declares `needs`, a set of these names, and for a picture its `picture` settings:
   picture     8-bit picture in the sink's view and pixel format (made by a Renderer)
+  picture_range  its display range (near, far metres; NaN where the view shows none: normals,
+              keyed, a ControlNet picture), for a legend
   depth_mm    uint16 millimetres (metric16)
   depth, normal, confidence, kappa   float32 maps in metres / unit vectors
   image       the input frame at the output size (RGB uint8)
@@ -19,7 +21,10 @@ from streamer.processors.render import Renderer, resize_u8
 from streamer.types import METRIC16_SCALE
 
 SIZE_KEYS = ("depth", "normal", "confidence", "kappa", "picture")  # maps at the output size
-DEFAULT_WANTS = frozenset({"depth"})  # with no sink (model-only runs) the stage still yields depth
+DEFAULT_WANTS = frozenset({"depth"})
+NO_RANGE = torch.full(
+    (1, 2), float("nan")
+)  # a picture that shows no metres (normals, keyed, ControlNet)  # with no sink (model-only runs) the stage still yields depth
 
 
 def to_millimetres(depth: torch.Tensor) -> torch.Tensor:
@@ -38,15 +43,18 @@ class Outputs:
         for sink in sinks:
             route: dict[str, str] = {}
             for need in sorted(getattr(sink, "needs", ())):
-                if need == "picture":
+                if need in ("picture", "picture_range"):
                     if id(sink.picture) not in renderer_of:
                         renderer_of[id(sink.picture)] = len(self.renderers)
                         self.renderers.append(Renderer(sink.picture))
-                    route[need] = f"picture:{renderer_of[id(sink.picture)]}"
+                    kind = "picture" if need == "picture" else "range"
+                    route[need] = f"{kind}:{renderer_of[id(sink.picture)]}"
                 else:
                     route[need] = need
             self.routes.append(route)
-        self.raw = {key for route in self.routes for key in route.values() if not key.startswith("picture:")}
+        keys = {key for route in self.routes for key in route.values()}
+        self.raw = {key for key in keys if not key.startswith(("picture:", "range:"))}
+        self.ranges = {key for key in keys if key.startswith("range:")}
 
     def stage_wants(self) -> set[str]:
         """The maps the stage must make for this batch (a live view may have changed)."""
@@ -74,7 +82,13 @@ class Outputs:
         if "image" in self.stage_wants():
             size_key = next(k for k in SIZE_KEYS if k in maps)
             maps["image"] = resize_u8(images, tuple(maps[size_key].shape[1:3]))
-        out = {f"picture:{i}": renderer(maps) for i, renderer in enumerate(self.renderers)}
+        out = {}
+        for i, renderer in enumerate(self.renderers):
+            renderer.last_range = None
+            out[f"picture:{i}"] = picture = renderer(maps)
+            if f"range:{i}" in self.ranges:
+                no_range = torch.full((picture.shape[0], 2), float("nan"), device=picture.device)
+                out[f"range:{i}"] = renderer.last_range if renderer.last_range is not None else no_range
         for key in self.raw:
             out[key] = to_millimetres(maps["depth"]) if key == "depth_mm" else maps[key]
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from streamer.errors import SinkError
@@ -60,9 +61,7 @@ def format_picture(fmt: str, settings: PictureSettings | None) -> PictureSetting
     if fmt not in VIEW_FORMATS:
         return None
     settings = settings or PictureSettings()
-    return PictureSettings(
-        fmt, settings.colormap, settings.range, settings.near, settings.far, effects=settings.effects
-    )
+    return replace(settings, view=fmt)
 
 
 def check_output(path: Path, overwrite: bool, inputs: list[str | Path] = ()) -> None:

@@ -40,6 +40,15 @@ def label(metres: float) -> str:
     return f"{metres:g}"
 
 
+def colormap_colors(name: str, gray: bool = False) -> np.ndarray:
+    """(256, 3) RGB of a view's levels: OpenCV's colormap, or the gray ramp."""
+    levels = np.arange(256, dtype=np.uint8)
+    if gray:
+        return np.repeat(levels[:, None], 3, axis=1)
+    bgr = cv2.applyColorMap(levels.reshape(256, 1), getattr(cv2, f"COLORMAP_{name.upper()}"))[:, 0]
+    return np.ascontiguousarray(bgr[:, ::-1])
+
+
 def legend_picture(colors: np.ndarray, near: float, far: float, width: int, height: int = 0) -> np.ndarray:
     """(H, W, 4) RGBA: a bar of the (256, 3) RGB `colors` (index 255 = near) from near to far metres,
     ticks and labels below, on a half-transparent dark plate; `height` defaults to what fits the text."""

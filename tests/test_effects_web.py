@@ -159,3 +159,16 @@ def test_calibration_click_scales_depth_png_by_the_factor(keyed_run, browser, tm
 def keyed_run_camera() -> str:
     """The camera key a click is saved under: the config's source (a live source)."""
     return Config().source.uri
+
+
+def test_page_shows_a_legend_in_metres_for_views_that_show_metres(keyed_run, browser):  # noqa: F811
+    wait = open_page(browser, keyed_run.url)
+    assert request(keyed_run.port, "/legend.png")[0] == 404  # the keyed view shows no metres
+    body = json.dumps({"view": "color"})
+    assert request(keyed_run.port, "/settings", "POST", body, {"Content-Type": "application/json"})[0] == 200
+    wait.until(
+        lambda d: d.execute_script("const l = document.getElementById('legend'); return !l.hidden && l.naturalWidth")
+    )
+    status, _, png = request(keyed_run.port, "/legend.png?width=300")
+    plate = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert status == 200 and plate.shape[1] == 300 and plate.shape[2] == 4

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from streamer.legend import legend_picture
+from streamer.legend import colormap_colors, legend_picture
 from streamer.processors.effects import Keyer, default_focal_px
 from streamer.views import COLORMAPS, PictureSettings
 
@@ -244,10 +244,7 @@ class Renderer:
         n, h, w, _ = picture.shape
         key = (self.settings.view, self.settings.colormap, near, far, w, picture.device)
         if key not in self._legends:
-            if self.settings.view == "gray":
-                colors = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
-            else:
-                colors = colormap_lut(self.settings.colormap, torch.device("cpu")).numpy()
+            colors = colormap_colors(self.settings.colormap, self.settings.view == "gray")
             plate = legend_picture(colors, near, far, min(w, max(160, w // 3)))[: h // 3]
             self._legends = {key: torch.from_numpy(plate).to(picture.device)}
         plate = self._legends[key]

@@ -70,7 +70,7 @@ class WebSink(Sink):
 
     name = "web"
     live = True
-    needs = frozenset({"picture", "depth_mm"})
+    needs = frozenset({"picture", "depth_mm", "picture_range"})
 
     def __init__(
         self,
@@ -92,6 +92,7 @@ class WebSink(Sink):
         self.calibration = None  # the run's Calibration (api.run_calibration): the page's clicks set it
         self.meta: dict = {}  # the newest frame's: intrinsics for measuring in 3D
         self.source_width = 0
+        self.range = None
         self.host, self.port = host, port
         self.token = token if token is not None or is_loopback(host) else secrets.token_urlsafe(16)
         self.max_clients = max_clients
@@ -175,6 +176,7 @@ class WebSink(Sink):
             raise SinkError(f"the web sink needs depth_mm as uint16 millimetres, got {depth.dtype}")
         watched = bool(self.app.viewers)
         self.meta = result.meta
+        self.range = result.maps.get("picture_range")  # near, far metres of the picture: the legend
         self.app.frames.put(result.maps["picture"], depth, with_jpeg=watched)
         loop = self._loop
         if watched and loop is not None:

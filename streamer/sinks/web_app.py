@@ -147,6 +147,7 @@ class WebApp:
         app.router.add_post("/settings", self.post_settings)
         app.router.add_get("/measure", self.measure.measure)
         app.router.add_post("/calibrate", self.measure.calibrate)
+        app.router.add_get("/legend.png", self.measure.legend)
         app.router.add_get("/favicon.ico", no_content)
         return app
 

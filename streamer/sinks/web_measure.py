@@ -8,12 +8,15 @@ side-by-side view the depth is the right half and either half's pixel names the 
 
 from __future__ import annotations
 
+import cv2
+
 import json
 import math
 
 import numpy as np
 from aiohttp import web
 
+from streamer.legend import colormap_colors, legend_picture
 from streamer.types import METRIC16_SCALE
 from streamer.views import PictureSettings
 
@@ -101,6 +104,21 @@ class Measure:
             raise http_error(web.HTTPBadRequest, "need a point with depth and metres above 0")
         calibration.calibrate(point["metres"], metres)
         return web.json_response({"point": point, **self.calibration()})
+
+    async def legend(self, request: web.Request) -> web.Response:
+        """GET ?width=: the colour bar with metre ticks of the picture now shown (404: it shows no metres)."""
+        sink = self.app.sink
+        span = sink.range
+        if span is None or not np.isfinite(span).all():
+            raise http_error(web.HTTPNotFound, f"the {sink.picture.view} view shows no metres")
+        try:
+            width = min(2048, max(120, int(request.query.get("width", 480))))
+        except ValueError:
+            raise http_error(web.HTTPBadRequest, "width must be a number of pixels") from None
+        colors = colormap_colors(sink.picture.colormap, sink.picture.view == "gray")
+        plate = legend_picture(colors, round(float(span[0]), 2), round(float(span[1]), 2), width)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(plate, cv2.COLOR_RGBA2BGRA))
+        return web.Response(body=png.tobytes(), content_type="image/png")
 
     def calibration(self) -> dict:
         calibration = self.app.sink.calibration

@@ -201,7 +201,10 @@ def build_sinks(cfg: Config, threads: ThreadBudget | None = None) -> list[Sink]:
     """Every output the config turns on: the file (`output.path`), window, virtual camera, server, Rerun."""
     sinks: list[Sink] = []
     if cfg.preview.enabled:
-        sinks.append(PreviewSink(picture_settings(cfg, cfg.preview.view), cfg.preview.window))
+        preview = PreviewSink(picture_settings(cfg, cfg.preview.view), cfg.preview.window)
+        if not makes_depth(cfg):
+            preview.needs = frozenset({"picture"})  # nothing to measure on a ControlNet picture
+        sinks.append(preview)
     if cfg.virtualcam.enabled:
         v = cfg.virtualcam
         sinks.append(VirtualCameraSink(picture_settings(cfg, v.view), v.width, v.height, v.fps, v.backend, v.device))

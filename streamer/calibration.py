@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 from streamer.errors import ConfigError
 
 log = logging.getLogger(__name__)
+ASSUMED_HFOV = 70.0  # degrees: measuring in 3D when the stage said nothing of the focal length
 _KNOWN = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*=\s*([0-9.]+)\s*$")
 
 
@@ -123,3 +125,22 @@ def save(store: Path, camera: str, scale: float) -> None:
         os.replace(tmp, store)
     except (OSError, ValueError) as exc:
         log.warning("could not save the scale for camera %s in %s: %s", camera, store, exc)
+
+
+def intrinsics(meta: dict, width: int, height: int, source_width: int) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) at the depth's size: the stage's, else its fx at the source's size, else assumed."""
+    if "intrinsics" in meta:
+        fx, fy, cx, cy = (float(v) for v in meta["intrinsics"])
+        return fx, fy, cx, cy
+    if "fx" in meta and source_width:
+        fx = float(meta["fx"]) * width / source_width
+        fy = float(meta.get("fy", meta["fx"])) * width / source_width
+    else:
+        fx = fy = width / (2.0 * math.tan(math.radians(ASSUMED_HFOV) / 2.0))
+    return fx, fy, width / 2.0, height / 2.0
+
+
+def point_3d(x: int, y: int, metres: float, k: tuple[float, float, float, float]) -> list[float]:
+    """Pixel x, y (its centre) at `metres` -> camera coordinates (x right, y down, z forward)."""
+    fx, fy, cx, cy = k
+    return [(x + 0.5 - cx) * metres / fx, (y + 0.5 - cy) * metres / fy, metres]

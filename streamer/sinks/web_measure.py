@@ -16,24 +16,10 @@ import math
 import numpy as np
 from aiohttp import web
 
+from streamer.calibration import intrinsics, point_3d
 from streamer.legend import colormap_colors, legend_picture
 from streamer.types import METRIC16_SCALE
 from streamer.views import PictureSettings
-
-ASSUMED_HFOV = 70.0  # degrees: the page's 3D distance when the stage said nothing of the focal length
-
-
-def intrinsics(meta: dict, width: int, height: int, source_width: int) -> tuple[float, float, float, float]:
-    """(fx, fy, cx, cy) at the depth's size: the stage's, else its fx at the source's size, else assumed."""
-    if "intrinsics" in meta:
-        fx, fy, cx, cy = (float(v) for v in meta["intrinsics"])
-        return fx, fy, cx, cy
-    if "fx" in meta and source_width:
-        fx = float(meta["fx"]) * width / source_width
-        fy = float(meta.get("fy", meta["fx"])) * width / source_width
-    else:
-        fx = fy = width / (2.0 * math.tan(math.radians(ASSUMED_HFOV) / 2.0))
-    return fx, fy, width / 2.0, height / 2.0
 
 
 def pixel(query, picture: PictureSettings, depth: np.ndarray, suffix: str = "") -> tuple[int, int]:
@@ -71,8 +57,7 @@ class Measure:
         metres = float(depth[y, x]) * METRIC16_SCALE
         h, w = depth.shape
         sink = self.app.sink
-        fx, fy, cx, cy = intrinsics(sink.meta, w, h, sink.source_width)
-        xyz = [(x + 0.5 - cx) * metres / fx, (y + 0.5 - cy) * metres / fy, metres]
+        xyz = point_3d(x, y, metres, intrinsics(sink.meta, w, h, sink.source_width))
         return {"x": x, "y": y, "metres": metres if depth[y, x] else None, "xyz": xyz}
 
     async def measure(self, request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from streamer.errors import ConfigError
@@ -39,9 +39,9 @@ class EffectSettings:
                 f"key band {self.near}..{self.far} m is empty", hint="need 0 <= near < far, e.g. --keep 0.4:1.8"
             )
         parse_background(self.background)
-        if self.focus is not None and self.focus <= 0:
+        if self.focus is not None and not (0 < self.focus < math.inf):
             raise ConfigError(f"--focus {self.focus} must be a distance in metres above 0", hint="e.g. --focus 1.2")
-        if self.aperture <= 0 or self.sensor_width <= 0 or self.hysteresis < 0:
+        if not (0 < self.aperture < math.inf and 0 < self.sensor_width < math.inf and self.hysteresis >= 0):
             raise ConfigError(
                 f"aperture {self.aperture}, sensor width {self.sensor_width} mm, hysteresis {self.hysteresis} m "
                 "must be positive",
@@ -51,6 +51,34 @@ class EffectSettings:
     @property
     def background_kind(self) -> str:
         return parse_background(self.background)[0]
+
+
+LIVE_BACKGROUNDS = ("blur", "color:#00B140", "transparent", "none")  # what the preview's b key steps through
+
+
+def change(effects: EffectSettings, changes: dict[str, str]) -> EffectSettings:
+    """A live change from the page or keys: `keep` (NEAR:FAR or FAR), `background`, `focus` (metres,
+    or '' / 'off' for none), `aperture` -> the new settings, all valid or a ConfigError. Pictures
+    from files (`image:`) stay a command-line choice: a page must not name files on the server."""
+    fields: dict = {}
+    for key, value in changes.items():
+        value = str(value).strip()
+        if key == "keep":
+            fields["near"], fields["far"] = parse_band(value)
+        elif key == "background":
+            if parse_background(value)[0] == "image":
+                raise ConfigError("a background picture is set on the command line", hint="--background image:PATH")
+            fields["background"] = value
+        elif key in ("focus", "aperture"):
+            try:
+                fields[key] = None if key == "focus" and value in ("", "off") else float(value)
+            except ValueError:
+                raise ConfigError(
+                    f"{key} {value!r} is not a number", hint="metres for focus, an f-number for aperture"
+                ) from None
+        else:
+            raise ConfigError(f"effect setting {key!r} is unknown", hint="use keep, background, focus or aperture")
+    return replace(effects, **fields)
 
 
 def parse_background(spec: str) -> tuple[str, tuple[int, int, int] | Path | None]:

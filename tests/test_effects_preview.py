@@ -73,3 +73,16 @@ def test_overlay_carries_the_legend_where_the_view_shows_metres():
     assert (corner != 90).any()
     sink._newest.maps["picture_range"] = np.array([np.nan, np.nan], np.float32)  # normals, keyed
     assert (sink.overlay(sink._newest.maps["picture"])[H - 10 :, W - W // 3 :] == 90).all()
+
+
+def test_keys_change_the_band_background_and_focus_live():
+    sink = preview("keyed")
+    before = sink.picture.effects
+    sink.handle_key(ord("]"))
+    assert sink.picture.effects.far == pytest.approx(before.far + 0.1) and sink.picture.effects is not before
+    sink.handle_key(ord("b"))
+    assert sink.picture.effects.background == "color:#00B140"  # the step after blur
+    sink.handle_key(ord("f"))
+    assert sink.picture.effects.focus == pytest.approx((before.near + before.far + 0.1) / 2, abs=0.01)
+    sink.handle_key(ord("f"))
+    assert sink.picture.effects.focus is None

@@ -172,3 +172,30 @@ def test_page_shows_a_legend_in_metres_for_views_that_show_metres(keyed_run, bro
     status, _, png = request(keyed_run.port, "/legend.png?width=300")
     plate = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
     assert status == 200 and plate.shape[1] == 300 and plate.shape[2] == 4
+
+
+def snapshot_alpha(port: int) -> np.ndarray:
+    status, _, body = request(port, "/snapshot.png")
+    assert status == 200
+    return cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)[..., 3]
+
+
+def test_band_changes_live_from_the_page(keyed_run, browser):  # noqa: F811
+    """The page's keep field narrows the band to 0.5 m: the near box (0.98 m) goes transparent too."""
+    from selenium.webdriver.common.keys import Keys
+
+    assert snapshot_alpha(keyed_run.port)[70:170, 50:150].min() == 255  # inside the near box
+    wait = open_page(browser, keyed_run.url)
+    wait.until(lambda d: d.find_element("id", "keep").is_displayed())
+    keep = browser.find_element("id", "keep")
+    keep.clear()
+    keep.send_keys("0:0.5", Keys.TAB)
+    wait.until(lambda d: (keyed_run.picture.effects.near, keyed_run.picture.effects.far) == (0.0, 0.5))
+    deadline = time.monotonic() + 10
+    while snapshot_alpha(keyed_run.port).max() > 0:
+        assert time.monotonic() < deadline, "the new band never reached the picture"
+        time.sleep(0.05)
+    bad = json.dumps({"background": "image:/etc/passwd"})
+    assert request(keyed_run.port, "/effects", "POST", bad, {"Content-Type": "application/json"})[0] == 400
+    assert request(keyed_run.port, "/effects?focus=-1", "POST")[0] == 400
+    assert keyed_run.picture.effects.background == "transparent" and keyed_run.picture.effects.focus is None

@@ -1,6 +1,7 @@
 """A desktop window with the depth view and an fps/latency overlay.
 
-Keys: q or Esc quits, v switches the view, c cycles the colormap. The mouse measures (the
+Keys: q or Esc quits, v switches the view, c cycles the colormap; in the keyed view [ and ] move
+the band's far edge, b steps the background, f turns the depth of field on or off. The mouse measures (the
 distance under the pointer, a left click twice: between two points); digits typed then a right
 click calibrate ("this point is D metres away", streamer/calibration.py). The window lives on the main
 thread (macOS allows GUI windows nowhere else; Linux runs the same path): the engine feeds this
@@ -20,6 +21,7 @@ import sys
 import numpy as np
 
 from streamer.calibration import intrinsics, point_3d
+from streamer.effect_settings import LIVE_BACKGROUNDS, change
 from streamer.errors import SinkError, StopRequested
 from streamer.legend import blend, colormap_colors, legend_picture
 from streamer.sinks.base import Sink
@@ -164,10 +166,32 @@ class PreviewSink(Sink):
             self.picture.cycle("view", VIEW_FORMATS)
         elif key == ord("c"):
             self.picture.cycle("colormap", COLORMAPS)
+        elif chr(key) in "[]bf":
+            self.change_effects(chr(key))
         elif chr(key) in "0123456789.":
             self.typed += chr(key)
         elif key == 8:  # backspace
             self.typed = self.typed[:-1]
+
+    def change_effects(self, key: str) -> None:
+        """[ and ] move the keyed band's far edge by 10 cm, b steps the background, f turns the depth
+        of field on (focused mid-band) or off. The whole set is swapped: the renderer reads it per batch."""
+        e = self.picture.effects
+        if key in "[]":
+            far = max(e.near + 0.1, e.far + (0.1 if key == "]" else -0.1))
+            changes = {"keep": f"{e.near}:{far:.2f}"}
+        elif key == "b":
+            choices = LIVE_BACKGROUNDS
+            step = (choices.index(e.background) + 1) % len(choices) if e.background in choices else 0
+            changes = {"background": choices[step]}
+        else:
+            changes = {"focus": "off" if e.focus is not None else f"{(e.near + e.far) / 2:.2f}"}
+        self.picture.effects = change(e, changes)
+        self.note = (
+            f"keep {self.picture.effects.near:g}:{self.picture.effects.far:g} m, {self.picture.effects.background}"
+        )
+        if self.picture.effects.focus is not None:
+            self.note += f", focus {self.picture.effects.focus:g} m"
 
     def idle(self) -> None:
         if self._window_open:

@@ -148,6 +148,7 @@ class WebApp:
         app.router.add_get("/measure", self.measure.measure)
         app.router.add_post("/calibrate", self.measure.calibrate)
         app.router.add_get("/legend.png", self.measure.legend)
+        app.router.add_post("/effects", self.measure.effects)
         app.router.add_get("/favicon.ico", no_content)
         return app
 
@@ -265,6 +266,7 @@ class WebApp:
                 "send_buffer_bytes": buffered,
                 "settings": self.settings(),
                 **self.measure.calibration(),
+                "effects": self.measure.described(),
             }
         )
 

@@ -17,6 +17,8 @@ import numpy as np
 from aiohttp import web
 
 from streamer.calibration import intrinsics, point_3d
+from streamer.effect_settings import change
+from streamer.errors import ConfigError
 from streamer.legend import colormap_colors, legend_picture
 from streamer.types import METRIC16_SCALE
 from streamer.views import PictureSettings
@@ -104,6 +106,24 @@ class Measure:
         plate = legend_picture(colors, round(float(span[0]), 2), round(float(span[1]), 2), width)
         ok, png = cv2.imencode(".png", cv2.cvtColor(plate, cv2.COLOR_RGBA2BGRA))
         return web.Response(body=png.tobytes(), content_type="image/png")
+
+    async def effects(self, request: web.Request) -> web.Response:
+        """POST keep / background / focus / aperture (query, JSON or form): the keyed view's settings,
+        all valid or none applied; the renderer reads the new set from the next batch on."""
+        from streamer.sinks.web_app import read_body
+
+        changes = {k: v for k, v in request.query.items() if k != "token"}
+        if request.body_exists:
+            changes.update(await read_body(request))
+        try:
+            self.app.sink.picture.effects = change(self.app.sink.picture.effects, changes)
+        except ConfigError as exc:
+            raise http_error(web.HTTPBadRequest, exc.one_line()) from None
+        return web.json_response({"effects": self.described()})
+
+    def described(self) -> dict:
+        e = self.app.sink.picture.effects
+        return {"keep": f"{e.near:g}:{e.far:g}", "background": e.background, "focus": e.focus, "aperture": e.aperture}
 
     def calibration(self) -> dict:
         calibration = self.app.sink.calibration

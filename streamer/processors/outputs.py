@@ -21,10 +21,7 @@ from streamer.processors.render import Renderer, resize_u8
 from streamer.types import METRIC16_SCALE
 
 SIZE_KEYS = ("depth", "normal", "confidence", "kappa", "picture")  # maps at the output size
-DEFAULT_WANTS = frozenset({"depth"})
-NO_RANGE = torch.full(
-    (1, 2), float("nan")
-)  # a picture that shows no metres (normals, keyed, ControlNet)  # with no sink (model-only runs) the stage still yields depth
+DEFAULT_WANTS = frozenset({"depth"})  # with no sink (model-only runs) the stage still yields depth
 
 
 def to_millimetres(depth: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from streamer.calibration import Calibration, store_path
 from streamer.config import Config, ModelConfig
 from streamer.engine import worker
 from streamer.engine.compiled import CompiledOrEager
@@ -119,10 +120,20 @@ def load_stage(
 
 
 def picture_settings(cfg: Config, view: str | None = None) -> PictureSettings:
-    """A sink's picture from the output section; `view` for live sinks with their own view."""
+    """A sink's picture from the output section; `view` for live sinks with their own view.
+
+    Files (no `view`) carry the colour bar when `output.legend` asks; live sinks draw their own."""
     out = cfg.output
     fmt = view or out.format
-    return PictureSettings(fmt if fmt in VIEW_FORMATS else "color", out.colormap, out.range, out.near, out.far)
+    return PictureSettings(
+        fmt if fmt in VIEW_FORMATS else "color",
+        out.colormap,
+        out.range,
+        out.near,
+        out.far,
+        effects=cfg.effects.settings(),
+        legend=out.legend and view is None,
+    )
 
 
 def ply_sink(cfg: Config, directory: str | Path) -> PlySink:
@@ -182,11 +193,12 @@ def file_sink(
                 f"--format ply writes one .ply per frame, not a video {path}", hint="give a directory as -o"
             )
         return ply_sink(cfg, path)
+    picture = picture_settings(cfg)
     if not folder:
         return VideoSink(
             path,
             fmt,
-            picture_settings(cfg),
+            picture,
             out.codec,
             out.crf,
             out.overwrite,
@@ -195,7 +207,7 @@ def file_sink(
             threads,
             sidecar_extra,
         )
-    return ImageSequenceSink(path, fmt, picture_settings(cfg), out.overwrite, sidecar_extra=sidecar_extra)
+    return ImageSequenceSink(path, fmt, picture, out.overwrite, sidecar_extra=sidecar_extra)
 
 
 def rerun_sink(cfg: Config) -> Sink | None:
@@ -221,7 +233,10 @@ def build_sinks(cfg: Config, threads: ThreadBudget | None = None) -> list[Sink]:
     """Every output the config turns on: the file (`output.path`), window, virtual camera, server, Rerun."""
     sinks: list[Sink] = []
     if cfg.preview.enabled:
-        sinks.append(PreviewSink(picture_settings(cfg, cfg.preview.view), cfg.preview.window))
+        preview = PreviewSink(picture_settings(cfg, cfg.preview.view), cfg.preview.window)
+        if not makes_depth(cfg):
+            preview.needs = frozenset({"picture"})  # nothing to measure on a ControlNet picture
+        sinks.append(preview)
     if cfg.virtualcam.enabled:
         v = cfg.virtualcam
         sinks.append(VirtualCameraSink(picture_settings(cfg, v.view), v.width, v.height, v.fps, v.backend, v.device))
@@ -364,8 +379,34 @@ def make_pipeline(source, stage, sinks: list, config: Config | None = None, stat
         pace = any(s.live for s in sinks)
     stabilizer = build_stabilizer(cfg, source, sinks)
     return Pipeline(
-        source, stage, sinks, e.batch_size, e.queue_size, e.pinned_memory, e.cuda_stream, stats, pace, stabilizer
+        source,
+        stage,
+        sinks,
+        e.batch_size,
+        e.queue_size,
+        e.pinned_memory,
+        e.cuda_stream,
+        stats,
+        pace,
+        stabilizer,
+        run_calibration(cfg, source, sinks),
     )
+
+
+def run_calibration(cfg: Config, source, sinks: list) -> Calibration:
+    """The run's scale factor; a sink that calibrates (the page) holds it, so its clicks reach the metres.
+
+    Only a live camera has an identity to save a click's factor under (its index or device path)."""
+    held = next((s.calibration for s in sinks if getattr(s, "calibration", None) is not None), None)
+    if held is not None:
+        return held
+    c = cfg.calibration
+    camera = cfg.source.uri if source.info.live and c.save else None
+    calibration = Calibration.from_options(c.scale, c.known_distance, camera, store_path())
+    for sink in sinks:
+        if hasattr(sink, "calibration"):
+            sink.calibration = calibration
+    return calibration
 
 
 def execute(

@@ -23,6 +23,7 @@ import torch
 
 from streamer.api import load_model, make_pipeline, picture_settings, place_model
 from streamer.config import Config
+from streamer.effect_settings import EffectSettings
 from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, resolve_device
 from streamer.engine.pipeline import Pipeline
@@ -30,6 +31,7 @@ from streamer.engine.threads import ThreadBudget
 from streamer.focal import FocalResolver
 from streamer.models.metric3d import build_metric3d
 from streamer.models.metric3d.weights import load_weights, rule_weights, to_model_keys
+from streamer.processors.effects import Keyer
 from streamer.processors.metric3d import CANONICAL_FOCAL, Metric3DProcessor, Metric3DStage
 from streamer.processors.null import NullStage
 from streamer.processors.outputs import Outputs
@@ -189,6 +191,32 @@ def stabilizer_ms(device: torch.device, source_size: tuple[int, int], frames: in
     return {mode: 1000 * stabilizer_cost(device, mode, (h, w), frames)[0] for mode in ("causal", "lookahead")}
 
 
+EFFECTS_SIZE = (1280, 720)  # the keyed view's costs are measured at 720p whatever the source size
+
+
+def effects_ms(device: torch.device, frames: int, size: tuple[int, int] = EFFECTS_SIZE) -> dict[str, float]:
+    """Milliseconds per frame (median) of the keyed view's two costs at 1280x720, on the device:
+    the key (band, hysteresis, guided edge, blurred background) and the depth of field."""
+    gen = torch.Generator().manual_seed(0)
+    w, h = size
+    images = torch.randint(0, 256, (1, h, w, 3), generator=gen, dtype=torch.uint8).to(device)
+    depth = (0.5 + 4 * torch.rand(1, h // 16, w // 16, generator=gen)).to(device)
+    depth = torch.nn.functional.interpolate(depth[:, None], (h, w), mode="bilinear", align_corners=False)[:, 0]
+    cases = {"key": EffectSettings(0.0, 2.0, "blur"), "depth_of_field": EffectSettings(background="none", focus=1.2)}
+    out = {}
+    for name, settings in cases.items():
+        keyer, times = Keyer(), []
+        for i in range(max(frames, 5) + 2):
+            sync(device)
+            start = time.perf_counter()
+            keyer(images, depth, settings, 1000.0, alpha_out=False)
+            sync(device)
+            if i >= 2:  # two warm-up frames
+                times.append(time.perf_counter() - start)
+        out[name] = 1000 * statistics.median(times)
+    return out
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -247,6 +275,7 @@ def bench_run(
     result["frames_dropped"] = live["frames_dropped"]
     result["stage_ms"] = pipeline["stage_ms"]
     result["stabilize_ms"] = worker.on_device_thread(stabilizer_ms, device, source_size, max(frames, 10))
+    result["effects_ms"] = worker.on_device_thread(effects_ms, device, frames)
     result["formats"] = {f: {"fps": r["fps"], "stage_ms": r["stage_ms"]} for f, r in per_format.items()}
     result["peak_rss_mb"] = peak_rss_mb()
     result["memory"] = memory
@@ -311,6 +340,10 @@ def table(result: dict) -> str:
         (
             "stabiliser per frame causal / lookahead",
             "{causal:.2f} / {lookahead:.2f} ms".format(**result["stabilize_ms"]),
+        ),
+        (
+            "keyed view per frame at 1280x720: key / depth of field",
+            "{key:.1f} / {depth_of_field:.1f} ms".format(**result["effects_ms"]),
         ),
         ("threads torch / decode / encode", "{torch} / {decode} / {encode}".format(**result["threads"])),
         *[(f"{fmt}: fps", f"{r['fps']:.2f}  ({stage_line(r['stage_ms'])})") for fmt, r in result["formats"].items()],

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from streamer.calibration import parse_known_distance
+from streamer.effect_settings import EffectSettings, parse_background
 from streamer.errors import ConfigError
 from streamer.focal import Focal, given_focal
 from streamer.models.metric3d.variants import BACKBONES, get_variant
@@ -22,9 +24,19 @@ if TYPE_CHECKING:
 
 PRESETS = "streamer.configs"  # the top-level configs/, shipped inside the package (pyproject.toml)
 OutputFormat = Literal[
-    "gray", "color", "normal", "side-by-side", "metric16", "exr", "npz", "ply", "comfy-depth", "comfy-normal"
+    "gray",
+    "color",
+    "normal",
+    "side-by-side",
+    "keyed",
+    "metric16",
+    "exr",
+    "npz",
+    "ply",
+    "comfy-depth",
+    "comfy-normal",
 ]
-ViewFormat = Literal["gray", "color", "normal", "side-by-side"]
+ViewFormat = Literal["gray", "color", "normal", "side-by-side", "keyed"]
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 
 
@@ -148,6 +160,7 @@ class OutputConfig(Section):
     ply_stride: int = Field(1, ge=1, description="point clouds keep every Nth pixel in both axes")
     min_confidence: float = Field(0.0, ge=0, description="point clouds (PLY, Rerun) drop pixels below this")
     ply_normals: bool = False  # add nx ny nz to each PLY vertex
+    legend: bool = False  # burn a colour bar with metre ticks into recorded pictures (streamer/legend.py)
 
     @field_validator("path", mode="before")
     @classmethod
@@ -193,6 +206,57 @@ class RerunConfig(Section):
     stride: int = Field(4, ge=1, description="the point cloud keeps every Nth pixel in both axes")
 
 
+class EffectsConfig(Section):
+    """The `keyed` view: the distance band kept, what replaces the rest, depth of field (effect_settings.py)."""
+
+    keep: tuple[float, float] = (0.0, 1.5)  # metres kept (near, far)
+    background: str = "blur"  # blur | color:#RRGGBB | image:PATH | transparent | none
+    hysteresis: float = Field(0.05, ge=0, description="metres a pixel must cross the band's edge by to switch")
+    focus: float | None = Field(None, gt=0, description="depth of field: metres in focus (None: no blur)")
+    aperture: float = Field(2.8, gt=0, description="depth of field: f-number")
+    sensor_width: float = Field(36.0, gt=0, description="depth of field: the look of this sensor width (mm)")
+
+    @field_validator("keep")
+    @classmethod
+    def _keep(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] < v[1]:
+            raise ValueError("need 0 <= near < far metres")
+        return v
+
+    @field_validator("background")
+    @classmethod
+    def _background(cls, v: str) -> str:
+        try:
+            kind, arg = parse_background(v)
+        except ConfigError as exc:
+            raise ValueError(exc.one_line()) from None
+        if kind == "image" and not Path(arg).is_file():
+            raise ValueError(f"background picture {arg} does not exist")
+        return v
+
+    def settings(self) -> EffectSettings:
+        near, far = self.keep
+        return EffectSettings(near, far, self.background, self.hysteresis, self.focus, self.aperture, self.sensor_width)
+
+
+class CalibrationConfig(Section):
+    """A scale factor on every metre (streamer/calibration.py): given, from one known distance, or saved."""
+
+    scale: float | None = Field(None, gt=0, description="multiply every metre by this")
+    known_distance: str | None = None  # "X,Y=D": the output pixel X,Y lies D metres away (first frame)
+    save: bool = True  # keep a page click's factor per camera and use it next time
+
+    @field_validator("known_distance")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_known_distance(v)
+            except ConfigError as exc:
+                raise ValueError(exc.one_line()) from None
+        return v
+
+
 class Config(Section):
     source: SourceConfig = SourceConfig()
     model: ModelConfig = ModelConfig()
@@ -202,6 +266,8 @@ class Config(Section):
     virtualcam: VirtualCamConfig = VirtualCamConfig()
     serve: ServeConfig = ServeConfig()
     rerun: RerunConfig = RerunConfig()
+    effects: EffectsConfig = EffectsConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -7,11 +7,12 @@ renderer (`streamer.processors.render`) reads them for every frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from streamer.effect_settings import EffectSettings
 from streamer.errors import ConfigError
 
-VIEW_FORMATS = ("gray", "color", "normal", "side-by-side")
+VIEW_FORMATS = ("gray", "color", "normal", "side-by-side", "keyed")
 RANGE_MODES = ("auto", "fixed", "frame")
 COLORMAPS = ("turbo", "inferno", "magma", "plasma", "viridis", "jet", "bone")
 # rgb24: (H, W, 3); yuv420p: (H*3/2, W) planes, full range BT.709 (even sizes); yuv444p: (3, H, W)
@@ -35,6 +36,10 @@ class PictureSettings:
     far: float = 10.0
     fit: tuple[int, int] | None = None  # letterbox into (width, height), e.g. a virtual camera
     pixel_format: str = "rgb24"
+    # the keyed view's band, background and depth of field (streamer/effect_settings.py)
+    effects: EffectSettings = field(default_factory=EffectSettings)
+    alpha: bool = False  # the sink can carry transparency: a transparent background gives RGBA
+    legend: bool = False  # burn a colour bar with metre ticks into the picture (streamer/legend.py)
 
     def __post_init__(self) -> None:
         check_choice("view", self.view, VIEW_FORMATS)

@@ -202,7 +202,7 @@ Animations (GIF, APNG, animated WebP) are refused: transcode reads a GIF's every
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the results.")
 @click.option(
     "--format",
-    type=click.Choice(["gray", "color", "normal", "metric16", "ply"]),
+    type=click.Choice(["gray", "color", "normal", "metric16", "ply", "keyed"]),
     help="The picture written as NAME.png (metric16 = 16-bit millimetres), or ply: a point cloud NAME.ply.  [default: color]",
 )
 @click.option(

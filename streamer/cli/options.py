@@ -9,6 +9,7 @@ import click
 import yaml
 
 from streamer.config import Config, load_config
+from streamer.effect_settings import parse_band
 from streamer.errors import ConfigError
 from streamer.models.metric3d.variants import BACKBONES
 
@@ -67,6 +68,15 @@ FLAG_TO_CONFIG = {
     "rerun": ("rerun", "enabled"),
     "rerun_connect": ("rerun", "connect"),
     "rerun_save": ("rerun", "save"),
+    "keep": ("effects", "keep"),
+    "keep_within": ("effects", "keep"),
+    "background": ("effects", "background"),
+    "focus": ("effects", "focus"),
+    "aperture": ("effects", "aperture"),
+    "sensor_width": ("effects", "sensor_width"),
+    "legend": ("output", "legend"),
+    "scale": ("calibration", "scale"),
+    "known_distance": ("calibration", "known_distance"),
 }
 
 
@@ -76,6 +86,8 @@ def build_config(config_path: str | None, flags: dict) -> Config:
     for name, value in flags.items():
         if name == "processor_args":
             value = parse_processor_args(value) or None
+        if name in ("keep", "keep_within") and value is not None:
+            value = parse_band(f"0:{value}" if name == "keep_within" else value)
         if value is None or name not in FLAG_TO_CONFIG:
             continue
         section, key = FLAG_TO_CONFIG[name]
@@ -256,6 +268,31 @@ render_options = stack(
     ),
     click.option("--near", type=float, help="Metres at the near end of a fixed range.  [default: 0.1]"),
     click.option("--far", type=float, help="Metres at the far end of a fixed range.  [default: 10]"),
+    # the keyed view (--view/--format keyed) and the scale of every metre
+    click.option("--keep-within", type=float, metavar="M", help="keyed view: keep what lies within M metres."),
+    click.option(
+        "--keep", metavar="NEAR:FAR", help="keyed view: keep what lies NEAR..FAR metres away.  [default: 0:1.5]"
+    ),
+    click.option(
+        "--background",
+        metavar="SPEC",
+        help="keyed view: what replaces the rest: blur, color:#RRGGBB, image:PATH, transparent (alpha where the "
+        "output carries it) or none (depth of field only).  [default: blur]",
+    ),
+    click.option("--focus", type=float, metavar="M", help="keyed view: depth of field focused at M metres."),
+    click.option("--aperture", type=float, help="Depth of field: f-number.  [default: 2.8]"),
+    click.option(
+        "--sensor-width", type=float, metavar="MM", help="Depth of field: the look of this sensor.  [default: 36]"
+    ),
+    click.option(
+        "--legend", is_flag=True, default=None, help="Burn a colour bar with metre ticks into recorded pictures."
+    ),
+    click.option("--scale", type=float, help="Multiply every metre by this (a known scale error)."),
+    click.option(
+        "--known-distance",
+        metavar="X,Y=D",
+        help="The output pixel X,Y lies D metres away: sets --scale on the first frame.",
+    ),
 )
 
 

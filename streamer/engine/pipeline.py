@@ -79,6 +79,7 @@ class Pipeline:
         stats: Stats | None = None,
         pace: bool = False,
         stabilizer: StabilizeStage | None = None,
+        calibration=None,
     ) -> None:
         self.source = source
         self.processor = processor
@@ -95,7 +96,7 @@ class Pipeline:
         self.stats = stats or Stats()
         self.stats.detects_cuts = self.stabilizer.mode != "off"
         self.transfer = DeviceTransfer(processor.device, pinned_memory, cuda_stream)
-        self.outputs = Outputs(sinks)
+        self.outputs = Outputs(sinks, calibration)
         # live: a one-slot queue that always holds the newest frame; files: back-pressure
         self.frames = (
             StageQueue(1, "latest", "frames", on_drop=self._keep_audio)
@@ -379,7 +380,7 @@ class Pipeline:
     def _render(self, group: Ready) -> PendingDownload:
         """Outputs of frames whose maps are final, made on the device; their download starts."""
         rendering = time.perf_counter()
-        download = self.transfer.download(self.outputs(group.maps, group.images))
+        download = self.transfer.download(self.outputs(group.maps, group.images, group.meta))
         self.stats.stage("render", time.perf_counter() - rendering, len(group.frames))
         return download
 

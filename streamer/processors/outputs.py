@@ -2,6 +2,8 @@
 
 Each sink declares `needs`, a set of these names, and for a picture its `picture` settings:
   picture     8-bit picture in the sink's view and pixel format (made by a Renderer)
+  picture_range  its display range (near, far metres; NaN where the view shows none: normals,
+              keyed, a ControlNet picture), for a legend
   depth_mm    uint16 millimetres (metric16)
   depth, normal, confidence, kappa   float32 maps in metres / unit vectors
   image       the input frame at the output size (RGB uint8)
@@ -30,22 +32,26 @@ def to_millimetres(depth: torch.Tensor) -> torch.Tensor:
 class Outputs:
     """Routes from the stage's maps to each sink's arrays; one Renderer per picture settings."""
 
-    def __init__(self, sinks: list) -> None:
+    def __init__(self, sinks: list, calibration=None) -> None:
+        self.calibration = calibration  # streamer.calibration.Calibration: a scale on every metre, or None
         self.renderers: list[Renderer] = []
         self.routes: list[dict[str, str]] = []  # per sink: its name for an array -> the download key
         renderer_of: dict[int, int] = {}
         for sink in sinks:
             route: dict[str, str] = {}
             for need in sorted(getattr(sink, "needs", ())):
-                if need == "picture":
+                if need in ("picture", "picture_range"):
                     if id(sink.picture) not in renderer_of:
                         renderer_of[id(sink.picture)] = len(self.renderers)
                         self.renderers.append(Renderer(sink.picture))
-                    route[need] = f"picture:{renderer_of[id(sink.picture)]}"
+                    kind = "picture" if need == "picture" else "range"
+                    route[need] = f"{kind}:{renderer_of[id(sink.picture)]}"
                 else:
                     route[need] = need
             self.routes.append(route)
-        self.raw = {key for route in self.routes for key in route.values() if not key.startswith("picture:")}
+        keys = {key for route in self.routes for key in route.values()}
+        self.raw = {key for key in keys if not key.startswith(("picture:", "range:"))}
+        self.ranges = {key for key in keys if key.startswith("range:")}
 
     def stage_wants(self) -> set[str]:
         """The maps the stage must make for this batch (a live view may have changed)."""
@@ -55,13 +61,31 @@ class Outputs:
         return wants or set(DEFAULT_WANTS)
 
     @torch.inference_mode()
-    def __call__(self, maps: dict[str, torch.Tensor], images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Stage maps + the uploaded frames -> the tensors to download, keyed as in `routes`."""
+    def __call__(
+        self, maps: dict[str, torch.Tensor], images: torch.Tensor, meta: dict | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Stage maps + the uploaded frames -> the tensors to download, keyed as in `routes`.
+
+        `meta` (the stage's, the results' own) gives the keyed view its focal length in pixels of the
+        output, and hears the scale factor the metres were multiplied by."""
         maps = dict(maps)
+        if self.calibration is not None and "depth" in maps:
+            maps["depth"] = self.calibration.apply(maps["depth"])
+            if meta is not None:
+                meta.update(self.calibration.describe())  # the sidecars' `scale` and `scale_source`
+        focal = output_focal(meta or {}, images, maps)
+        for renderer in self.renderers:
+            renderer.focal_px = focal
         if "image" in self.stage_wants():
             size_key = next(k for k in SIZE_KEYS if k in maps)
             maps["image"] = resize_u8(images, tuple(maps[size_key].shape[1:3]))
-        out = {f"picture:{i}": renderer(maps) for i, renderer in enumerate(self.renderers)}
+        out = {}
+        for i, renderer in enumerate(self.renderers):
+            renderer.last_range = None
+            out[f"picture:{i}"] = picture = renderer(maps)
+            if f"range:{i}" in self.ranges:
+                no_range = torch.full((picture.shape[0], 2), float("nan"), device=picture.device)
+                out[f"range:{i}"] = renderer.last_range if renderer.last_range is not None else no_range
         for key in self.raw:
             out[key] = to_millimetres(maps["depth"]) if key == "depth_mm" else maps[key]
         return out
@@ -69,3 +93,13 @@ class Outputs:
     def split(self, arrays: dict[str, np.ndarray], index: int) -> list[dict[str, np.ndarray]]:
         """Frame `index` of a downloaded batch -> one dict per sink, in the sinks' order."""
         return [{need: arrays[key][index] for need, key in route.items()} for route in self.routes]
+
+
+def output_focal(meta: dict, images: torch.Tensor, maps: dict[str, torch.Tensor]) -> float | None:
+    """fx in pixels of the output: the stage's intrinsics at the output size, else its fx at the source's."""
+    if "intrinsics" in meta:
+        return float(meta["intrinsics"][0])
+    size_key = next((k for k in SIZE_KEYS if k in maps), None)
+    if "fx" not in meta or size_key is None:
+        return None
+    return float(meta["fx"]) * maps[size_key].shape[2] / images.shape[2]

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streamer.legend import colormap_colors, legend_picture
+from streamer.processors.effects import Keyer, default_focal_px
 from streamer.views import COLORMAPS, PictureSettings
 
 SMOOTHING = 0.1  # EMA weight of the newest frame in auto mode
@@ -191,18 +193,23 @@ class Renderer:
     def __init__(self, settings: PictureSettings | None = None) -> None:
         self.settings = settings or PictureSettings()
         self.display = DisplayRange(self.settings)
+        self.keyer = Keyer()
+        self.focal_px: float | None = None  # at the output size, from the stage's meta (Outputs sets it)
+        self.last_range: torch.Tensor | None = None  # (N, 2) near, far metres of the batch's pictures
+        self._legends: dict[tuple, torch.Tensor] = {}
 
     def maps_needed(self) -> set[str]:
         """What the stage must produce for the current view (it may change mid-run)."""
         view = self.settings.view
         needed = {"normal"} if view == "normal" else {"depth"}
-        return needed | ({"image"} if view == "side-by-side" else set())
+        return needed | ({"image"} if view in ("side-by-side", "keyed") else set())
 
     def levels(self, depth: torch.Tensor) -> torch.Tensor:
         """(N, H, W) metres -> 0..255 levels in this sink's display range (near = 255)."""
         ranges = [self.display.update(d) for d in depth]
         near = torch.stack([lo for lo, _ in ranges]).to(depth.device).view(-1, 1, 1)
         far = torch.stack([hi for _, hi in ranges]).to(depth.device).view(-1, 1, 1)
+        self.last_range = torch.cat((near.view(-1, 1), far.view(-1, 1)), dim=1).float()
         return depth_u8(depth, near, far)
 
     def pictures(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -213,6 +220,8 @@ class Renderer:
             picture = maps["picture"]
         elif s.view == "normal":
             picture = normal_rgb(maps["normal"])
+        elif s.view == "keyed":
+            picture = self.keyed(maps)
         else:
             u8 = self.levels(maps["depth"])
             picture = (
@@ -220,18 +229,45 @@ class Renderer:
                 if s.view == "gray"
                 else colormap_lut(s.colormap, u8.device)[u8.long()]
             )
+        if s.legend and s.view in ("gray", "color", "side-by-side") and "picture" not in maps:
+            picture = self.burn_legend(picture)
         if s.view == "side-by-side" and "image" in maps:
             picture = torch.cat((resize_u8(maps["image"], tuple(picture.shape[1:3])), picture), dim=2)
         if s.fit is not None:
             picture = letterbox(picture, *s.fit)
         return picture
 
+    def burn_legend(self, picture: torch.Tensor) -> torch.Tensor:
+        """The colour bar with metre ticks, bottom left. It reads the range on the host (text needs a
+        font): one small wait for the device per batch, only with --legend."""
+        near, far = (round(float(v), 2) for v in self.last_range[-1])
+        n, h, w, _ = picture.shape
+        key = (self.settings.view, self.settings.colormap, near, far, w, picture.device)
+        if key not in self._legends:
+            colors = colormap_colors(self.settings.colormap, self.settings.view == "gray")
+            plate = legend_picture(colors, near, far, min(w, max(160, w // 3)))[: h // 3]
+            self._legends = {key: torch.from_numpy(plate).to(picture.device)}
+        plate = self._legends[key]
+        ph, pw = plate.shape[:2]
+        out = picture.clone()
+        region = out[:, h - ph :, :pw].float()
+        alpha = plate[..., 3:].float() / 255.0
+        out[:, h - ph :, :pw] = (region + alpha * (plate[..., :3].float() - region)).round_().to(torch.uint8)
+        return out
+
+    def keyed(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The camera picture keyed by distance and/or with depth of field (processors/effects.py)."""
+        effects, depth = self.settings.effects, maps["depth"]
+        f_px = self.focal_px or default_focal_px(depth.shape[-1])
+        alpha = self.settings.alpha and effects.background_kind == "transparent"
+        return self.keyer(resize_u8(maps["image"], tuple(depth.shape[1:3])), depth, effects, f_px, alpha)
+
     def __call__(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """The picture in the sink's pixel format (RGB, or YUV planes for an encoder)."""
         s = self.settings
         if s.pixel_format == "rgb24":
             return self.pictures(maps).contiguous()
-        if s.fit is None and "picture" not in maps and s.view in ("gray", "color", "side-by-side"):
+        if s.fit is None and "picture" not in maps and s.view in ("gray", "color", "side-by-side") and not s.legend:
             depth = maps["depth"]
             n, h, w = depth.shape
             if s.view == "side-by-side" and not (s.pixel_format == "yuv420p" and h % 2 == 0 and w % 2 == 0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from streamer.errors import SinkError
@@ -60,7 +61,7 @@ def format_picture(fmt: str, settings: PictureSettings | None) -> PictureSetting
     if fmt not in VIEW_FORMATS:
         return None
     settings = settings or PictureSettings()
-    return PictureSettings(fmt, settings.colormap, settings.range, settings.near, settings.far)
+    return replace(settings, view=fmt)
 
 
 def check_output(path: Path, overwrite: bool, inputs: list[str | Path] = ()) -> None:
@@ -113,6 +114,8 @@ def sidecar(meta: dict, extra: dict, stats=None) -> dict:
         "focal_mode",
         "processor",
         "stabilize",
+        "scale",
+        "scale_source",
     )
     out = {**{k: meta[k] for k in keep if k in meta}, **extra}
     if stats is not None and getattr(stats, "detects_cuts", False) and "stabilize" in out:

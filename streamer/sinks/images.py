@@ -73,7 +73,7 @@ def encode_npz(arrays: dict[str, np.ndarray]) -> bytes:
 
 def encode_png(picture: np.ndarray) -> bytes:
     if picture.ndim == 3:
-        picture = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
+        picture = cv2.cvtColor(picture, cv2.COLOR_RGBA2BGRA if picture.shape[2] == 4 else cv2.COLOR_RGB2BGR)
     ok, data = cv2.imencode(".png", picture)
     if not ok:
         raise SinkError("PNG encoding failed")
@@ -100,6 +100,8 @@ class ImageSequenceSink(Sink):
         self.fmt = fmt
         self.needs = format_needs(fmt)
         self.picture = format_picture(fmt, picture)
+        if self.picture is not None:
+            self.picture.alpha = True  # PNG carries it: the keyed view's transparent background stays clear
         self.overwrite = overwrite
         self.suffix = SEQUENCE_SUFFIX.get(fmt, ".png")
         self.name_suffix = name_suffix

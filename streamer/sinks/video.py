@@ -39,6 +39,7 @@ from streamer.types import Result, StreamInfo
 from streamer.views import PictureSettings
 
 log = logging.getLogger(__name__)
+ALPHA_CODECS = ("libvpx-vp9",)  # encoders that keep an alpha channel (yuva420p), in WebM
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 # Audio codecs each container takes as they are; others are re-encoded to the first one listed.
 AUDIO_COPY = {
@@ -105,6 +106,9 @@ class VideoSink(Sink):
         self.picture = format_picture(fmt, picture)
         if self.picture is not None and self.codec != "ffv1":
             self.picture.pixel_format = "yuv420p"  # made on the device; 4:4:4 where a side is odd
+        if self.picture is not None and fmt == "keyed" and self.codec in ALPHA_CODECS:
+            # VP9 in WebM keeps the keyed view's transparency (yuva420p): RGBA comes off the device
+            self.picture.pixel_format, self.picture.alpha = "rgb24", True
         self.crf = crf
         self.copy_audio = copy_audio
         self.threads = threads
@@ -190,8 +194,8 @@ class VideoSink(Sink):
         if self.fmt.startswith("comfy"):
             return av.VideoFrame.from_ndarray(result.maps[self.fmt.replace("-", "_")], format="rgb24")
         picture = result.maps["picture"]
-        if picture.ndim == 3 and picture.shape[2] == 3:
-            return av.VideoFrame.from_ndarray(picture, format="rgb24")
+        if picture.ndim == 3 and picture.shape[2] in (3, 4):
+            return av.VideoFrame.from_ndarray(picture, format="rgb24" if picture.shape[2] == 3 else "rgba")
         frame = av.VideoFrame.from_ndarray(picture, format="yuv420p" if picture.ndim == 2 else "yuv444p")
         frame.color_range, frame.colorspace = COLOR_TAGS["color_range"], COLOR_TAGS["colorspace"]
         return frame
@@ -201,7 +205,9 @@ class VideoSink(Sink):
         source = result.frame
         if self._stream is None:
             self.meta = result.meta
-            pix_fmt = {"rgb24": "bgr0" if self.codec == "ffv1" else "yuv420p"}.get(frame.format.name, frame.format.name)
+            pix_fmt = {"rgb24": "bgr0" if self.codec == "ffv1" else "yuv420p", "rgba": "yuva420p"}.get(
+                frame.format.name, frame.format.name
+            )
             self._open_video_stream(frame.width, frame.height, pix_fmt)
             if self.copy_audio:  # after the video: players and tools expect the video as stream 0
                 for src in self.info.audio:

@@ -70,7 +70,7 @@ class WebSink(Sink):
 
     name = "web"
     live = True
-    needs = frozenset({"picture", "depth_mm"})
+    needs = frozenset({"picture", "depth_mm", "picture_range"})
 
     def __init__(
         self,
@@ -88,6 +88,11 @@ class WebSink(Sink):
                 hint="max_clients >= 1, jpeg_quality 1..100",
             )
         self.picture = picture or PictureSettings()
+        self.picture.alpha = True  # the bare page shows the keyed view's transparency (PNG frames)
+        self.calibration = None  # the run's Calibration (api.run_calibration): the page's clicks set it
+        self.meta: dict = {}  # the newest frame's: intrinsics for measuring in 3D
+        self.source_width = 0
+        self.range = None
         self.host, self.port = host, port
         self.token = token if token is not None or is_loopback(host) else secrets.token_urlsafe(16)
         self.max_clients = max_clients
@@ -125,6 +130,7 @@ class WebSink(Sink):
 
     def open(self, info: StreamInfo, stats) -> None:
         self.stats = stats
+        self.source_width = info.width
         with self._lock:
             if self._sock is None:
                 self._sock = self._bind()
@@ -169,6 +175,8 @@ class WebSink(Sink):
         if depth is not None and depth.dtype != np.uint16:
             raise SinkError(f"the web sink needs depth_mm as uint16 millimetres, got {depth.dtype}")
         watched = bool(self.app.viewers)
+        self.meta = result.meta
+        self.range = result.maps.get("picture_range")  # near, far metres of the picture: the legend
         self.app.frames.put(result.maps["picture"], depth, with_jpeg=watched)
         loop = self._loop
         if watched and loop is not None:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from aiohttp import web
 
+from streamer.sinks.web_measure import Measure
 from streamer.views import COLORMAPS, RANGE_MODES, VIEW_FORMATS
 
 log = logging.getLogger("streamer.sinks.web")
@@ -37,7 +38,12 @@ def encode(kind: str, array: np.ndarray, quality: int) -> bytes:
     """'jpeg' or 'png' of an RGB picture, or 'depth': a 16-bit grayscale PNG of uint16 millimetres."""
     if kind == "depth":
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(array), PNG_FAST)
+    elif array.shape[-1] == 4 and kind == "png":  # the keyed view's transparency: kept in PNG
+        bgr = cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGBA2BGRA)
+        ok, buf = cv2.imencode(".png", bgr, PNG_FAST)
     else:
+        if array.shape[-1] == 4:  # JPEG has no alpha: transparent shows as black
+            array = (array[..., :3] * (array[..., 3:] / 255.0)).round().astype(np.uint8)
         bgr = cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGB2BGR)
         params = [cv2.IMWRITE_JPEG_QUALITY, quality] if kind == "jpeg" else PNG_FAST
         ok, buf = cv2.imencode(".jpg" if kind == "jpeg" else ".png", bgr, params)
@@ -105,6 +111,11 @@ class NewestFrame:
                 self._encoded[kind] = (seq, data)
         return seq, data
 
+    def array(self, kind: str) -> np.ndarray | None:
+        """The newest frame's array itself (e.g. the millimetres the page measures on)."""
+        with self._lock:
+            return self._arrays.get(kind)
+
     def _encode(self, kind: str, array: np.ndarray) -> bytes:
         self.jpeg_encodes += kind == "jpeg"
         return encode(kind, array, self.quality)
@@ -119,6 +130,7 @@ class WebApp:
         self.viewers: dict[int, web.Request] = {}  # by id(): requests are unhashable
         self.stopping = False
         self._frame_event: asyncio.Event | None = None
+        self.measure = Measure(self)
         self._page = resources.files(__package__).joinpath("web_page.html").read_text("utf-8")
 
     def application(self) -> web.Application:
@@ -133,6 +145,10 @@ class WebApp:
         app.router.add_get("/stats", self.stats)
         app.router.add_get("/settings", self.get_settings)
         app.router.add_post("/settings", self.post_settings)
+        app.router.add_get("/measure", self.measure.measure)
+        app.router.add_post("/calibrate", self.measure.calibrate)
+        app.router.add_get("/legend.png", self.measure.legend)
+        app.router.add_post("/effects", self.measure.effects)
         app.router.add_get("/favicon.ico", no_content)
         return app
 
@@ -249,6 +265,8 @@ class WebApp:
                 "max_clients": self.sink.max_clients,
                 "send_buffer_bytes": buffered,
                 "settings": self.settings(),
+                **self.measure.calibration(),
+                "effects": self.measure.described(),
             }
         )
 

@@ -9,20 +9,33 @@ from __future__ import annotations
 
 import time
 from queue import Empty
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from streamer.engine.queues import END, StageQueue
+from streamer.engine.stats import Stats
 from streamer.errors import StopRequested
 
-if TYPE_CHECKING:
-    from streamer.engine.pipeline import Pipeline
+
+class RunControl(Protocol):
+    """What a runner needs of the run that owns it (the Pipeline), without importing it."""
+
+    stats: Stats
+
+    def fail(self, stage: str, exc: BaseException) -> None: ...
+
+    def person_stop(self) -> None: ...
+
+    def outputs_complete(self) -> bool: ...
 
 
 class SinkRunner:
-    """Feeds one sink from its queue, on whichever thread calls `step`, and always closes it."""
+    """Feeds one sink from its queue, on whichever thread calls `step`, and always closes it.
 
-    def __init__(self, pipeline: Pipeline, sink, queue: StageQueue) -> None:
+    `counts_frames`: this runner's writes are the run's output count (the first sink's)."""
+
+    def __init__(self, pipeline: RunControl, sink, queue: StageQueue, counts_frames: bool = False) -> None:
         self.pipeline, self.sink, self.queue = pipeline, sink, queue
+        self.counts_frames = counts_frames
         self.idle = getattr(sink, "idle_interval", None)
         self.finished = False
 
@@ -43,7 +56,7 @@ class SinkRunner:
         finally:
             item.done()
         self.pipeline.stats.stage(f"sink:{self.sink.name}", time.perf_counter() - started)
-        if self.queue is self.pipeline.queues[0]:
+        if self.counts_frames:
             self.pipeline.stats.frame_out(item.frame.capture_time)
         return True
 

@@ -63,8 +63,8 @@ def lan_address(family: int) -> str:
 class WebSink(Sink):
     """Serves the newest picture to browsers (`/`), MJPEG players (`/stream.mjpg`) and scripts.
 
-    `picture` holds what the page changes (view, colormap, range); the engine's renderer reads it
-    for every frame.
+    `picture` holds what the page changes (view, colormap, range); the engine reads it once per
+    batch.
     A non-loopback `host` without a `token` gets a random one; `url` carries it.
     """
 

@@ -253,7 +253,7 @@ class WebApp:
         )
 
     def settings(self) -> dict[str, str]:
-        target = self.sink.picture
+        target = self.sink.picture.snapshot()
         return {"view": target.view, "colormap": target.colormap, "range": target.range}
 
     async def get_settings(self, request: web.Request) -> web.Response:
@@ -274,10 +274,7 @@ class WebApp:
                 raise http_error(
                     web.HTTPBadRequest, f"{key} {repr(value)[:40]} is unknown: use one of {', '.join(CHOICES[key])}"
                 )
-        target = self.sink.picture  # the device renderer reads it for the next frame
-        target.view = changes.get("view", target.view)
-        target.colormap = changes.get("colormap", target.colormap)
-        target.range = changes.get("range", target.range)
+        self.sink.picture.update(**changes)  # all at once; the engine reads them for its next batch
         log.info("web: settings now %s", self.settings())
         return web.json_response({"settings": self.settings(), "choices": CHOICES})
 

@@ -351,6 +351,9 @@ class Pipeline:
         pending: deque = deque()  # downloads under way, oldest first
         carry: list[Frame] = []
         self.stabilizer.start()
+        warm_up = getattr(self.processor, "warm_up", None)  # --compile: compile before the first frame
+        if warm_up is not None:
+            self._on_model_thread(warm_up, self.batch_size)
         while not self._stop.is_set():
             batch = self._next_batch(carry)
             if batch is None:

@@ -190,6 +190,12 @@ class Metric3DStage:
         self.meta = meta or {}
         self.device = processor.device
 
+    def warm_up(self, batch: int) -> None:
+        """Compile a `--compile` model now, on the model thread, for the run's batch size."""
+        model = self.processor.model
+        if hasattr(model, "warm_up"):
+            model.warm_up(batch, self.processor.input_size, all_iterations=self.comfy_resolution is not None)
+
     def __call__(
         self,
         images: torch.Tensor,

@@ -36,7 +36,7 @@ from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, PendingDownload
 from streamer.engine.queues import END, StageQueue
 from streamer.engine.shared import SharedStage
-from streamer.engine.sink_runner import SinkRunner
+from streamer.engine.sink_runner import SinkRunner, open_sinks
 from streamer.engine.stats import Stats
 from streamer.errors import ConfigError, Interrupted, PipelineError, StopRequested
 from streamer.focal import Focal
@@ -167,13 +167,13 @@ class Pipeline:
         thread. Ctrl-C stops the run cleanly: sinks are finalised; for a file Interrupted is raised.
         """
         self._tick = tick
-        self._open_sinks()
+        open_sinks(self.sinks, self.source, self.stats)
         self._start_services()
         runners = [SinkRunner(self, s, q, i == 0) for i, (s, q) in enumerate(zip(self.sinks, self.queues, strict=True))]
         on_main = [r for r in runners if getattr(r.sink, "main_thread", False)]
         for runner in runners:
             if runner not in on_main:
-                self._spawn(f"sink:{runner.sink.name}", lambda r=runner: self._sink_loop(r))
+                self._spawn(f"sink:{runner.sink.name}", lambda r=runner: r.run(POLL_S))
         self._spawn("capture", self._capture_loop)
         inference = self._start_inference()
         try:
@@ -189,18 +189,6 @@ class Pipeline:
         if self._person_stop and not self.live:
             raise Interrupted(f"interrupted after {self.stats.frames_out} frames; outputs were finalised")
         return snapshot
-
-    def _open_sinks(self) -> None:
-        opened = []
-        try:
-            for sink in self.sinks:
-                sink.open(self.source.info, self.stats)
-                opened.append(sink)
-        except BaseException:
-            for sink in opened:
-                sink.close(complete=False)
-            self.source.close()
-            raise
 
     def _start_services(self) -> None:
         """Sinks that serve clients (the web server) get a thread of their own for their event loop,
@@ -429,7 +417,3 @@ class Pipeline:
                 result = Result(frame, maps, meta, lease.release)
                 if not queue.put(result, self._stop):
                     result.done()
-
-    def _sink_loop(self, runner: SinkRunner) -> None:
-        while runner.guarded_step(POLL_S):
-            pass

@@ -65,6 +65,11 @@ class SinkRunner:
             self.finished = True
             self.sink.close(complete=not failed and self.pipeline.outputs_complete())
 
+    def run(self, timeout: float) -> None:
+        """The loop of a sink on a thread of its own."""
+        while self.guarded_step(timeout):
+            pass
+
     def guarded_step(self, timeout: float) -> bool:
         try:
             return self.step(timeout)
@@ -77,3 +82,17 @@ class SinkRunner:
             self.pipeline.fail(f"sink:{self.sink.name}", exc)
             self.finish(failed=True)
             return False
+
+
+def open_sinks(sinks: list, source, stats: Stats) -> None:
+    """Open every sink for the source's stream; if one fails, close those opened and the source."""
+    opened = []
+    try:
+        for sink in sinks:
+            sink.open(source.info, stats)
+            opened.append(sink)
+    except BaseException:
+        for sink in opened:
+            sink.close(complete=False)
+        source.close()
+        raise

@@ -227,3 +227,23 @@ def test_out_of_memory_on_the_gpu_is_reported_not_hidden():
     with pytest.raises(ModelError, match="out of memory"), torch.inference_mode():
         model(torch.zeros(1, 3, 8, 8, device=CUDA))
     assert not model.failed
+
+
+@pytest.mark.parametrize("comfy", [False, True])
+def test_the_model_stage_makes_no_host_sync_in_steady_state(cuda_model, comfy):
+    """The real network too, and the ComfyUI node's pictures (made on the device)."""
+    from streamer.sources import PatternSource
+    from streamer.views import PictureSettings
+
+    stage = Metric3DStage(
+        Metric3DProcessor(cuda_model, (224, 308)),
+        FocalResolver(1000.0, 1000.0),
+        comfy_resolution=128 if comfy else None,
+    )
+    needs = frozenset({"comfy_depth", "comfy_normal"} if comfy else {"depth", "depth_mm", "normal", "confidence"})
+    sinks = [Pictures(PictureSettings("side-by-side", pixel_format="yuv420p")), Pictures(PictureSettings(), needs)]
+    try:
+        stats = Pipeline(PatternSource("testsrc:320x240@30", frames=12, live=False), stage, sinks, batch_size=2).run()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert stats["frames_out"] == 12

@@ -103,3 +103,24 @@ def test_a_change_of_several_settings_applies_whole_or_not_at_all():
     assert settings.snapshot() == snap  # nothing of the refused change applied
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.view = "gray"  # a batch's snapshot cannot change under it
+
+
+def test_frames_held_by_the_lookahead_stabiliser_keep_the_settings_their_maps_were_made_for():
+    """Lookahead returns earlier frames with later batches: each is drawn in the view its maps were
+    asked for, even when the view changed in between."""
+    from streamer.processors.stabilize_stage import StabilizeStage
+
+    settings = PictureSettings("color")
+
+    class Switching(ViewRecorder):
+        live = False
+
+        def write(self, result) -> None:
+            super().write(result)
+            settings.cycle("view", VIEW_FORMATS)  # a switch after every frame, while the model works
+
+    recorder = Switching(settings)
+    source = PatternSource(f"testsrc:{W}x{H}@30", frames=24, live=False)
+    stats = Pipeline(source, SlowStage(0.01), [recorder], batch_size=2, stabilizer=StabilizeStage("lookahead")).run()
+    assert stats["frames_out"] == 24 and len(recorder.seen) == 24
+    assert len(set(recorder.seen)) >= 3  # the switches took effect

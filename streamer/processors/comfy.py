@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import cv2
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,8 +25,15 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.colors import Normalize
 
-if TYPE_CHECKING:  # a type only: metric3d.py imports this module
-    from streamer.processors.metric3d import Letterbox
+
+class Letterbox(Protocol):
+    """Where the source image sits in the network's input (metric3d.Letterbox; named here without
+    importing metric3d, which imports this module)."""
+
+    src_hw: tuple[int, int]
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor: ...
+
 
 UPSCALE_METHODS = ("INTER_NEAREST", "INTER_LINEAR", "INTER_AREA", "INTER_CUBIC", "INTER_LANCZOS4")
 COMFY_RESOLUTION = 512

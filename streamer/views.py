@@ -1,13 +1,17 @@
 """What a picture-making sink asks for: view, colormap, display range, size and pixel layout.
 
 Plain settings without torch, so sinks (which import no torch) can hold and change them: the
-preview's keys and the web page switch the view while the run goes on, and the device-side
-renderer (`streamer.processors.render`) reads them for every frame.
+preview's keys, the web page and the Python API switch the view while the run goes on. The
+engine reads them once per batch as a frozen `PictureSnapshot` (`PictureSettings.snapshot()`):
+the maps the model is asked for and the pictures made from them follow the same snapshot, so a
+change applies to the next batch, never half-way through one. A setting added to
+`PictureSettings` (a field with a default) joins the snapshot by itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, fields, make_dataclass
 
 from streamer.effect_settings import EffectSettings
 from streamer.errors import ConfigError
@@ -25,9 +29,21 @@ def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def check_settings(s) -> None:
+    """The rules every picture setting obeys, for live settings and snapshots alike."""
+    check_choice("view", s.view, VIEW_FORMATS)
+    check_choice("colormap", s.colormap, COLORMAPS)
+    check_choice("range mode", s.range, RANGE_MODES)
+    check_choice("pixel format", s.pixel_format, PIXEL_FORMATS)
+    if not 0 <= s.near < s.far:
+        raise ConfigError(f"display range {s.near}..{s.far} m is empty", hint="need 0 <= near < far")
+
+
 @dataclass
 class PictureSettings:
-    """One sink's picture. Mutable on purpose: live sinks change view/colormap/range mid-run."""
+    """One sink's picture, live: people change view/colormap/range mid-run (`update`, `cycle`).
+
+    Changes and `snapshot()` hold one lock, so a snapshot never sees half of a change."""
 
     view: str = "color"
     colormap: str = "turbo"
@@ -40,16 +56,42 @@ class PictureSettings:
     effects: EffectSettings = field(default_factory=EffectSettings)
     alpha: bool = False  # the sink can carry transparency: a transparent background gives RGBA
     legend: bool = False  # burn a colour bar with metre ticks into the picture (streamer/legend.py)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_choice("view", self.view, VIEW_FORMATS)
-        check_choice("colormap", self.colormap, COLORMAPS)
-        check_choice("range mode", self.range, RANGE_MODES)
-        check_choice("pixel format", self.pixel_format, PIXEL_FORMATS)
-        if not 0 <= self.near < self.far:
-            raise ConfigError(f"display range {self.near}..{self.far} m is empty", hint="need 0 <= near < far")
+        check_settings(self)
+
+    def snapshot(self) -> PictureSnapshot:
+        """The settings as they are now, frozen: what one batch is made with."""
+        with self._lock:
+            return PictureSnapshot(**{name: getattr(self, name) for name in SETTING_NAMES})
+
+    def update(self, **changes) -> None:
+        """Change several settings at once, all valid or none applied (ConfigError)."""
+        unknown = sorted(set(changes) - set(SETTING_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown picture settings {unknown}", hint=f"use {', '.join(SETTING_NAMES)}")
+        with self._lock:
+            current = {name: getattr(self, name) for name in SETTING_NAMES}
+            check_settings(PictureSnapshot(**{**current, **changes}))
+            for name, value in changes.items():
+                setattr(self, name, value)
 
     def cycle(self, attribute: str, choices: tuple[str, ...]) -> None:
         """Step `view` or `colormap` to the next choice (preview keys)."""
-        current = getattr(self, attribute)
-        setattr(self, attribute, choices[(choices.index(current) + 1) % len(choices)])
+        with self._lock:
+            current = getattr(self, attribute)
+            setattr(self, attribute, choices[(choices.index(current) + 1) % len(choices)])
+
+
+SETTING_NAMES = tuple(f.name for f in fields(PictureSettings) if not f.name.startswith("_"))
+PictureSnapshot = make_dataclass(
+    "PictureSnapshot",
+    [
+        (f.name, f.type, field(default=f.default, default_factory=f.default_factory))
+        for f in fields(PictureSettings)
+        if f.name in SETTING_NAMES
+    ],
+    frozen=True,
+    namespace={"__doc__": "One batch's picture settings: frozen, hashable, compared by value."},
+)

@@ -112,3 +112,138 @@ def test_live_latency_is_the_model_time_plus_little(cuda_model):
     stats = Pipeline(PatternSource("testsrc:640x360@30", frames=60), stage, [sink]).run()
     model_ms = stats["stage_ms"]["inference"]
     assert stats["latency_ms"]["p50"] < model_ms + 15, (stats["latency_ms"], model_ms)
+
+
+# -- no host sync per frame: the steady state runs under torch.cuda.set_sync_debug_mode("error") --------
+
+
+class Pictures(Sink):
+    """A sink of one picture format; after `warm` frames (LUTs and buffers made) it turns on the
+    sync check for the whole process, so any later host wait on the model thread fails the run."""
+
+    def __init__(self, settings, needs=frozenset({"picture"}), warm: int = 3) -> None:
+        self.picture, self.needs, self.warm = settings, needs, warm
+        self.name = f"pictures:{settings.view}:{settings.pixel_format}:{settings.range}"
+        self.written = 0
+
+    def write(self, result):
+        self.written += 1
+        if self.written == self.warm:
+            torch.cuda.set_sync_debug_mode("error")
+
+
+def formats():
+    from streamer.views import PIXEL_FORMATS, RANGE_MODES, VIEW_FORMATS, PictureSettings
+
+    settings = [PictureSettings(view, range=mode) for view in VIEW_FORMATS for mode in RANGE_MODES]
+    settings += [PictureSettings(view, pixel_format=fmt) for view in VIEW_FORMATS for fmt in PIXEL_FORMATS[1:]]
+    settings.append(PictureSettings("color", fit=(64, 48)))  # the virtual camera's letterbox
+    return settings
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_steady_state_makes_no_host_sync_in_any_output_format_or_range(device, batch_size):
+    from streamer.processors.null import NullStage
+    from streamer.sources import PatternSource
+
+    if device == "cuda:1" and torch.cuda.device_count() < 2:
+        pytest.skip("needs a second GPU")
+    sinks = [Pictures(s) for s in formats()]
+    sinks.append(Pictures(formats()[0], needs=frozenset({"depth_mm", "depth", "normal", "image"})))
+    source = PatternSource("testsrc:96x64@30", frames=24, live=False)
+    try:
+        stats = Pipeline(source, NullStage(torch.device(device)), sinks, batch_size=batch_size).run()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert stats["frames_out"] == 24 and all(s.written == 24 for s in sinks)
+
+
+def test_live_settings_switch_without_host_sync():
+    """A view or range change makes its tables once; every later frame is free of host waits."""
+    from streamer.processors.null import NullStage
+    from streamer.sources import PatternSource
+    from streamer.views import VIEW_FORMATS, PictureSettings
+
+    settings = PictureSettings("color", range="fixed")
+    sink = Pictures(settings, warm=2)
+    original = sink.write
+
+    def write(result):
+        original(result)
+        if sink.written > sink.warm and sink.written % 10 == 0:
+            torch.cuda.set_sync_debug_mode(0)  # the first batch in the new view may build a table once
+            settings.cycle("view", VIEW_FORMATS)
+            sink.warm = sink.written + 8  # the model thread runs up to a queue (4) and a batch ahead
+
+    sink.write = write
+    try:
+        Pipeline(PatternSource("testsrc:96x64@30", frames=60, live=False), NullStage(CUDA), [sink]).run()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert sink.written == 60
+
+
+def test_compiled_model_keeps_one_graph_through_a_last_partial_batch():
+    from torch._dynamo.utils import counters
+
+    from streamer.engine.compiled import CompiledOrEager
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x, all_iterations=False):
+            return {"depth": [self.conv(x)[:, :1]]}
+
+    torch._dynamo.reset()
+    counters.clear()
+    net = Net().to(CUDA).half().eval()
+    model = CompiledOrEager(net, CUDA)
+    model.warm_up(4, (32, 48))
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        x = torch.rand(3, 3, 32, 48, device=CUDA, dtype=torch.float16)
+        out = model(x)["depth"][0].clone()
+        want = net(x)["depth"][0]
+    assert not model.failed and counters["stats"]["unique_graphs"] == graphs
+    assert out.shape[0] == 3 and torch.allclose(out, want, atol=1e-2)
+
+
+def test_out_of_memory_on_the_gpu_is_reported_not_hidden():
+    from streamer.engine.compiled import CompiledOrEager
+    from streamer.errors import ModelError
+
+    class Hungry(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, device=CUDA))
+
+        def forward(self, x, all_iterations=False):
+            return {"depth": [x.new_empty(1 << 50) + self.w]}  # a petabyte
+
+    model = CompiledOrEager(Hungry(), CUDA)
+    with pytest.raises(ModelError, match="out of memory"), torch.inference_mode():
+        model(torch.zeros(1, 3, 8, 8, device=CUDA))
+    assert not model.failed
+
+
+@pytest.mark.parametrize("comfy", [False, True])
+def test_the_model_stage_makes_no_host_sync_in_steady_state(cuda_model, comfy):
+    """The real network too, and the ComfyUI node's pictures (made on the device)."""
+    from streamer.sources import PatternSource
+    from streamer.views import PictureSettings
+
+    stage = Metric3DStage(
+        Metric3DProcessor(cuda_model, (224, 308)),
+        FocalResolver(1000.0, 1000.0),
+        comfy_resolution=128 if comfy else None,
+    )
+    needs = frozenset({"comfy_depth", "comfy_normal"} if comfy else {"depth", "depth_mm", "normal", "confidence"})
+    sinks = [Pictures(PictureSettings("side-by-side", pixel_format="yuv420p")), Pictures(PictureSettings(), needs)]
+    try:
+        stats = Pipeline(PatternSource("testsrc:320x240@30", frames=12, live=False), stage, sinks, batch_size=2).run()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert stats["frames_out"] == 12

@@ -164,7 +164,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, small_model):
     """`--compile` never stops a run: if compilation fails on the first call, eager runs instead."""
     from streamer.engine.compiled import CompiledOrEager
 
-    def broken_compile(model, mode=None):
+    def broken_compile(model, mode=None, **options):
         def compiled(*args, **kwargs):
             raise RuntimeError("no C++ compiler found")
 

@@ -159,6 +159,7 @@ def test_quitting_the_preview_with_q_finishes_its_recording(tmp_path, virtual_di
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
+    assert "QFont" not in err and "font" not in err.lower(), err  # Qt's font warnings are no concern of a user
     assert rec.exists() and not (tmp_path / "rec.partial.mp4").exists(), err
     assert json.loads(rec.with_suffix(".json").read_text())["complete"] is True
 
@@ -167,3 +168,17 @@ def write_window_config(tmp_path, window: str):
     path = tmp_path / "window.yaml"
     path.write_text(f"preview:\n  window: {window}\n")
     return path
+
+
+def test_qt_gets_a_font_folder_that_exists_and_a_users_choice_is_kept(monkeypatch, tmp_path):
+    from streamer.sinks.preview import FONT_SUFFIXES, point_qt_at_fonts
+
+    monkeypatch.setenv("QT_QPA_FONTDIR", str(tmp_path / "cv2" / "qt" / "fonts"))  # what OpenCV's wheel sets
+    point_qt_at_fonts()
+    folder = os.environ["QT_QPA_FONTDIR"]
+    if folder.startswith(str(tmp_path)):
+        missing_tool("no system fonts to point Qt at (apt-get install fonts-dejavu-core)")
+    assert any(name.lower().endswith(FONT_SUFFIXES) for name in os.listdir(folder))
+    monkeypatch.setenv("QT_QPA_FONTDIR", str(tmp_path))
+    point_qt_at_fonts()
+    assert os.environ["QT_QPA_FONTDIR"] == str(tmp_path)

@@ -185,3 +185,56 @@ def test_spawning_a_viewer_without_a_display_is_refused_at_open(monkeypatch):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(SinkError, match="no display"):
         RerunSink(spawn=True).open(StreamInfo(W, H, TIME_BASE, None, True), None)
+
+
+def test_recorded_frames_keep_their_pixels_when_the_engine_reuses_its_buffers(tmp_path):
+    """The engine hands sinks views of a pinned slot that it refills once write() returns: what
+    Rerun keeps must be the frame's own pixels, not whatever the slot holds when it gets sent."""
+    need_rerun()
+    path = tmp_path / "reuse.rrd"
+    sink = RerunSink(save=path)
+    sink.open(StreamInfo(W, H, TIME_BASE, None, False), None)
+    slot = make_result(0)  # one set of arrays for every frame, as the engine's download slot
+    for index in range(3):
+        fresh = make_result(index)
+        for name, array in fresh.maps.items():
+            slot.maps[name][...] = array
+        sink.write(Result(fresh.frame, slot.maps, fresh.meta))
+    for array in slot.maps.values():
+        array[...] = 0  # the slot is reused right after write
+    sink.close(True)
+    columns = read_columns(path)
+    buffers = by_frame(columns["/camera/depth"], "DepthImage:buffer")
+    depths = [np.frombuffer(bytes(np.ravel(b).astype(np.uint8)), np.float32) for b in buffers]
+    assert [float(np.median(d)) for d in depths] == [1.0, 2.0, 3.0]
+    images = [np.ravel(b).astype(np.uint8).reshape(H, W, 3) for b in by_frame(columns["/camera/image"], "Image:buffer")]
+    assert [int(image[..., 0].max()) for image in images] == [0, 40, 80]
+
+
+def test_the_sdk_never_gets_the_engines_reusable_buffers(tmp_path):
+    """Whatever an SDK version does with the arrays it is given (some keep Arrow buffers without a
+    copy until their sender thread runs), the sink gives it arrays of its own."""
+    rr = need_rerun()
+    handed: list[np.ndarray] = []
+
+    class Recording:  # the real module, noting the arrays its picture archetypes receive
+        def __getattr__(self, name):
+            return getattr(rr, name)
+
+        def Image(self, array, *args, **kwargs):  # noqa: N802 (rerun's name)
+            handed.append(array)
+            return rr.Image(array, *args, **kwargs)
+
+        def DepthImage(self, array, *args, **kwargs):  # noqa: N802
+            handed.append(array)
+            return rr.DepthImage(array, *args, **kwargs)
+
+    sink = RerunSink(save=tmp_path / "own.rrd", points=True)
+    sink.open(StreamInfo(W, H, TIME_BASE, None, False), None)
+    sink.rr = Recording()
+    slot = make_result(1)
+    sink.write(slot)
+    sink.close(True)
+    assert len(handed) == 2
+    for array in handed:
+        assert not any(np.shares_memory(array, buffer) for buffer in slot.maps.values())

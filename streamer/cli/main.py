@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import traceback
 
 import click
 
 from streamer import __version__
+from streamer.cli import interrupts
+from streamer.cli.interrupts import EXIT_INTERRUPTED
 from streamer.errors import Interrupted, StreamerError
-
-EXIT_INTERRUPTED = 130
 
 
 class Group(click.Group):
@@ -54,20 +53,14 @@ def _register() -> None:
         cli.add_command(command)
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def install_signal_handlers() -> None:
-    """Ctrl-C and SIGTERM stop the run cleanly. SIGINT is installed explicitly: a process started as
-    a background job of a script (or by some supervisors) inherits it as ignored."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a run a person stopped leaves without waiting for a busy model thread."""
     _register()
-    install_signal_handlers()
+    interrupts.install()  # Ctrl-C / SIGTERM: a clean stop; a second one: leave at once
+    return interrupts.finish(_run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="streamer", standalone_mode=False)

@@ -63,6 +63,8 @@ def run(cfg: Config, sinks: list | None = None, source=None, unit: str = "frame"
     for sink in job.sinks:
         if hasattr(sink, "url"):  # the web server: the address, with its access token when it has one
             echo(f"serving {sink.url}  (MJPEG for OBS/VLC: {sink.stream_url})")
+            for other in sink.urls[1:]:  # listening on all networks: every address of this machine
+                echo(f"  also at {other}")
     stats = Stats()
     bar, tick = progress_bar(job, unit)
     try:

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from queue import Empty
 from typing import Protocol, TypeVar
 
@@ -36,7 +36,7 @@ from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, PendingDownload
 from streamer.engine.queues import END, StageQueue
 from streamer.engine.shared import SharedStage
-from streamer.engine.sink_runner import SinkRunner
+from streamer.engine.sink_runner import SinkRunner, open_sinks
 from streamer.engine.stats import Stats
 from streamer.errors import ConfigError, Interrupted, PipelineError, StopRequested
 from streamer.focal import Focal
@@ -50,6 +50,8 @@ POLL_S = 0.1
 MAIN_POLL_S = 0.01  # how often the main thread looks at its sinks (GUI events stay responsive)
 TICK_S = 0.25
 SERVICE_START_S = 10.0
+STOP_WAIT_S = 0.5  # after a stop, how long the outputs wait for the model's batch in flight
+LOOKS = "_picture_settings"  # a batch's snapshot of the live settings, carried in its meta to the render
 
 
 class FrameProcessor(Protocol):
@@ -121,8 +123,12 @@ class Pipeline:
     # -- control ---------------------------------------------------------------------------
 
     def stop(self) -> None:
+        """End the run now: the sinks finish with what they hold, not after the batch the model is on."""
         self._stop.set()
         self.frames.close()
+        for queue in self.queues:
+            queue.close()  # results still to come are refused (and released)
+            queue.put_end(END)
 
     def person_stop(self) -> None:
         """A quit key, Ctrl-C or SIGTERM: a normal end for a live source, an interruption for a file."""
@@ -162,13 +168,13 @@ class Pipeline:
         thread. Ctrl-C stops the run cleanly: sinks are finalised; for a file Interrupted is raised.
         """
         self._tick = tick
-        self._open_sinks()
+        open_sinks(self.sinks, self.source, self.stats)
         self._start_services()
-        runners = [SinkRunner(self, s, q) for s, q in zip(self.sinks, self.queues, strict=True)]
+        runners = [SinkRunner(self, s, q, i == 0) for i, (s, q) in enumerate(zip(self.sinks, self.queues, strict=True))]
         on_main = [r for r in runners if getattr(r.sink, "main_thread", False)]
         for runner in runners:
             if runner not in on_main:
-                self._spawn(f"sink:{runner.sink.name}", lambda r=runner: self._sink_loop(r))
+                self._spawn(f"sink:{runner.sink.name}", lambda r=runner: r.run(POLL_S))
         self._spawn("capture", self._capture_loop)
         inference = self._start_inference()
         try:
@@ -184,18 +190,6 @@ class Pipeline:
         if self._person_stop and not self.live:
             raise Interrupted(f"interrupted after {self.stats.frames_out} frames; outputs were finalised")
         return snapshot
-
-    def _open_sinks(self) -> None:
-        opened = []
-        try:
-            for sink in self.sinks:
-                sink.open(self.source.info, self.stats)
-                opened.append(sink)
-        except BaseException:
-            for sink in opened:
-                sink.close(complete=False)
-            self.source.close()
-            raise
 
     def _start_services(self) -> None:
         """Sinks that serve clients (the web server) get a thread of their own for their event loop,
@@ -243,7 +237,8 @@ class Pipeline:
                     if not runner.guarded_step(MAIN_POLL_S):
                         running.remove(runner)
                 if not running:
-                    others_alive = any(t.is_alive() for t in self._threads) or not inference.done()
+                    model_busy = not (inference.done() or self._stop.is_set())  # a stop waits for no batch
+                    others_alive = any(t.is_alive() for t in self._threads) or model_busy
                     if not others_alive:
                         return
                     time.sleep(POLL_S / 4)
@@ -252,9 +247,15 @@ class Pipeline:
                 self.person_stop()
 
     def _join(self, inference: Future) -> None:
+        """Wait for every thread; after a stop, for the model's batch in flight only STOP_WAIT_S:
+        its results are refused anyway, and a forward pass (or a compile) can take long."""
         while True:
             try:
-                inference.result()
+                while not inference.done():
+                    if self._stop.is_set():
+                        wait([inference], timeout=STOP_WAIT_S)
+                        break
+                    wait([inference], timeout=POLL_S)
                 self._join_threads()
                 break
             except KeyboardInterrupt:
@@ -339,6 +340,9 @@ class Pipeline:
         pending: deque = deque()  # downloads under way, oldest first
         carry: list[Frame] = []
         self.stabilizer.start()
+        warm_up = getattr(self.processor, "warm_up", None)  # --compile: compile before the first frame
+        if warm_up is not None:
+            self._on_model_thread(warm_up, self.batch_size)
         while not self._stop.is_set():
             batch = self._next_batch(carry)
             if batch is None:
@@ -360,12 +364,15 @@ class Pipeline:
     def _compute(self, batch: list[Frame]) -> list[tuple[Ready, PendingDownload]]:
         """A batch's device work: upload, forward pass, stabiliser, pictures, download start."""
         started = time.perf_counter()
+        looks = self.outputs.snapshot()  # the live settings, read once: maps and pictures follow them
         images = self.transfer.upload([f.image for f in batch])
         uploaded = time.perf_counter()
-        wants = self.outputs.stage_wants() | self.stabilizer.needs
+        wants = self.outputs.stage_wants(looks) | self.stabilizer.needs
         maps, meta = self.processor(images, wants, batch[0].focal)
         computed = time.perf_counter()
-        ready = self.stabilizer(batch, maps, images, {**meta, "stabilize": self.stabilizer.describe()})
+        # the snapshot rides in the meta: the stabiliser never groups frames made with two of them
+        meta = {**meta, "stabilize": self.stabilizer.describe(), LOOKS: looks}
+        ready = self.stabilizer(batch, maps, images, meta)
         n = len(batch)
         self.stats.stage("upload", uploaded - started, n)
         self.stats.stage("model", computed - uploaded, n)
@@ -380,7 +387,9 @@ class Pipeline:
     def _render(self, group: Ready) -> PendingDownload:
         """Outputs of frames whose maps are final, made on the device; their download starts."""
         rendering = time.perf_counter()
-        download = self.transfer.download(self.outputs(group.maps, group.images, group.meta))
+        group.meta = dict(group.meta)
+        looks = group.meta.pop(LOOKS)  # the settings these frames' maps were made for; sinks never see it
+        download = self.transfer.download(self.outputs(group.maps, group.images, looks, group.meta))
         self.stats.stage("render", time.perf_counter() - rendering, len(group.frames))
         return download
 
@@ -409,7 +418,3 @@ class Pipeline:
                 result = Result(frame, maps, meta, lease.release)
                 if not queue.put(result, self._stop):
                     result.done()
-
-    def _sink_loop(self, runner: SinkRunner) -> None:
-        while runner.guarded_step(POLL_S):
-            pass

@@ -41,6 +41,12 @@ class SharedStage:
     def __call__(self, images: torch.Tensor, wants: set[str], focal_hint=None) -> tuple[dict[str, torch.Tensor], dict]:
         return self.stage(images, wants, focal_hint)
 
+    def warm_up(self, batch: int) -> None:
+        """The shared model's warm-up (`--compile`), if it has one; the engine runs it on the model thread."""
+        warm_up = getattr(self.stage, "warm_up", None)
+        if warm_up is not None:
+            warm_up(batch)
+
     def call(self, fn: Callable[..., T], *args) -> T:
         """Run one batch's device work on the model thread, after the calls queued before it."""
         return worker.on_model_thread(self.key, fn, *args)

@@ -9,20 +9,33 @@ from __future__ import annotations
 
 import time
 from queue import Empty
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from streamer.engine.queues import END, StageQueue
+from streamer.engine.stats import Stats
 from streamer.errors import StopRequested
 
-if TYPE_CHECKING:
-    from streamer.engine.pipeline import Pipeline
+
+class RunControl(Protocol):
+    """What a runner needs of the run that owns it (the Pipeline), without importing it."""
+
+    stats: Stats
+
+    def fail(self, stage: str, exc: BaseException) -> None: ...
+
+    def person_stop(self) -> None: ...
+
+    def outputs_complete(self) -> bool: ...
 
 
 class SinkRunner:
-    """Feeds one sink from its queue, on whichever thread calls `step`, and always closes it."""
+    """Feeds one sink from its queue, on whichever thread calls `step`, and always closes it.
 
-    def __init__(self, pipeline: Pipeline, sink, queue: StageQueue) -> None:
+    `counts_frames`: this runner's writes are the run's output count (the first sink's)."""
+
+    def __init__(self, pipeline: RunControl, sink, queue: StageQueue, counts_frames: bool = False) -> None:
         self.pipeline, self.sink, self.queue = pipeline, sink, queue
+        self.counts_frames = counts_frames
         self.idle = getattr(sink, "idle_interval", None)
         self.finished = False
 
@@ -43,7 +56,7 @@ class SinkRunner:
         finally:
             item.done()
         self.pipeline.stats.stage(f"sink:{self.sink.name}", time.perf_counter() - started)
-        if self.queue is self.pipeline.queues[0]:
+        if self.counts_frames:
             self.pipeline.stats.frame_out(item.frame.capture_time)
         return True
 
@@ -51,6 +64,11 @@ class SinkRunner:
         if not self.finished:
             self.finished = True
             self.sink.close(complete=not failed and self.pipeline.outputs_complete())
+
+    def run(self, timeout: float) -> None:
+        """The loop of a sink on a thread of its own."""
+        while self.guarded_step(timeout):
+            pass
 
     def guarded_step(self, timeout: float) -> bool:
         try:
@@ -64,3 +82,17 @@ class SinkRunner:
             self.pipeline.fail(f"sink:{self.sink.name}", exc)
             self.finish(failed=True)
             return False
+
+
+def open_sinks(sinks: list, source, stats: Stats) -> None:
+    """Open every sink for the source's stream; if one fails, close those opened and the source."""
+    opened = []
+    try:
+        for sink in sinks:
+            sink.open(source.info, stats)
+            opened.append(sink)
+    except BaseException:
+        for sink in opened:
+            sink.close(complete=False)
+        source.close()
+        raise

@@ -20,6 +20,7 @@ from typing import TypeVar
 T = TypeVar("T")
 _executors: dict[str, ThreadPoolExecutor] = {}
 _lock = threading.Lock()
+_running = 0  # tasks under way on any model thread
 
 
 def device_executor(key: str = "") -> ThreadPoolExecutor:
@@ -31,13 +32,32 @@ def device_executor(key: str = "") -> ThreadPoolExecutor:
         return _executors[key]
 
 
+def busy() -> bool:
+    """Whether a model thread is loading or computing now (a stopped run does not wait for it)."""
+    return _running > 0
+
+
+def _counted(fn: Callable[..., T]) -> Callable[..., T]:
+    def run(*args, **kwargs) -> T:
+        global _running
+        with _lock:
+            _running += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with _lock:
+                _running -= 1
+
+    return run
+
+
 def submit(fn: Callable[..., T], *args, **kwargs) -> Future[T]:
-    return device_executor().submit(fn, *args, **kwargs)
+    return device_executor().submit(_counted(fn), *args, **kwargs)
 
 
 def on_model_thread(key: str, fn: Callable[..., T], *args) -> T:
     """Run `fn` on the model thread named `key` and wait for it (exceptions re-raised here)."""
-    return device_executor(key).submit(fn, *args).result()
+    return device_executor(key).submit(_counted(fn), *args).result()
 
 
 def on_device_thread(fn: Callable[..., T], *args, **kwargs) -> T:

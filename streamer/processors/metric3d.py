@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from streamer.errors import ConfigError
 from streamer.focal import Focal, FocalResolver, intrinsics_at
 from streamer.models.metric3d import Metric3D
-from streamer.processors.comfy import comfy_pictures
+from streamer.processors.comfy import comfy_maps
 from streamer.processors.resize import LinearResizeU8
 
 CANONICAL_INPUT = (616, 1064)
@@ -190,6 +189,12 @@ class Metric3DStage:
         self.meta = meta or {}
         self.device = processor.device
 
+    def warm_up(self, batch: int) -> None:
+        """Compile a `--compile` model now, on the model thread, for the run's batch size."""
+        model = self.processor.model
+        if hasattr(model, "warm_up"):
+            model.warm_up(batch, self.processor.input_size, all_iterations=self.comfy_resolution is not None)
+
     def __call__(
         self,
         images: torch.Tensor,
@@ -205,7 +210,5 @@ class Metric3DStage:
             return self.processor(images, fx, fy, out_hw, wants), meta
         out, box = self.processor.forward(images, all_iterations=True)
         maps = self.processor.metric_maps(out, box, fx, fy, out_hw, wants)
-        pictures = comfy_pictures(out, box, self.comfy_resolution)
-        maps["comfy_depth"] = torch.from_numpy(np.stack([d for d, _ in pictures])).to(images.device)
-        maps["comfy_normal"] = torch.from_numpy(np.stack([n for _, n in pictures])).to(images.device)
+        maps["comfy_depth"], maps["comfy_normal"] = comfy_maps(out, box, self.comfy_resolution)  # on the device
         return maps, meta

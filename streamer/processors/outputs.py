@@ -10,6 +10,10 @@ Each sink declares `needs`, a set of these names, and for a picture its `picture
   comfy_depth, comfy_normal          the ComfyUI node's pictures
 The stage is asked only for the maps these need, at the output size; only what a sink reads
 is downloaded, and each sink gets just its own arrays.
+
+Pictures follow live settings (a person switches the view mid-run), read once per batch: the
+engine takes `snapshot()` before it asks the stage for maps and renders that batch with the same
+snapshot, so the maps asked for are the maps the pictures need; a change applies to the next batch.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ import torch
 
 from streamer.processors.render import Renderer, resize_u8
 from streamer.types import METRIC16_SCALE
+from streamer.views import PictureSnapshot
+
+Looks = tuple[PictureSnapshot, ...]  # one batch's settings, one per renderer: frozen, compared by value
 
 SIZE_KEYS = ("depth", "normal", "confidence", "kappa", "picture")  # maps at the output size
 DEFAULT_WANTS = frozenset({"depth"})  # with no sink (model-only runs) the stage still yields depth
@@ -53,21 +60,33 @@ class Outputs:
         self.raw = {key for key in keys if not key.startswith(("picture:", "range:"))}
         self.ranges = {key for key in keys if key.startswith("range:")}
 
-    def stage_wants(self) -> set[str]:
-        """The maps the stage must make for this batch (a live view may have changed)."""
+    def snapshot(self) -> Looks:
+        """Every renderer's settings as they are now: taken once per batch."""
+        return tuple(renderer.snapshot() for renderer in self.renderers)
+
+    def stage_wants(self, looks: Looks | None = None) -> set[str]:
+        """The maps the stage must make for a batch rendered with `looks` (the settings now if None)."""
+        looks = self.snapshot() if looks is None else looks
         wants = {key for key in self.raw if key != "depth_mm"} | ({"depth"} if "depth_mm" in self.raw else set())
-        for renderer in self.renderers:
-            wants |= renderer.maps_needed()
+        for look in looks:
+            wants |= Renderer.maps_needed(look)
         return wants or set(DEFAULT_WANTS)
 
     @torch.inference_mode()
     def __call__(
-        self, maps: dict[str, torch.Tensor], images: torch.Tensor, meta: dict | None = None
+        self,
+        maps: dict[str, torch.Tensor],
+        images: torch.Tensor,
+        looks: Looks | None = None,
+        meta: dict | None = None,
     ) -> dict[str, torch.Tensor]:
         """Stage maps + the uploaded frames -> the tensors to download, keyed as in `routes`.
 
-        `meta` (the stage's, the results' own) gives the keyed view its focal length in pixels of the
-        output, and hears the scale factor the metres were multiplied by."""
+        Pictures are made with `looks`, the snapshot the maps were asked for with (callers that
+        change no settings meanwhile may leave it out). `meta` (the stage's, the results' own)
+        gives the keyed view its focal length in pixels of the output, and hears the scale factor
+        the metres were multiplied by."""
+        looks = self.snapshot() if looks is None else looks
         maps = dict(maps)
         if self.calibration is not None and "depth" in maps:
             maps["depth"] = self.calibration.apply(maps["depth"])
@@ -76,13 +95,13 @@ class Outputs:
         focal = output_focal(meta or {}, images, maps)
         for renderer in self.renderers:
             renderer.focal_px = focal
-        if "image" in self.stage_wants():
+        if "image" in self.stage_wants(looks):
             size_key = next(k for k in SIZE_KEYS if k in maps)
             maps["image"] = resize_u8(images, tuple(maps[size_key].shape[1:3]))
         out = {}
-        for i, renderer in enumerate(self.renderers):
+        for i, (renderer, look) in enumerate(zip(self.renderers, looks, strict=True)):
             renderer.last_range = None
-            out[f"picture:{i}"] = picture = renderer(maps)
+            out[f"picture:{i}"] = picture = renderer(maps, look)
             if f"range:{i}" in self.ranges:
                 no_range = torch.full((picture.shape[0], 2), float("nan"), device=picture.device)
                 out[f"range:{i}"] = renderer.last_range if renderer.last_range is not None else no_range

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from streamer.legend import colormap_colors, legend_picture
 from streamer.processors.effects import Keyer, default_focal_px
-from streamer.views import COLORMAPS, PictureSettings
+from streamer.views import COLORMAPS, PictureSettings, PictureSnapshot
 
 SMOOTHING = 0.1  # EMA weight of the newest frame in auto mode
 SAMPLE_STRIDE = 4  # percentiles from every 4th pixel in both directions
@@ -25,6 +25,7 @@ PERCENTILES = (0.02, 0.98)
 # full-range BT.709: what the video sink tags its files with
 KR, KB = 0.2126, 0.0722
 _LUTS: dict[tuple[str, torch.device], torch.Tensor] = {}
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
 
 
 def range_dtype(device: torch.device) -> torch.dtype:
@@ -42,28 +43,46 @@ def colormap_lut(name: str, device: torch.device) -> torch.Tensor:
     return _LUTS[key]
 
 
+def constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small tensor of Python numbers, made on the device once: made per frame it would be a
+    host-to-device copy, and on CUDA a wait for the host."""
+    key = (values, dtype, device)
+    if key not in _CONSTANTS:
+        if len(_CONSTANTS) > 64:  # ranges a person typed in: keep only recent ones
+            _CONSTANTS.clear()
+        _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return _CONSTANTS[key]
+
+
+def valid_quantiles(sample: torch.Tensor, valid: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """torch.nanquantile of the valid values (linear interpolation), without its check of `q`
+    on the host: a wait for the device on CUDA. Invalid values sort last, as NaN would."""
+    ordered = torch.where(valid, sample, torch.inf).sort().values
+    rank = (valid.sum() - 1).clamp_(min=0).to(q.dtype) * q
+    below = rank.floor()
+    low, high = ordered.take(below.long()), ordered.take(rank.ceil().long())
+    return torch.lerp(low, high, rank - below)
+
+
 class DisplayRange:
     """near/far in metres per frame; `update` moves them, keeping the state on the device."""
 
-    def __init__(self, settings: PictureSettings) -> None:
-        self.settings = settings
+    def __init__(self) -> None:
         self.near: torch.Tensor | None = None  # float64 0-d tensors once initialised
         self.far: torch.Tensor | None = None
         self._seen: torch.Tensor | None = None  # a frame with valid depth has set the range
 
-    def update(self, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.settings
+    def update(self, depth: torch.Tensor, s: PictureSnapshot) -> tuple[torch.Tensor, torch.Tensor]:
         if s.range == "fixed":
-            dtype = range_dtype(depth.device)
-            return torch.tensor(s.near, dtype=dtype), torch.tensor(s.far, dtype=dtype)
+            near, far = constant((s.near, s.far), range_dtype(depth.device), depth.device)
+            return near, far
         sample = depth[::SAMPLE_STRIDE, ::SAMPLE_STRIDE].reshape(-1)
         valid = sample > 0
         if s.range == "frame":
             lo = torch.where(valid, sample, torch.inf).amin()
             hi = torch.where(valid, sample, -torch.inf).amax()
         else:
-            q = torch.tensor(PERCENTILES, device=sample.device)
-            lo, hi = torch.nanquantile(torch.where(valid, sample, torch.nan), q)
+            lo, hi = valid_quantiles(sample, valid, constant(PERCENTILES, sample.dtype, sample.device))
         lo, hi = lo.to(range_dtype(lo.device)), hi.to(range_dtype(lo.device))
         hi = torch.maximum(hi, lo + 1e-3)
         found = valid.any()
@@ -188,63 +207,68 @@ def side_by_side_yuv420(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor
 
 
 class Renderer:
-    """One sink's pictures, made on the device from the maps; keeps that sink's display range."""
+    """One sink's pictures, made on the device from the maps; keeps that sink's display range.
+
+    `settings` are live (a person may change them); every call takes a `PictureSnapshot` of them,
+    taken once per batch by the engine, so the maps asked for and the picture agree."""
 
     def __init__(self, settings: PictureSettings | None = None) -> None:
         self.settings = settings or PictureSettings()
-        self.display = DisplayRange(self.settings)
+        self.display = DisplayRange()
         self.keyer = Keyer()
         self.focal_px: float | None = None  # at the output size, from the stage's meta (Outputs sets it)
         self.last_range: torch.Tensor | None = None  # (N, 2) near, far metres of the batch's pictures
         self._legends: dict[tuple, torch.Tensor] = {}
 
-    def maps_needed(self) -> set[str]:
-        """What the stage must produce for the current view (it may change mid-run)."""
-        view = self.settings.view
-        needed = {"normal"} if view == "normal" else {"depth"}
-        return needed | ({"image"} if view in ("side-by-side", "keyed") else set())
+    def snapshot(self) -> PictureSnapshot:
+        return self.settings.snapshot()
 
-    def levels(self, depth: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def maps_needed(s: PictureSnapshot) -> set[str]:
+        """What the stage must produce for the snapshot's view."""
+        needed = {"normal"} if s.view == "normal" else {"depth"}
+        return needed | ({"image"} if s.view in ("side-by-side", "keyed") else set())
+
+    def levels(self, depth: torch.Tensor, s: PictureSnapshot) -> torch.Tensor:
         """(N, H, W) metres -> 0..255 levels in this sink's display range (near = 255)."""
-        ranges = [self.display.update(d) for d in depth]
+        ranges = [self.display.update(d, s) for d in depth]
         near = torch.stack([lo for lo, _ in ranges]).to(depth.device).view(-1, 1, 1)
         far = torch.stack([hi for _, hi in ranges]).to(depth.device).view(-1, 1, 1)
         self.last_range = torch.cat((near.view(-1, 1), far.view(-1, 1)), dim=1).float()
         return depth_u8(depth, near, far)
 
-    def pictures(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+    def pictures(self, maps: dict[str, torch.Tensor], s: PictureSnapshot) -> torch.Tensor:
         """(N, H, W, 3) RGB uint8; `maps` holds depth/normal, `image` (the input at output size), or
         `picture` when an image processor (ControlNet) made the picture already."""
-        s = self.settings
         if "picture" in maps:
             picture = maps["picture"]
         elif s.view == "normal":
             picture = normal_rgb(maps["normal"])
         elif s.view == "keyed":
-            picture = self.keyed(maps)
+            picture = self.keyed(maps, s)
         else:
-            u8 = self.levels(maps["depth"])
+            u8 = self.levels(maps["depth"], s)
             picture = (
                 u8[..., None].expand(-1, -1, -1, 3)
                 if s.view == "gray"
                 else colormap_lut(s.colormap, u8.device)[u8.long()]
             )
         if s.legend and s.view in ("gray", "color", "side-by-side") and "picture" not in maps:
-            picture = self.burn_legend(picture)
+            picture = self.burn_legend(picture, s)
         if s.view == "side-by-side" and "image" in maps:
             picture = torch.cat((resize_u8(maps["image"], tuple(picture.shape[1:3])), picture), dim=2)
         if s.fit is not None:
             picture = letterbox(picture, *s.fit)
         return picture
 
-    def burn_legend(self, picture: torch.Tensor) -> torch.Tensor:
+    def burn_legend(self, picture: torch.Tensor, s: PictureSnapshot) -> torch.Tensor:
         """The colour bar with metre ticks, bottom left. It reads the range on the host (text needs a
         font): one small wait for the device per batch, only with --legend."""
         near, far = (round(float(v), 2) for v in self.last_range[-1])
         n, h, w, _ = picture.shape
-        key = (self.settings.view, self.settings.colormap, near, far, w, picture.device)
+        key = (s.view, s.colormap, near, far, w, picture.device)
         if key not in self._legends:
-            colors = colormap_colors(self.settings.colormap, self.settings.view == "gray")
+            colors = colormap_colors(s.colormap, s.view == "gray")
             plate = legend_picture(colors, near, far, min(w, max(160, w // 3)))[: h // 3]
             self._legends = {key: torch.from_numpy(plate).to(picture.device)}
         plate = self._legends[key]
@@ -255,29 +279,30 @@ class Renderer:
         out[:, h - ph :, :pw] = (region + alpha * (plate[..., :3].float() - region)).round_().to(torch.uint8)
         return out
 
-    def keyed(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+    def keyed(self, maps: dict[str, torch.Tensor], s: PictureSnapshot) -> torch.Tensor:
         """The camera picture keyed by distance and/or with depth of field (processors/effects.py)."""
-        effects, depth = self.settings.effects, maps["depth"]
+        effects, depth = s.effects, maps["depth"]
         f_px = self.focal_px or default_focal_px(depth.shape[-1])
-        alpha = self.settings.alpha and effects.background_kind == "transparent"
+        alpha = s.alpha and effects.background_kind == "transparent"
         return self.keyer(resize_u8(maps["image"], tuple(depth.shape[1:3])), depth, effects, f_px, alpha)
 
-    def __call__(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The picture in the sink's pixel format (RGB, or YUV planes for an encoder)."""
-        s = self.settings
+    def __call__(self, maps: dict[str, torch.Tensor], s: PictureSnapshot | None = None) -> torch.Tensor:
+        """The picture in the sink's pixel format (RGB, or YUV planes for an encoder), made with
+        snapshot `s` (the settings as they are now when not given)."""
+        s = s or self.snapshot()
         if s.pixel_format == "rgb24":
-            return self.pictures(maps).contiguous()
+            return self.pictures(maps, s).contiguous()
         if s.fit is None and "picture" not in maps and s.view in ("gray", "color", "side-by-side") and not s.legend:
             depth = maps["depth"]
             n, h, w = depth.shape
             if s.view == "side-by-side" and not (s.pixel_format == "yuv420p" and h % 2 == 0 and w % 2 == 0):
-                return rgb_to_yuv(self.pictures(maps), s.pixel_format)
+                return rgb_to_yuv(self.pictures(maps, s), s.pixel_format)
             view = "color" if s.view == "side-by-side" else s.view  # the common cases: depth by table
-            planes = levels_to_yuv(self.levels(depth), yuv_lut(view, s.colormap, depth.device), s.pixel_format)
+            planes = levels_to_yuv(self.levels(depth, s), yuv_lut(view, s.colormap, depth.device), s.pixel_format)
             if s.view == "side-by-side":  # only the input's half goes through colour maths
                 return side_by_side_yuv420(rgb_to_yuv(resize_u8(maps["image"], (h, w)), "yuv420p"), planes)
             return planes
-        return rgb_to_yuv(self.pictures(maps), s.pixel_format)
+        return rgb_to_yuv(self.pictures(maps, s), s.pixel_format)
 
 
 __all__ = ["COLORMAPS", "DisplayRange", "Renderer", "colormap_lut", "depth_u8", "letterbox", "rgb_to_yuv"]

@@ -28,6 +28,15 @@ from streamer.sinks.base import Sink
 from streamer.types import METRIC16_SCALE, Result, StreamInfo
 from streamer.views import COLORMAPS, VIEW_FORMATS, PictureSettings
 
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".pfb")
+SYSTEM_FONT_ROOTS = (
+    "/usr/share/fonts",
+    "/usr/local/share/fonts",
+    "~/.local/share/fonts",
+    "~/.fonts",
+    "/System/Library/Fonts",
+    "/Library/Fonts",
+)
 HEADLESS_HINT = "use `streamer transcode` or `streamer virtualcam` instead, or run under a desktop (xvfb-run for tests)"
 
 
@@ -40,6 +49,33 @@ def opencv_gui_backend() -> str | None:
         return first
     found = re.findall(r"^\s*(GTK\+?|QT|Win32 UI|Cocoa|Wayland):\s*YES", section, re.M | re.I)
     return found[0] if found else None
+
+
+def font_directory() -> str | None:
+    """A folder that holds font files itself (Qt's font database does not look into subfolders):
+    the system's, DejaVu first where it is there."""
+    roots = [os.path.expanduser(root) for root in SYSTEM_FONT_ROOTS]
+    if os.environ.get("WINDIR"):
+        roots.append(os.path.join(os.environ["WINDIR"], "Fonts"))
+    for root in roots:
+        for folder, subfolders, files in os.walk(root):
+            subfolders.sort(key=lambda name: name.lower() not in ("truetype", "dejavu"))
+            if any(name.lower().endswith(FONT_SUFFIXES) for name in files):
+                return folder
+    return None
+
+
+def point_qt_at_fonts() -> None:
+    """OpenCV's Qt wheels point Qt at a font folder of their own (QT_QPA_FONTDIR, set when cv2 is
+    imported) that they do not ship, and Qt warns about it on every window ("QFontDatabase: Cannot
+    find font directory"). Point it at the system's fonts instead; a folder that exists (the
+    user's choice) is kept, and with no fonts found nothing changes (Qt's warning then is true)."""
+    chosen = os.environ.get("QT_QPA_FONTDIR")
+    if chosen and os.path.isdir(chosen):
+        return
+    folder = font_directory()
+    if folder is not None:
+        os.environ["QT_QPA_FONTDIR"] = folder
 
 
 def has_display() -> bool:
@@ -76,6 +112,8 @@ class PreviewSink(Sink):
             )
         if not has_display():
             raise SinkError("no display for the preview window", hint=HEADLESS_HINT)
+        if opencv_gui_backend().upper().startswith("QT"):
+            point_qt_at_fonts()  # before Qt starts: it reads the folder once
         self.stats = stats
         self.source_width = info.width
 
@@ -186,7 +224,7 @@ class PreviewSink(Sink):
             changes = {"background": choices[step]}
         else:
             changes = {"focus": "off" if e.focus is not None else f"{(e.near + e.far) / 2:.2f}"}
-        self.picture.effects = change(e, changes)
+        self.picture.update(effects=change(e, changes))
         self.note = (
             f"keep {self.picture.effects.near:g}:{self.picture.effects.far:g} m, {self.picture.effects.background}"
         )

@@ -173,10 +173,13 @@ class RerunSink(Sink):
                 focal_length=[fx, fy], principal_point=[cx, cy], width=w, height=h, camera_xyz=rr.ViewCoordinates.RDF
             ),
         )
-        image = colours_of(result)
+        # Copies: the arrays are views of the engine's pinned slot, refilled once write() returns, and an
+        # SDK may hand Arrow buffers to its sender thread without copying them (as the web and virtual
+        # camera sinks copy what they keep). backproject and sample return fresh arrays already.
+        image = colours_of(result).copy()
         rec.log("camera/image", rr.Image(image))
-        rec.log("camera/depth", rr.DepthImage(np.ascontiguousarray(depth, dtype=np.float32), meter=1.0))
-        if self.points:  # Points3D keeps references to its arrays: backproject and sample return fresh ones
+        rec.log("camera/depth", rr.DepthImage(np.array(depth, dtype=np.float32, order="C"), meter=1.0))
+        if self.points:
             mask = valid_mask(depth, result.maps.get("confidence"), self.min_confidence)
             xyz = backproject(depth, fx, fy, cx, cy, self.stride, mask)
             rec.log("world/points", rr.Points3D(xyz, colors=sample(image, self.stride, mask)))

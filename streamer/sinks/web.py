@@ -28,13 +28,14 @@ from aiohttp import web
 
 from streamer.errors import ConfigError, SinkError
 from streamer.sinks.base import Sink
-from streamer.sinks.web_app import CHOICES, WebApp
+from streamer.sinks.web_app import CHOICES, QuietBadRequests, WebApp
 from streamer.types import Result, StreamInfo
 from streamer.views import PictureSettings
 
 __all__ = ["CHOICES", "WebSink"]
 
 log = logging.getLogger(__name__)
+server_log = logging.getLogger("aiohttp.server")  # where aiohttp reports requests it could not parse
 
 STOP_POLL_S = 0.05  # serve() checks its stop events this often
 SHUTDOWN_GRACE_S = 0.2  # viewers get this long to receive the end of their stream on shutdown
@@ -49,22 +50,48 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def lan_address(family: int) -> str:
-    """The address other machines most likely reach this one at, for the printed URL (sends nothing)."""
-    probe, fallback = (("10.255.255.255", 1), "127.0.0.1") if family == socket.AF_INET else (("fd00::1", 1), "::1")
+def is_wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
+def interface_addresses() -> list[str]:
+    """Addresses of this machine's network interfaces (psutil, where installed), else what its
+    hostname resolves to locally. Asks only this machine: no packet leaves it."""
     try:
-        with socket.socket(family, socket.SOCK_DGRAM) as udp:
-            udp.connect(probe)
-            return udp.getsockname()[0]
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        families = (socket.AF_INET, socket.AF_INET6)
+        return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family in families]
+    try:
+        return [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)]
     except OSError:
-        return fallback
+        return []
+
+
+def machine_addresses(wildcard: str) -> list[str]:
+    """Where a server listening on `wildcard` ("0.0.0.0": IPv4, "::": both) can be reached: the
+    addresses other machines can use first, loopback last (always there)."""
+    found: list[str] = []
+    for text in interface_addresses():
+        try:
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            continue
+        if address.version == 6 and (wildcard == "0.0.0.0" or address.is_link_local):
+            continue  # an IPv4 listener; link-local IPv6 URLs need a zone browsers refuse
+        if not address.is_loopback and str(address) not in found:
+            found.append(str(address))
+    found.sort(key=lambda a: ":" in a)  # IPv4 first: what people type
+    return [*found, "127.0.0.1"] + (["::1"] if wildcard == "::" else [])
 
 
 class WebSink(Sink):
     """Serves the newest picture to browsers (`/`), MJPEG players (`/stream.mjpg`) and scripts.
 
-    `picture` holds what the page changes (view, colormap, range); the engine's renderer reads it
-    for every frame.
+    `picture` holds what the page changes (view, colormap, range); the engine reads it once per
+    batch.
     A non-loopback `host` without a `token` gets a random one; `url` carries it.
     """
 
@@ -101,7 +128,6 @@ class WebSink(Sink):
         self.error: BaseException | None = None  # why serve() failed
         self.app = WebApp(self, jpeg_quality)
         self._sock: socket.socket | None = None
-        self._url_host = host
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._served = threading.Event()
@@ -110,8 +136,15 @@ class WebSink(Sink):
 
     @property
     def url(self) -> str:
-        """The page's address, with the token: what the CLI prints."""
+        """The page's address, with the token: what the CLI prints (listening on all networks: the
+        first address another machine can use)."""
         return self._address("/")
+
+    @property
+    def urls(self) -> list[str]:
+        """The page at each address of this machine it listens on (one unless on all networks)."""
+        hosts = machine_addresses(self.host) if is_wildcard(self.host) else [self.host]
+        return [self._address("/", host=host) for host in hosts]
 
     @property
     def stream_url(self) -> str:
@@ -123,8 +156,9 @@ class WebSink(Sink):
         """How many viewers receive the stream now."""
         return len(self.app.viewers)
 
-    def _address(self, path: str, with_token: bool = True) -> str:
-        host = f"[{self._url_host}]" if ":" in self._url_host else self._url_host
+    def _address(self, path: str, with_token: bool = True, host: str | None = None) -> str:
+        host = host or (machine_addresses(self.host)[0] if is_wildcard(self.host) else self.host)
+        host = f"[{host}]" if ":" in host else host
         query = f"?token={quote(self.token, safe='')}" if self.token and with_token else ""
         return f"http://{host}:{self.port}{path}{query}"
 
@@ -145,7 +179,6 @@ class WebSink(Sink):
         except OSError as exc:
             raise self._bind_error(exc) from exc
         self.port = sock.getsockname()[1]
-        self._url_host = lan_address(family) if address[0] in ("0.0.0.0", "::") else self.host
         return sock
 
     def _bind_error(self, exc: OSError) -> SinkError:
@@ -228,6 +261,8 @@ class WebSink(Sink):
             sock.close()
             await runner.cleanup()
             raise
+        quiet = QuietBadRequests()
+        server_log.addFilter(quiet)
         self._loop = asyncio.get_running_loop()
         log.info("web: serving on %s", self._address("/", with_token=False))
         ready.set()
@@ -237,4 +272,5 @@ class WebSink(Sink):
         finally:
             await self.app.stop_streams(SHUTDOWN_GRACE_S)
             await runner.cleanup()
+            server_log.removeFilter(quiet)
             log.info("web: stopped")

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from streamer.sinks.web_measure import Measure
 from streamer.views import COLORMAPS, RANGE_MODES, VIEW_FORMATS
@@ -32,6 +33,26 @@ IDLE_WAKE_S = 1.0  # an idle stream handler re-checks for shutdown this often
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # PNGs are encoded on the event loop: favour speed
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+
+
+class QuietBadRequests(logging.Filter):
+    """aiohttp answers a malformed request (a 100 kB query, an 8 kB header) with a 400 and logs it
+    with a traceback at ERROR: any client could fill the console. The client's fault is one INFO
+    line, once per server (the next ones go unlogged); `--debug` keeps aiohttp's full report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or log.isEnabledFor(logging.DEBUG):
+            return True
+        if not self.told:
+            self.told = True
+            reason = str(exc.message).split(":", 1)[0][:80]
+            log.info("web: refused a malformed request with %d (%s); later ones are not logged", exc.code, reason)
+        return False
 
 
 def encode(kind: str, array: np.ndarray, quality: int) -> bytes:
@@ -140,6 +161,7 @@ class WebApp:
         app.on_response_prepare.append(add_headers)
         app.router.add_get("/", self.page)
         app.router.add_get("/stream.mjpg", self.stream, allow_head=False)
+        app.router.add_head("/stream.mjpg", self.stream_head)
         app.router.add_get("/snapshot.png", self.snapshot)
         app.router.add_get("/depth.png", self.depth)
         app.router.add_get("/stats", self.stats)
@@ -220,6 +242,12 @@ class WebApp:
             self.viewers.pop(id(request), None)
         return response
 
+    async def stream_head(self, request: web.Request) -> web.Response:
+        """What a GET would start with (players probe with HEAD); no viewer joins."""
+        if len(self.viewers) >= self.sink.max_clients:
+            raise http_error(web.HTTPServiceUnavailable, "too many viewers", **{"Retry-After": "5"})
+        return web.Response(headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}"})
+
     async def _send_frames(self, response: web.StreamResponse) -> None:
         """Send the newest frame whenever the viewer can take one; frames that came meanwhile are skipped."""
         sent = 0
@@ -271,7 +299,7 @@ class WebApp:
         )
 
     def settings(self) -> dict[str, str]:
-        target = self.sink.picture
+        target = self.sink.picture.snapshot()
         return {"view": target.view, "colormap": target.colormap, "range": target.range}
 
     async def get_settings(self, request: web.Request) -> web.Response:
@@ -292,10 +320,7 @@ class WebApp:
                 raise http_error(
                     web.HTTPBadRequest, f"{key} {repr(value)[:40]} is unknown: use one of {', '.join(CHOICES[key])}"
                 )
-        target = self.sink.picture  # the device renderer reads it for the next frame
-        target.view = changes.get("view", target.view)
-        target.colormap = changes.get("colormap", target.colormap)
-        target.range = changes.get("range", target.range)
+        self.sink.picture.update(**changes)  # all at once; the engine reads them for its next batch
         log.info("web: settings now %s", self.settings())
         return web.json_response({"settings": self.settings(), "choices": CHOICES})
 

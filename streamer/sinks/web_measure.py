@@ -116,7 +116,7 @@ class Measure:
         if request.body_exists:
             changes.update(await read_body(request))
         try:
-            self.app.sink.picture.effects = change(self.app.sink.picture.effects, changes)
+            self.app.sink.picture.update(effects=change(self.app.sink.picture.effects, changes))
         except ConfigError as exc:
             raise http_error(web.HTTPBadRequest, exc.one_line()) from None
         return web.json_response({"effects": self.described()})

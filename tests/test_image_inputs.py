@@ -130,6 +130,24 @@ def test_a_printf_sequence_transcodes_at_the_given_rate(tmp_path, capsys, caplog
     assert times == pytest.approx([0.0, 0.1, 0.2])
 
 
+def test_a_sequence_is_trimmed_like_a_video(tmp_path, capsys):
+    sequence(tmp_path / "seq", list(range(1, 11)))  # 10 frames at 10 fps: 0.0 .. 0.9 s
+    pattern = str(tmp_path / "seq" / "frame_%04d.png")
+    out = tmp_path / "trim.mkv"
+    assert run("transcode", pattern, "-o", str(out), "--fps", "10", "--start", "0.3", "--end", "0.6") == 0
+    with av.open(str(out)) as container:
+        times = [float(f.pts * f.time_base) for f in container.decode(video=0)]
+    assert times == pytest.approx([0.0, 0.1, 0.2])  # frames 0.3, 0.4, 0.5 s, the output starting at 0
+    out = tmp_path / "first.mkv"
+    assert run("transcode", pattern, "-o", str(out), "--fps", "10", "--max-frames", "4") == 0
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 4
+    capsys.readouterr()
+    assert run("transcode", pattern, "-o", str(tmp_path / "past.mkv"), "--fps", "10", "--start", "5") == 1
+    err = capsys.readouterr().err
+    assert "past the end" in err and "1.00 s long" in err, err
+
+
 def test_a_glob_without_fps_says_the_rate_it_assumes(tmp_path, capsys, caplog):
     sequence(tmp_path / "seq", [1, 2])
     out = tmp_path / "depth.mkv"

@@ -197,6 +197,17 @@ def test_null_depth_writes_a_sidecar_per_image(tmp_path, capsys):
     assert all(s["format"] == "gray" and s["processor"] == "null" and "fx" in s for s in sidecars.values())
 
 
+def test_photos_named_like_numbered_frames_are_not_removed_as_stale(tmp_path, capsys):
+    """Frames exported by `ffmpeg -i clip frame_%06d.png` are photos with names to `depth`: a later
+    call with --overwrite into the same folder keeps the earlier calls' results."""
+    first, second = picture(tmp_path / "frame_000001.png"), picture(tmp_path / "frame_000002.png")
+    out = tmp_path / "out"
+    assert run("depth", str(first), "-o", str(out), "--overwrite") == 0, capsys.readouterr().err
+    assert run("depth", str(second), "-o", str(out), "--overwrite") == 0, capsys.readouterr().err
+    assert (out / "frame_000001.png").is_file() and (out / "frame_000001.json").is_file()
+    assert (out / "frame_000002.png").is_file()
+
+
 def test_batch_names_sequence_folders_after_inputs_with_dots(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     src = write_video(tmp_path / "in" / "clip.v2.mp4", frames=2, size=(32, 24))

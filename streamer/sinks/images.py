@@ -106,7 +106,8 @@ class ImageSequenceSink(Sink):
         self.write_metadata = write_metadata
         self.name = f"images:{self.directory.name or '.'}{name_suffix}{self.suffix}"
         self.frames_written = 0
-        self.written: set[str] = set()  # file names this run wrote: the others of an earlier run are stale
+        # numbered frames this run wrote (a video's): other numbered frames in the folder are an earlier run's
+        self.numbered: set[str] = set()
         self.meta: dict = {}
         self.focals = ImageFocals()
         self.stats = None
@@ -135,11 +136,12 @@ class ImageSequenceSink(Sink):
 
     def remove_stale_frames(self) -> None:
         """A replaced sequence keeps no frame of the earlier run: a shorter rerun of a video must not
-        leave the old frames past its end. Only numbered frames of this format go; named ones
-        (a folder of photos) may be other runs' results and stay."""
+        leave the old frames past its end. Only a run that numbers its frames removes any, and only
+        numbered frames of this format; named ones (photos, even one called frame_000001.jpg) may
+        be other runs' results and stay."""
         numbered = re.compile(rf"frame_\d{{6,}}{re.escape(self.name_suffix + self.suffix)}")
         for path in self.directory.iterdir():
-            if numbered.fullmatch(path.name) and path.name not in self.written:
+            if numbered.fullmatch(path.name) and path.name not in self.numbered:
                 path.unlink(missing_ok=True)
 
     def encode(self, result: Result) -> bytes:
@@ -171,12 +173,13 @@ class ImageSequenceSink(Sink):
             tmp.unlink(missing_ok=True)
             raise SinkError(f"writing {path} failed: {exc.strerror}", hint="check free disk space") from exc
         self.frames_written += 1
-        self.written.add(path.name)
+        if not result.frame.name:
+            self.numbered.add(path.name)
         self.meta = result.meta
         self.focals.note(result)
 
     def close(self, complete: bool) -> None:
-        if self.overwrite and self.frames_written:
+        if self.overwrite and self.numbered:
             self.remove_stale_frames()
         if not self.write_metadata or self.frames_written == 0:
             return

@@ -51,7 +51,8 @@ def is_folder_output(path: str | Path) -> bool:
 
 def check_range(job: Job, result: dict) -> None:
     """A trim that kept no frame is an error, not an empty success: it says whether the start lies
-    past the end (with the clip's length) or the range holds no frame.
+    past the end (with the clip's length), the input is damaged where the range lies, or the range
+    holds no frame.
 
     An empty range (start >= end) is refused with the config; a range past the end is judged
     once the file was read, since the length a header declares is not always the truth."""
@@ -63,6 +64,12 @@ def check_range(job: Job, result: dict) -> None:
     if src.start is not None and length is not None and src.start >= length:
         raise SourceError(f"--start {src.start:g} s is past the end of {clip}", hint=f"start before {length:.2f} s")
     span = f"between {src.start or 0:g} s and {src.end:g} s" if src.end is not None else f"after {src.start:g} s"
+    damage = getattr(job.source, "damage", None)
+    if damage:  # the range lies in the part of the file that is lost: the damage is the cause
+        raise SourceError(
+            f"input {job.source.info.name} is damaged: {damage}; no frame that could be decoded lies {span}",
+            hint="use a complete copy of the file, or a range within what decodes",
+        )
     raise SourceError(f"no frames {span} of {clip}", hint="widen the range given by --start and --end")
 
 

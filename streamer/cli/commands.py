@@ -229,9 +229,8 @@ def depth(cfg: Config, flags: dict) -> None:
     else:
         sinks = [ImageSequenceSink(out, cfg.output.format, picture, overwrite, write_metadata=False)]
     if cfg.model.processor == "metric3d":
-        npz = ImageSequenceSink(out, "npz", picture, overwrite, write_metadata=cfg.output.format != "ply")
-        sinks.append(npz)
-        npz.image_sidecars = True  # NAME.json: each image's own focal
+        metadata = cfg.output.format != "ply"  # NAME.json beside each image: its own focal
+        sinks.append(ImageSequenceSink(out, "npz", picture, overwrite, write_metadata=metadata, image_sidecars=True))
     elif not isinstance(sinks[0], ImageSequenceSink):
         raise ConfigError("point clouds need Metric3D's metric depth", hint="drop --processor, or use a picture format")
     else:

@@ -27,6 +27,7 @@ from streamer.sinks.base import (
     Sink,
     format_needs,
     format_picture,
+    prepare_directory,
     sidecar,
     write_json,
 )
@@ -116,19 +117,7 @@ class ImageSequenceSink(Sink):
     def open(self, info: StreamInfo, stats) -> None:
         self.info = info
         self.stats = stats  # the scene cuts for metadata.json, read at close
-        if self.directory.exists() and not self.directory.is_dir():
-            raise SinkError(f"{self.directory} exists and is not a directory", hint="choose another -o")
-        parent = self.directory.parent
-        if not self.directory.exists() and not parent.is_dir():
-            raise SinkError(f"output directory {parent} does not exist", hint="create it first or choose another -o")
-        try:
-            self.directory.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise SinkError(f"cannot create {self.directory}: {exc.strerror}", hint="choose a writable -o") from exc
-        if not os.access(self.directory, os.W_OK):
-            raise SinkError(
-                f"output directory {self.directory} is not writable", hint="choose a directory you can write to"
-            )
+        prepare_directory(self.directory)
 
     def path_for(self, result: Result) -> Path:
         stem = result.frame.name or f"frame_{result.frame.index:06d}"

@@ -29,7 +29,7 @@ import numpy as np
 
 from streamer.errors import SourceError
 from streamer.focal import Focal, exif_upright, focal_from_exif
-from streamer.sources.base import Source
+from streamer.sources.base import Source, frame_rate
 from streamer.types import Frame, StreamInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -155,11 +155,6 @@ def read_image(path: Path) -> tuple[np.ndarray, Focal | None]:
     return image, focal_from_exif(path, image.shape[1], image.shape[0])
 
 
-def sequence_rate(fps: float | None) -> Fraction | None:
-    """A frame rate as an exact fraction (29.97 -> 2997/100, 30000/1001 from its float), or None."""
-    return Fraction(fps).limit_denominator(1001) if fps else None
-
-
 class ImageSource(Source):
     """Each image is one frame; frames may differ in size.
 
@@ -177,7 +172,7 @@ class ImageSource(Source):
     ) -> None:
         self.paths = expand_images(inputs)
         self.names = output_names(self.paths)
-        self.rate = sequence_rate(fps)
+        self.rate = frame_rate(fps)
         self.time_base = 1 / self.rate if self.rate else Fraction(1)
         self.kept = [
             i

@@ -237,13 +237,14 @@ def stabilize_mode(cfg: Config, source: Source, sinks: list[Sink]) -> str:
 
     `auto` is causal, except where it would change nothing or something it must not: outputs
     that reproduce the ComfyUI node frame by frame (its pictures come from the raw network
-    output), still images (not a sequence), and processors that make no depth.
+    output), still images (no frame rate: not an image sequence), and processors that make no depth.
     """
     mode = cfg.model.stabilize
     comfy = [s.name for s in sinks if any(need.startswith("comfy") for need in s.needs)]
     has_depth = makes_depth(cfg)
+    stills = isinstance(source, ImageSource) and source.rate is None
     if mode == "auto":
-        return "off" if comfy or not has_depth or isinstance(source, ImageSource) else "causal"
+        return "off" if comfy or not has_depth or stills else "causal"
     if mode != "off" and comfy:
         raise ConfigError(
             f"--stabilize {mode}: {comfy[0]} reproduces the ComfyUI node frame by frame and is not stabilised",

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from streamer.api import stabilize_mode
 from streamer.cli.main import main
+from streamer.config import load_config
 from streamer.focal import exif_upright
 from streamer.sources.images import ImageSource, printf_matches
 
@@ -146,6 +148,22 @@ def test_a_sequence_is_trimmed_like_a_video(tmp_path, capsys):
     assert run("transcode", pattern, "-o", str(tmp_path / "past.mkv"), "--fps", "10", "--start", "5") == 1
     err = capsys.readouterr().err
     assert "past the end" in err and "1.00 s long" in err, err
+
+
+def test_an_image_sequence_is_stabilised_by_default_and_stills_are_not(tmp_path):
+    sequence(tmp_path / "seq", [1, 2, 3])
+    cfg = load_config(None, {"model": {"processor": "null"}})
+    assert stabilize_mode(cfg, ImageSource([str(tmp_path / "seq")], fps=10), []) == "causal"
+    assert stabilize_mode(cfg, ImageSource([str(tmp_path / "seq")]), []) == "off"  # `depth`: stills
+
+
+def test_a_sequence_of_mixed_sizes_runs_through_the_stabiliser(tmp_path, capsys, checkpoint):
+    for n, size in enumerate([(24, 16), (24, 16), (16, 24)]):  # a turned photo restarts it
+        picture(tmp_path / "seq" / f"frame_{n:04d}.png", 40 * n, size)
+    out = tmp_path / "depth.mkv"
+    args = ["--checkpoint", str(checkpoint), "--input-size", "56x84", "--device", "cpu", "--format", "metric16"]
+    assert main(["transcode", str(tmp_path / "seq"), "-o", str(out), "--fps", "5", *args]) == 0, capsys.readouterr().err
+    assert json.loads(out.with_suffix(".json").read_text())["stabilize"]["mode"] == "causal"
 
 
 def test_a_glob_without_fps_says_the_rate_it_assumes(tmp_path, capsys, caplog):

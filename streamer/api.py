@@ -10,7 +10,6 @@ uses the two to report in between. `streamer.estimator.DepthEstimator` is for si
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +25,20 @@ from streamer.engine.pipeline import Pipeline
 from streamer.engine.shared import SharedStage
 from streamer.engine.stats import Stats
 from streamer.engine.threads import ThreadBudget
-from streamer.errors import ConfigError, SinkError, SourceError
+from streamer.errors import ConfigError, SinkError
 from streamer.focal import Focal, FocalResolver
 from streamer.models.metric3d import Metric3D, build_metric3d
 from streamer.models.metric3d.weights import load_weights, read_checkpoint, resolve_checkpoint
+from streamer.outcomes import check_damage, check_range, damage_error, is_folder_output
 from streamer.processors.comfy import COMFY_FOCAL, COMFY_FOCAL_NOTE, COMFY_RESOLUTION
 from streamer.processors.controlnet import AuxStage, load_detector
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.processors.null import NullStage
 from streamer.processors.stabilize_params import parse_params
 from streamer.processors.stabilize_stage import StabilizeStage
-from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PlySink, PreviewSink, Sink, VideoSink, VirtualCameraSink
+from streamer.sinks import ImageSequenceSink, PlySink, PreviewSink, Sink, VideoSink, VirtualCameraSink
 from streamer.sources import Source, open_source
-from streamer.sources.images import IMAGE_SUFFIXES, ImageSource
+from streamer.sources.images import ImageSource
 from streamer.types import Result
 from streamer.views import VIEW_FORMATS, PictureSettings
 
@@ -140,35 +140,6 @@ def ply_sink(cfg: Config, directory: str | Path) -> PlySink:
     """One point cloud per frame in `directory`, thinned and filtered as the output section says."""
     out = cfg.output
     return PlySink(directory, out.overwrite, out.ply_stride, out.min_confidence, out.ply_normals)
-
-
-SINGLE_FILE_SUFFIXES = IMAGE_SUFFIXES | {".exr", ".npz", ".ply"}  # one picture or cloud, never a sequence
-
-
-def is_folder_output(path: str | Path) -> bool:
-    """Whether `-o` names a folder (an image sequence, point clouds) rather than a video file.
-
-    A folder ends in a slash or already is one; a name without a suffix is a new folder. A video
-    ends in a container's suffix. Anything else is refused, so a typo (`out.mp5`) is not quietly
-    taken for a folder: a picture's suffix (`out.png`), or one no output has (`out.xyz`).
-    """
-    text = os.fspath(path)
-    if text.endswith(("/", os.sep)) or Path(text).is_dir():
-        return True
-    suffix = Path(text).suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
-        return False
-    if suffix in SINGLE_FILE_SUFFIXES:
-        raise SinkError(
-            f"{text} names a single file",
-            hint=f"image sequences and point clouds are written into a directory: -o {Path(text).with_suffix('')}/",
-        )
-    if suffix:
-        raise SinkError(
-            f"-o {text}: {suffix} is not a video container",
-            hint=f"a video ends in {' '.join(sorted(VIDEO_SUFFIXES))}; a folder of images ends in / ({text}/)",
-        )
-    return True
 
 
 def file_sink(
@@ -281,13 +252,14 @@ def stabilize_mode(cfg: Config, source: Source, sinks: list[Sink]) -> str:
 
     `auto` is causal, except where it would change nothing or something it must not: outputs
     that reproduce the ComfyUI node frame by frame (its pictures come from the raw network
-    output), still images (not a sequence), and processors that make no depth.
+    output), still images (no frame rate: not an image sequence), and processors that make no depth.
     """
     mode = cfg.model.stabilize
     comfy = [s.name for s in sinks if any(need.startswith("comfy") for need in s.needs)]
     has_depth = makes_depth(cfg)
+    stills = isinstance(source, ImageSource) and source.rate is None
     if mode == "auto":
-        return "off" if comfy or not has_depth or isinstance(source, ImageSource) else "causal"
+        return "off" if comfy or not has_depth or stills else "causal"
     if mode != "off" and comfy:
         raise ConfigError(
             f"--stabilize {mode}: {comfy[0]} reproduces the ComfyUI node frame by frame and is not stabilised",
@@ -420,37 +392,6 @@ def execute(
     return result
 
 
-def check_range(job: Job, result: dict) -> None:
-    """A trim that kept no frame is an error, not an empty success: it says whether the start lies
-    past the end (with the clip's length) or the range holds no frame.
-
-    An empty range (start >= end) is refused with the config; a range past the end is judged
-    once the file was read, since the length a header declares is not always the truth."""
-    src = job.config.source
-    if result["frames_out"] or result.get("stopped_by_person") or (src.start is None and src.end is None):
-        return
-    length = job.length
-    clip = job.source.info.name if length is None else f"{job.source.info.name} ({length:.2f} s long)"
-    if src.start is not None and length is not None and src.start >= length:
-        raise SourceError(f"--start {src.start:g} s is past the end of {clip}", hint=f"start before {length:.2f} s")
-    span = f"between {src.start or 0:g} s and {src.end:g} s" if src.end is not None else f"after {src.start:g} s"
-    raise SourceError(f"no frames {span} of {clip}", hint="widen the range given by --start and --end")
-
-
-def check_damage(job: Job, result: dict) -> None:
-    damage = getattr(job.source, "damage", None)
-    if damage:
-        raise damage_error(job.source.info.name, damage, result["frames_out"])
-
-
-def damage_error(name: str, damage: str, frames: int) -> SourceError:
-    """How a damaged input is reported: by every run, and by a batch rerun from the sidecar's record."""
-    return SourceError(
-        f"input {name} is damaged: {damage}",
-        hint=f"the output is complete for the {frames} frames that could be decoded",
-    )
-
-
 def run(cfg: Config, tick: Callable[[Stats], None] | None = None) -> dict:
     """Everything from a config: `streamer.run(load_config("transcode", {...}))` -> statistics."""
     return execute(prepare(cfg), tick)
@@ -470,6 +411,7 @@ __all__ = [
     "check_range",
     "damage_error",
     "execute",
+    "is_folder_output",
     "file_sink",
     "focal_resolver",
     "load_model",

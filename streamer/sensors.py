@@ -35,7 +35,7 @@ def lookup_keys(make: str, model: str) -> list[str]:
     brand = make.split(" ")[0] if make else ""
     keys: list[str] = []
     for name in dict.fromkeys(n for n in (make, brand) if n):
-        rest = model.removeprefix(name).strip() if model.startswith(name) else model
+        rest = model.removeprefix(name).strip()
         keys.append(f"{name} {rest}".strip())
     if model:
         keys.append(model)  # some makers put the brand in Model only

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from streamer.api import stabilize_mode
 from streamer.cli.main import main
+from streamer.config import load_config
 from streamer.focal import exif_upright
 from streamer.sources.images import ImageSource, printf_matches
 
@@ -130,6 +132,40 @@ def test_a_printf_sequence_transcodes_at_the_given_rate(tmp_path, capsys, caplog
     assert times == pytest.approx([0.0, 0.1, 0.2])
 
 
+def test_a_sequence_is_trimmed_like_a_video(tmp_path, capsys):
+    sequence(tmp_path / "seq", list(range(1, 11)))  # 10 frames at 10 fps: 0.0 .. 0.9 s
+    pattern = str(tmp_path / "seq" / "frame_%04d.png")
+    out = tmp_path / "trim.mkv"
+    assert run("transcode", pattern, "-o", str(out), "--fps", "10", "--start", "0.3", "--end", "0.6") == 0
+    with av.open(str(out)) as container:
+        times = [float(f.pts * f.time_base) for f in container.decode(video=0)]
+    assert times == pytest.approx([0.0, 0.1, 0.2])  # frames 0.3, 0.4, 0.5 s, the output starting at 0
+    out = tmp_path / "first.mkv"
+    assert run("transcode", pattern, "-o", str(out), "--fps", "10", "--max-frames", "4") == 0
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 4
+    capsys.readouterr()
+    assert run("transcode", pattern, "-o", str(tmp_path / "past.mkv"), "--fps", "10", "--start", "5") == 1
+    err = capsys.readouterr().err
+    assert "past the end" in err and "1.00 s long" in err, err
+
+
+def test_an_image_sequence_is_stabilised_by_default_and_stills_are_not(tmp_path):
+    sequence(tmp_path / "seq", [1, 2, 3])
+    cfg = load_config(None, {"model": {"processor": "null"}})
+    assert stabilize_mode(cfg, ImageSource([str(tmp_path / "seq")], fps=10), []) == "causal"
+    assert stabilize_mode(cfg, ImageSource([str(tmp_path / "seq")]), []) == "off"  # `depth`: stills
+
+
+def test_a_sequence_of_mixed_sizes_runs_through_the_stabiliser(tmp_path, capsys, checkpoint):
+    for n, size in enumerate([(24, 16), (24, 16), (16, 24)]):  # a turned photo restarts it
+        picture(tmp_path / "seq" / f"frame_{n:04d}.png", 40 * n, size)
+    out = tmp_path / "depth.mkv"
+    args = ["--checkpoint", str(checkpoint), "--input-size", "56x84", "--device", "cpu", "--format", "metric16"]
+    assert main(["transcode", str(tmp_path / "seq"), "-o", str(out), "--fps", "5", *args]) == 0, capsys.readouterr().err
+    assert json.loads(out.with_suffix(".json").read_text())["stabilize"]["mode"] == "causal"
+
+
 def test_a_glob_without_fps_says_the_rate_it_assumes(tmp_path, capsys, caplog):
     sequence(tmp_path / "seq", [1, 2])
     out = tmp_path / "depth.mkv"
@@ -177,6 +213,17 @@ def test_null_depth_writes_a_sidecar_per_image(tmp_path, capsys):
     sidecars = {p.name: json.loads(p.read_text()) for p in out.glob("[ab].json")}
     assert sorted(sidecars) == ["a.json", "b.json"] and sidecars["b.json"]["image"] == "b.png"
     assert all(s["format"] == "gray" and s["processor"] == "null" and "fx" in s for s in sidecars.values())
+
+
+def test_photos_named_like_numbered_frames_are_not_removed_as_stale(tmp_path, capsys):
+    """Frames exported by `ffmpeg -i clip frame_%06d.png` are photos with names to `depth`: a later
+    call with --overwrite into the same folder keeps the earlier calls' results."""
+    first, second = picture(tmp_path / "frame_000001.png"), picture(tmp_path / "frame_000002.png")
+    out = tmp_path / "out"
+    assert run("depth", str(first), "-o", str(out), "--overwrite") == 0, capsys.readouterr().err
+    assert run("depth", str(second), "-o", str(out), "--overwrite") == 0, capsys.readouterr().err
+    assert (out / "frame_000001.png").is_file() and (out / "frame_000001.json").is_file()
+    assert (out / "frame_000002.png").is_file()
 
 
 def test_batch_names_sequence_folders_after_inputs_with_dots(tmp_path, capsys):

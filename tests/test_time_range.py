@@ -65,3 +65,28 @@ def test_batch_reports_a_start_past_the_end_per_file(clip, tmp_path, capsys):
     assert files["short.mp4"]["status"] == "failed"
     assert "--start 1 s is past the end of short.mp4 (0.50 s long)" in files["short.mp4"]["reason"]
     assert not (out / "short.mp4").exists() and not (out / "short.json").exists()
+
+
+def truncated_mkv(path: Path) -> Path:
+    """A 3 s FFV1 .mkv cut mid-file: it declares 3 s, frames decode to about 1.6 s."""
+    full = write_video(path.with_name("full.mkv"), frames=30, size=(64, 48), codec="ffv1")
+    path.write_bytes(full.read_bytes()[: full.stat().st_size * 55 // 100])
+    full.unlink()
+    return path
+
+
+def test_a_start_in_the_lost_part_of_a_damaged_file_blames_the_damage(tmp_path, capsys):
+    cut = truncated_mkv(tmp_path / "cut.mkv")
+    assert main(["transcode", str(cut), "-o", str(tmp_path / "out.mp4"), "--start", "2.5", *NULL]) == 1
+    line = error_line(capsys)
+    assert "cut.mkv is damaged" in line and "decoding ended at" in line, line
+    assert "widen the range" not in line
+
+
+def test_a_trimmed_run_of_a_damaged_file_reports_the_damage(tmp_path, capsys):
+    cut = truncated_mkv(tmp_path / "cut.mkv")
+    out = tmp_path / "out.mp4"
+    assert main(["transcode", str(cut), "-o", str(out), "--start", "0.5", *NULL]) == 1
+    line = error_line(capsys)
+    assert "cut.mkv is damaged" in line and "complete for the" in line, line
+    assert out.is_file()  # the frames that could be decoded are kept, as without --start

@@ -70,9 +70,10 @@ class FileWorker:
         started = time.monotonic()
         item = self.as_made_here(item)
         try:
-            if output_state(Path(item.output), item.record) == COMPLETE:  # e.g. a retry after a crash
+            state = output_state(Path(item.output), item.record)  # now: a dead worker's retry finds its own leftovers
+            if state == COMPLETE:  # e.g. a retry after a crash
                 return complete_outcome(item, Path(item.output))
-            frames, damage = self._transcode(item)
+            frames, damage = self._transcode(item, state)
         except Interrupted as exc:
             return Outcome.of(item, INTERRUPTED, exc.message, seconds=time.monotonic() - started)
         except StreamerError as exc:
@@ -89,13 +90,12 @@ class FileWorker:
         settings = settings_fingerprint(self.cfg, container_of(Path(item.output)), self.where)
         return replace(item, record={**item.record, "settings": settings})
 
-    def _transcode(self, item: Item) -> tuple[int, str | None]:
-        """-> (frames written, the input's damage report or None). The output is claimed first, and
-        the claim taken back if nothing was written (see batch/resume.py)."""
+    def _transcode(self, item: Item, state: str) -> tuple[int, str | None]:
+        """-> (frames written, the input's damage report or None), the output being in `state`. The
+        output is claimed first, and the claim taken back if nothing was written (see batch/resume.py)."""
         cfg = self.cfg.model_copy(deep=True)
         cfg.source.uri, cfg.source.live = item.input, False
         cfg.output.path = output = Path(item.output)
-        state = output_state(output, item.record)  # now: a dead worker's retry finds its own leftovers
         cfg.output.overwrite = cfg.output.overwrite or item.replace or state == STALE
         output.parent.mkdir(parents=True, exist_ok=True)
         if cfg.output.overwrite or state != FOREIGN:

@@ -33,11 +33,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from streamer.api import damage_error
 from streamer.batch.inputs import CONTAINERS, container_of
 from streamer.batch.report import FAILED, REPORT_NAME, SKIPPED, Item, Outcome
 from streamer.config import Config
 from streamer.engine.device import resolve_device, resolve_dtype
+from streamer.outcomes import damage_error
 from streamer.sinks.base import write_json
 
 # settings that do not change what is written: left out of the fingerprint

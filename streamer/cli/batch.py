@@ -10,7 +10,7 @@ from tqdm import tqdm
 from streamer.batch import BatchReport, Progress, run_batch
 from streamer.batch.inputs import CONTAINERS
 from streamer.batch.report import DONE, REPORT_NAME, STATUSES
-from streamer.cli.options import model_options, render_options, with_flags
+from streamer.cli.options import crf_option, model_options, render_options, with_flags
 from streamer.cli.running import echo
 from streamer.config import OUTPUT_FORMATS, Config
 from streamer.errors import Interrupted, StreamerError
@@ -45,11 +45,7 @@ Run it again to continue: finished outputs are skipped; a table and depth/batch-
 )
 @render_options
 @click.option("--codec", help="Encoder, as for transcode.  [default: by container]")
-@click.option(
-    "--crf",
-    type=int,
-    help="Quality on x264's 0-51 scale, lower is better; every encoder gets its own constant-quality control (FFV1 is lossless).  [default: 18]",
-)
+@crf_option
 @click.option("--start", type=float, help="Start each video at this many seconds.")
 @click.option("--end", type=float, help="Stop each video at this many seconds.")
 @click.option("--audio/--no-audio", default=None, help="Copy the input's audio.  [default: on]")

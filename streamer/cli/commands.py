@@ -8,6 +8,7 @@ import click
 
 from streamer.api import picture_settings, ply_sink
 from streamer.cli.options import (
+    crf_option,
     live_extra_options,
     live_source_options,
     model_options,
@@ -56,11 +57,7 @@ Examples:
     "--codec",
     help="Encoder: auto (.mp4/.mov: NVENC when it opens here, else libx264), or any FFmpeg encoder (ffv1 for .mkv, libvpx-vp9 for .webm are the defaults there).",
 )
-@click.option(
-    "--crf",
-    type=int,
-    help="Quality on x264's 0-51 scale, lower is better; every encoder gets its own constant-quality control (FFV1 is lossless).  [default: 18]",
-)
+@crf_option
 @click.option(
     "--fps",
     type=float,
@@ -232,9 +229,8 @@ def depth(cfg: Config, flags: dict) -> None:
     else:
         sinks = [ImageSequenceSink(out, cfg.output.format, picture, overwrite, write_metadata=False)]
     if cfg.model.processor == "metric3d":
-        npz = ImageSequenceSink(out, "npz", picture, overwrite, write_metadata=cfg.output.format != "ply")
-        sinks.append(npz)
-        npz.image_sidecars = True  # NAME.json: each image's own focal
+        metadata = cfg.output.format != "ply"  # NAME.json beside each image: its own focal
+        sinks.append(ImageSequenceSink(out, "npz", picture, overwrite, write_metadata=metadata, image_sidecars=True))
     elif not isinstance(sinks[0], ImageSequenceSink):
         raise ConfigError("point clouds need Metric3D's metric depth", hint="drop --processor, or use a picture format")
     else:

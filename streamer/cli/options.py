@@ -258,6 +258,14 @@ rerun_options = stack(
 )
 
 
+# one quality flag for every encoder (sinks/encoders.py maps it), shared by transcode and batch
+crf_option = click.option(
+    "--crf",
+    type=int,
+    help="Quality on x264's 0-51 scale, lower is better; every encoder gets its own constant-quality control (FFV1 is lossless).  [default: 18]",
+)
+
+
 render_options = stack(
     click.option("--colormap", help="turbo, inferno, magma, plasma, viridis, jet, bone.  [default: turbo]"),
     click.option(

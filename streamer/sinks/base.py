@@ -87,6 +87,21 @@ def check_writable(directory: Path) -> None:
         raise SinkError(f"output directory {directory} is not writable", hint="choose a directory you can write to")
 
 
+def prepare_directory(directory: Path) -> None:
+    """Create the output folder (its parent must exist) and check it is writable, before the model runs."""
+    if directory.exists() and not directory.is_dir():
+        raise SinkError(f"{directory} exists and is not a directory", hint="choose another -o")
+    if not directory.exists() and not directory.parent.is_dir():
+        raise SinkError(
+            f"output directory {directory.parent} does not exist", hint="create it first or choose another -o"
+        )
+    try:
+        directory.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise SinkError(f"cannot create {directory}: {exc.strerror}", hint="choose a writable -o") from exc
+    check_writable(directory)
+
+
 def partial_path(path: Path) -> Path:
     """Where an output lives while it is written, and stays if the run does not finish."""
     return path.with_name(f"{path.stem}.partial{path.suffix}")

@@ -27,6 +27,7 @@ from streamer.sinks.base import (
     Sink,
     format_needs,
     format_picture,
+    prepare_directory,
     sidecar,
     write_json,
 )
@@ -108,7 +109,8 @@ class ImageSequenceSink(Sink):
         self.write_metadata = write_metadata
         self.name = f"images:{self.directory.name or '.'}{name_suffix}{self.suffix}"
         self.frames_written = 0
-        self.written: set[str] = set()  # file names this run wrote: the others of an earlier run are stale
+        # numbered frames this run wrote (a video's): other numbered frames in the folder are an earlier run's
+        self.numbered: set[str] = set()
         self.meta: dict = {}
         self.focals = ImageFocals()
         self.stats = None
@@ -117,19 +119,7 @@ class ImageSequenceSink(Sink):
     def open(self, info: StreamInfo, stats) -> None:
         self.info = info
         self.stats = stats  # the scene cuts for metadata.json, read at close
-        if self.directory.exists() and not self.directory.is_dir():
-            raise SinkError(f"{self.directory} exists and is not a directory", hint="choose another -o")
-        parent = self.directory.parent
-        if not self.directory.exists() and not parent.is_dir():
-            raise SinkError(f"output directory {parent} does not exist", hint="create it first or choose another -o")
-        try:
-            self.directory.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise SinkError(f"cannot create {self.directory}: {exc.strerror}", hint="choose a writable -o") from exc
-        if not os.access(self.directory, os.W_OK):
-            raise SinkError(
-                f"output directory {self.directory} is not writable", hint="choose a directory you can write to"
-            )
+        prepare_directory(self.directory)
 
     def path_for(self, result: Result) -> Path:
         stem = result.frame.name or f"frame_{result.frame.index:06d}"
@@ -137,11 +127,12 @@ class ImageSequenceSink(Sink):
 
     def remove_stale_frames(self) -> None:
         """A replaced sequence keeps no frame of the earlier run: a shorter rerun of a video must not
-        leave the old frames past its end. Only numbered frames of this format go; named ones
-        (a folder of photos) may be other runs' results and stay."""
+        leave the old frames past its end. Only a run that numbers its frames removes any, and only
+        numbered frames of this format; named ones (photos, even one called frame_000001.jpg) may
+        be other runs' results and stay."""
         numbered = re.compile(rf"frame_\d{{6,}}{re.escape(self.name_suffix + self.suffix)}")
         for path in self.directory.iterdir():
-            if numbered.fullmatch(path.name) and path.name not in self.written:
+            if numbered.fullmatch(path.name) and path.name not in self.numbered:
                 path.unlink(missing_ok=True)
 
     def encode(self, result: Result) -> bytes:
@@ -173,12 +164,13 @@ class ImageSequenceSink(Sink):
             tmp.unlink(missing_ok=True)
             raise SinkError(f"writing {path} failed: {exc.strerror}", hint="check free disk space") from exc
         self.frames_written += 1
-        self.written.add(path.name)
+        if not result.frame.name:
+            self.numbered.add(path.name)
         self.meta = result.meta
         self.focals.note(result)
 
     def close(self, complete: bool) -> None:
-        if self.overwrite and self.frames_written:
+        if self.overwrite and self.numbered:
             self.remove_stale_frames()
         if not self.write_metadata or self.frames_written == 0:
             return

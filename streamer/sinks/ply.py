@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from streamer.errors import SinkError
-from streamer.sinks.base import ImageFocals, Sink, sidecar, write_json
+from streamer.sinks.base import ImageFocals, Sink, prepare_directory, sidecar, write_json
 from streamer.types import Result, StreamInfo
 
 log = logging.getLogger(__name__)
@@ -135,22 +135,6 @@ def colours_of(result: Result) -> np.ndarray:
     if image is None or image.shape[:2] != result.depth.shape[:2]:
         raise SinkError("the result has no input image at the depth map's size", hint="this is a bug: please report it")
     return image
-
-
-def prepare_directory(directory: Path) -> None:
-    """Create the output folder (its parent must exist) and check it is writable, before the model runs."""
-    if directory.exists() and not directory.is_dir():
-        raise SinkError(f"{directory} exists and is not a directory", hint="choose another -o")
-    if not directory.exists() and not directory.parent.is_dir():
-        raise SinkError(
-            f"output directory {directory.parent} does not exist", hint="create it first or choose another -o"
-        )
-    try:
-        directory.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise SinkError(f"cannot create {directory}: {exc.strerror}", hint="choose a writable -o") from exc
-    if not os.access(directory, os.W_OK):
-        raise SinkError(f"output directory {directory} is not writable", hint="choose a directory you can write to")
 
 
 class PlySink(Sink):

@@ -51,11 +51,8 @@ AUDIO_COPY = {
 FFV1_OPTIONS = {"level": "3", "slicecrc": "1", "g": "1"}
 WRITE_HINT = "check free disk space and that the output directory is writable"
 # errors that are the disk's (or the folder's) doing; anything else FFmpeg says is not
-DISK_ERRORS = {
-    code
-    for code in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EFBIG)
-    + tuple(getattr(errno, name) for name in ("EDQUOT",) if hasattr(errno, name))
-}
+DISK_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EFBIG}
+DISK_ERRORS |= {errno.EDQUOT} if hasattr(errno, "EDQUOT") else set()  # quotas: not on Windows
 # Matroska stores blocks relative to clusters, so a block may start before 0: AAC's priming packet
 # keeps its place before the video's 0 instead of the muxer shifting every stream to make it 0
 NEGATIVE_TS_OK = {".mkv": {"avoid_negative_ts": "disabled"}}

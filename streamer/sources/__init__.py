@@ -30,7 +30,7 @@ def open_source(cfg: SourceConfig, threads: int = 0) -> Source:
     if is_camera(uri):
         return WebcamSource(uri, cfg.width, cfg.height, cfg.fps, cfg.frames)
     if not is_network(uri) and is_image_path(uri):
-        source = ImageSource([uri], cfg.fps or SEQUENCE_FPS)
+        source = ImageSource([uri], cfg.fps or SEQUENCE_FPS, cfg.start, cfg.end, cfg.frames)
         if cfg.fps is None and source.info.frame_count > 1:
             log.warning("image sequence %s has no frame rate: read at %d fps; pass --fps to set it", uri, SEQUENCE_FPS)
         return source

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from fractions import Fraction
 
 from streamer.types import Frame, StreamInfo
+
+
+def frame_rate(fps: float | None) -> Fraction | None:
+    """A rate given as a float as an exact fraction (29.97 -> 2997/100, 30000/1001 from its float), or None."""
+    return Fraction(fps).limit_denominator(1001) if fps else None
 
 
 class Source:

@@ -29,7 +29,7 @@ import numpy as np
 
 from streamer.errors import SourceError
 from streamer.focal import Focal, exif_upright, focal_from_exif
-from streamer.sources.base import Source
+from streamer.sources.base import Source, frame_rate
 from streamer.types import Frame, StreamInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -155,31 +155,44 @@ def read_image(path: Path) -> tuple[np.ndarray, Focal | None]:
     return image, focal_from_exif(path, image.shape[1], image.shape[0])
 
 
-def sequence_rate(fps: float | None) -> Fraction | None:
-    """A frame rate as an exact fraction (29.97 -> 2997/100, 30000/1001 from its float), or None."""
-    return Fraction(fps).limit_denominator(1001) if fps else None
-
-
 class ImageSource(Source):
     """Each image is one frame; frames may differ in size.
 
     Without `fps` the images are stills (pts = index in a time base of 1 s, no rate); with it, a
-    sequence at that rate (pts = index in a time base of 1 / fps)."""
+    sequence at that rate (pts = index in a time base of 1 / fps). `start`, `end` (seconds) and
+    `frames` trim it as they trim a video: frames are counted from 0, pts keep their place."""
 
-    def __init__(self, inputs: list[str], fps: float | None = None) -> None:
+    def __init__(
+        self,
+        inputs: list[str],
+        fps: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        frames: int | None = None,
+    ) -> None:
         self.paths = expand_images(inputs)
         self.names = output_names(self.paths)
-        for path in self.paths:
-            check_still(path)
-        self.rate = sequence_rate(fps)
+        self.rate = frame_rate(fps)
         self.time_base = 1 / self.rate if self.rate else Fraction(1)
-        first, focal = read_image(self.paths[0])
+        self.kept = [
+            i
+            for i in range(len(self.paths))
+            if (start is None or i * self.time_base >= start) and (end is None or i * self.time_base < end)
+        ][:frames]
+        for i in self.kept:
+            check_still(self.paths[i])
+        first, focal = read_image(self.paths[self.kept[0] if self.kept else 0])
         h, w = first.shape[:2]
-        self.info = StreamInfo(w, h, self.time_base, self.rate, False, len(self.paths), "images", focal=focal)
+        self.info = StreamInfo(w, h, self.time_base, self.rate, False, len(self.kept), "images", focal=focal)
+
+    @property
+    def duration(self) -> float:
+        """Seconds the whole sequence lasts (each image one frame long), for a trim past its end."""
+        return float(len(self.paths) * self.time_base)
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
-        for index, (path, name) in enumerate(zip(self.paths, self.names, strict=True)):
+        for index, pts in enumerate(self.kept):
             if stop.is_set():
                 return
-            image, focal = read_image(path)
-            yield Frame(image, index, index, self.time_base, time.monotonic(), name, focal=focal)
+            image, focal = read_image(self.paths[pts])
+            yield Frame(image, index, pts, self.time_base, time.monotonic(), self.names[pts], focal=focal)

@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 
 from streamer.errors import SourceError
-from streamer.sources.base import Source
+from streamer.sources.base import Source, frame_rate
 from streamer.types import Frame, StreamInfo
 
 MICROSECONDS = Fraction(1, 1_000_000)
@@ -53,7 +53,7 @@ class PatternSource(Source):
         self.fps = fps or float(rate or 30)
         self.limit = frames
         live = True if live is None else live
-        rate = Fraction(self.fps).limit_denominator(1001)
+        rate = frame_rate(self.fps)
         self.info = StreamInfo(
             self.width, self.height, MICROSECONDS if live else 1 / rate, rate, live, frames, "testsrc"
         )

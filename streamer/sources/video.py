@@ -103,6 +103,7 @@ class VideoSource(Source):
         self.corrupt_packets = 0
         self._cut = False  # a trim's end was reached: only audio up to it is still read
         self.last_seconds: float | None = None  # the last frame's time
+        self.decoded_until: float | None = None  # the last decoded frame's time, kept by the trim or not
         self.audio_end: float | None = None  # where the last audio packet read ends
         rate = self.stream.average_rate or self.stream.guessed_rate
         ctx = self.stream.codec_context
@@ -171,7 +172,7 @@ class VideoSource(Source):
         index = 0
         self._cut = False
         for frame, pts in self._timed_frames(stop, audio):
-            seconds = float(pts * tb)
+            seconds = self.decoded_until = float(pts * tb)
             if self._cut or (self.start is not None and seconds < self.start):
                 continue
             if (self.end is not None and seconds >= self.end) or (self.limit is not None and index >= self.limit):
@@ -189,8 +190,8 @@ class VideoSource(Source):
         if held is not None:
             held.audio = [p for p in audio if not self._after_end(p)]
             yield held
-        if not stop.is_set() and not self._cut and self.start is None:
-            self._check_complete(index)
+        if not stop.is_set() and not self._cut:
+            self._check_complete()
 
     def _timed_frames(self, stop: threading.Event, audio: list) -> Iterator[tuple[av.VideoFrame, int]]:
         """Decoded frames in presentation order with strictly increasing times (see timestamps.py);
@@ -275,18 +276,19 @@ class VideoSource(Source):
     def frame_interval(self) -> float:
         return 1 / float(self.info.rate) if self.info.rate else 0.1
 
-    def _check_complete(self, decoded: int) -> None:
+    def _check_complete(self) -> None:
         """Judge damage on the video alone: decoding must reach the video stream's own end.
 
         Audio may run on past the video (phone clips) and edit lists hide frames the stream
         counts, so neither the container's duration nor the packet count says "damaged". Where
         the stream declares no duration (Matroska), the file must reach the container's end
-        with some stream: a cut file ends early for all of them.
+        with some stream: a cut file ends early for all of them. Frames before a `start` count
+        as decoded: a start in the lost part of a cut file is told as the damage.
         """
         if self.truncated:
             return
         slack = 2.5 * self.frame_interval
-        video_end = (self.last_seconds + self.frame_interval) if self.last_seconds is not None else None
+        video_end = (self.decoded_until + self.frame_interval) if self.decoded_until is not None else None
         declared = self._declared_video_end()
         if declared is not None:
             if video_end is None or video_end + slack < declared:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 from streamer.errors import SourceError
-from streamer.sources.base import Source
+from streamer.sources.base import Source, frame_rate
 from streamer.sources.testsrc import MICROSECONDS
 from streamer.types import Frame, StreamInfo
 
@@ -60,13 +60,11 @@ class WebcamSource(Source):
         fourcc = int(self.cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("ascii", "replace")
         self.negotiated = f"camera {self.device}: {w}x{h} @ {rate or '?'} fps, {fourcc}"
         log.info(self.negotiated)
-        from fractions import Fraction
-
         self.info = StreamInfo(
             w,
             h,
             MICROSECONDS,
-            Fraction(rate).limit_denominator(1001) if rate else None,
+            frame_rate(rate),
             True,
             None,
             f"camera {self.device}",

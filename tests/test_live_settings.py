@@ -16,12 +16,15 @@ from streamer.errors import ConfigError
 from streamer.processors.null import NullStage
 from streamer.sinks import Sink
 from streamer.sources import PatternSource
-from streamer.views import VIEW_FORMATS, PictureSettings
+from streamer.views import PictureSettings
 
 CPU = torch.device("cpu")
 W, H = 64, 48
 SWITCH_S = 0.1
 RUN_S = 20.0
+
+# the views `view_of` tells apart in the null stage's pictures (keyed shows the camera picture, as color would)
+VIEWS = ("gray", "color", "normal", "side-by-side")
 
 
 class SlowStage(NullStage):
@@ -71,7 +74,7 @@ def test_views_switched_every_100ms_for_20s_keep_frames_coming():
         end = time.monotonic() + RUN_S
         while time.monotonic() < end:
             time.sleep(SWITCH_S)
-            settings.cycle("view", VIEW_FORMATS)  # what the preview's `v` key does
+            settings.cycle("view", VIEWS)  # what the preview's `v` key does
             switches += 1
         pipeline.person_stop()
 
@@ -84,11 +87,10 @@ def test_views_switched_every_100ms_for_20s_keep_frames_coming():
         switcher.join()
     assert switches >= 100 and stats["frames_out"] == len(recorder.seen)
     last_quarter = recorder.seen[-len(recorder.seen) // 4 :]
-    assert all(last_quarter.count(view) >= 3 for view in VIEW_FORMATS), last_quarter  # every view keeps coming
+    assert all(last_quarter.count(view) >= 3 for view in VIEWS), last_quarter  # every view keeps coming
     # frames follow the switches: each next view is the same one or a later one in the cycle, never an older one
     steps = [
-        (VIEW_FORMATS.index(b) - VIEW_FORMATS.index(a)) % len(VIEW_FORMATS)
-        for a, b in zip(recorder.seen, recorder.seen[1:], strict=False)
+        (VIEWS.index(b) - VIEWS.index(a)) % len(VIEWS) for a, b in zip(recorder.seen, recorder.seen[1:], strict=False)
     ]
     assert max(steps) <= 2, steps  # a 60 ms batch spans at most one switch, plus one while it waits
 
@@ -117,10 +119,41 @@ def test_frames_held_by_the_lookahead_stabiliser_keep_the_settings_their_maps_we
 
         def write(self, result) -> None:
             super().write(result)
-            settings.cycle("view", VIEW_FORMATS)  # a switch after every frame, while the model works
+            settings.cycle("view", VIEWS)  # a switch after every frame, while the model works
 
     recorder = Switching(settings)
     source = PatternSource(f"testsrc:{W}x{H}@30", frames=24, live=False)
     stats = Pipeline(source, SlowStage(0.01), [recorder], batch_size=2, stabilizer=StabilizeStage("lookahead")).run()
     assert stats["frames_out"] == 24 and len(recorder.seen) == 24
     assert len(set(recorder.seen)) >= 3  # the switches took effect
+
+
+def test_keyed_view_and_effect_changes_mid_run_keep_frames_coming():
+    """The keyed view asks for the camera picture too, and its band changes live (page, keys):
+    switching into and out of it while the model works never breaks a batch."""
+    from streamer.effect_settings import EffectSettings
+    from streamer.views import VIEW_FORMATS
+
+    settings = PictureSettings("color")
+    recorder = ViewRecorder(settings)
+    pipeline = Pipeline(PatternSource(f"testsrc:{W}x{H}@30"), SlowStage(0.03), [recorder])
+    bands = [EffectSettings(far=1.0), EffectSettings(far=2.5, background="color:#00ff00")]
+
+    def switch() -> None:
+        end = time.monotonic() + 3.0
+        step = 0
+        while time.monotonic() < end:
+            time.sleep(0.05)
+            settings.cycle("view", VIEW_FORMATS)
+            settings.update(effects=bands[step % 2])
+            step += 1
+        pipeline.person_stop()
+
+    switcher = threading.Thread(target=switch)
+    switcher.start()
+    try:
+        stats = pipeline.run()
+    finally:
+        pipeline.person_stop()
+        switcher.join()
+    assert stats["frames_out"] == len(recorder.seen) >= 20

@@ -70,6 +70,8 @@ class ModelConfig(Section):
     precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     local_files_only: bool = False
     compile: bool = False
+    # how the network runs (streamer/runtimes): auto picks the fastest present for the device
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime", "tensorrt"] = "auto"
     # the depth stabiliser between the model and the outputs; auto = causal, but off for comfy-*
     # outputs (they reproduce the node frame by frame), still images and processors without depth
     stabilize: Literal["auto", "off", "causal", "lookahead"] = "auto"

@@ -29,6 +29,7 @@ FLAG_TO_CONFIG = {
     "precision": ("model", "precision"),
     "offline": ("model", "local_files_only"),
     "compile": ("model", "compile"),
+    "runtime": ("model", "runtime"),
     "stabilize": ("model", "stabilize"),
     "batch_size": ("engine", "batch_size"),
     "threads": ("engine", "threads"),
@@ -171,7 +172,13 @@ model_options = stack(
     click.option(
         "--precision",
         type=click.Choice(["auto", "fp16", "bf16", "fp32"]),
-        help="auto = fp16 on CUDA, fp32 on CPU.  [default: auto]",
+        help="auto = fp16 on CUDA, fp32 on CPU (OpenVINO: bf16 where the CPU has it).  [default: auto]",
+    ),
+    click.option(
+        "--runtime",
+        type=click.Choice(["auto", "torch", "openvino", "onnxruntime", "tensorrt"]),
+        help="What runs the network; auto = the fastest installed for the device (see `streamer doctor`).  "
+        "[default: auto]",
     ),
     click.option("--offline", is_flag=True, default=None, help="Use only cached weights; never download."),
     click.option("--batch-size", type=int, help="Frames per forward pass for files.  [default: 1]"),

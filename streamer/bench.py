@@ -21,7 +21,7 @@ import av
 import numpy as np
 import torch
 
-from streamer.api import load_model, make_pipeline, picture_settings, place_model
+from streamer.api import make_pipeline, picture_settings, read_model
 from streamer.config import Config
 from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, resolve_device
@@ -34,6 +34,8 @@ from streamer.processors.metric3d import CANONICAL_FOCAL, Metric3DProcessor, Met
 from streamer.processors.null import NullStage
 from streamer.processors.outputs import Outputs
 from streamer.processors.stabilize import Stabilizer
+from streamer.runtimes import Request as RuntimeRequest
+from streamer.runtimes import open_runtime
 from streamer.sinks import VideoSink
 from streamer.sinks.encoders import COLOR_TAGS
 from streamer.sources import PatternSource, VideoSource
@@ -82,19 +84,25 @@ def synthetic_video(path: Path, frames: int, size: tuple[int, int], rate: int = 
     return path
 
 
-def build_stage(cfg: Config, compile: bool):
-    """The stage under test, on the model thread; rule weights unless a checkpoint is given."""
+def build_stage(cfg: Config, compile: bool, threads: int = 0):
+    """The stage under test, on the model thread; rule weights unless a checkpoint is given.
+
+    `--runtime` picks what runs the network (auto as in a run); `threads` sizes its CPU pool."""
     m = cfg.model
     if m.processor == "null":
         return NullStage(resolve_device(m.device))
     if m.checkpoint is not None:
-        model, _ = load_model(m.backbone, m.checkpoint, m.device, m.precision, compile=compile)
+        model, path = read_model(m.backbone, m.checkpoint)
     else:
-        model = build_metric3d(m.backbone, device="meta")
+        model, path = build_metric3d(m.backbone, device="meta"), None
         load_weights(model, to_model_keys(rule_weights(model)))
-        model = place_model(model, m.device, m.precision, compile)
-    processor = Metric3DProcessor(model, cfg.model.input_size, cfg.model.focal_mode)
-    meta = {"processor": "metric3d", "backbone": m.backbone, "precision": str(processor.dtype).removeprefix("torch.")}
+    request = RuntimeRequest(
+        m.runtime, resolve_device(m.device), m.precision, m.input_size, m.backbone, path, threads, compile
+    )
+    runtime, choice = open_runtime(request, model)
+    processor = Metric3DProcessor(runtime, cfg.model.input_size, cfg.model.focal_mode)
+    meta = {"processor": "metric3d", "backbone": m.backbone, "precision": runtime.precision}
+    meta.update(runtime=runtime.name, runtime_choice=choice)
     # Speed does not depend on the focal length: synthetic frames get the canonical 1000 px unless one is given.
     given = m.fx is not None or m.fy is not None or m.hfov is not None
     focal = FocalResolver(m.fx, m.fy, m.hfov) if given else FocalResolver(CANONICAL_FOCAL, CANONICAL_FOCAL)
@@ -265,6 +273,7 @@ def setup_figures(cfg: Config, stage, threads: ThreadBudget, source_size: tuple[
         "backbone": cfg.model.backbone,
         "input_size": list(cfg.model.input_size),
         "precision": stage.meta.get("precision", "-"),
+        "runtime": stage.meta.get("runtime", "-"),
         "batch_size": cfg.engine.batch_size,
         "source_size": list(source_size),
         "frames": frames,
@@ -277,7 +286,7 @@ def setup_figures(cfg: Config, stage, threads: ThreadBudget, source_size: tuple[
 
 def _setup(cfg: Config, threads: ThreadBudget):
     torch.set_num_threads(threads.torch)
-    return build_stage(cfg, cfg.model.compile)
+    return build_stage(cfg, cfg.model.compile, threads.torch)
 
 
 def stage_line(stage_ms: dict) -> str:
@@ -289,7 +298,7 @@ def table(result: dict) -> str:
         ("device", result["device"]),
         (
             "model",
-            f"{result['backbone']} {result['precision']} input {result['input_size'][0]}x{result['input_size'][1]} batch {result['batch_size']}",
+            f"{result['backbone']} {result.get('runtime', 'torch')} {result['precision']} input {result['input_size'][0]}x{result['input_size'][1]} batch {result['batch_size']}",
         ),
         ("source", f"{result['source_size'][0]}x{result['source_size'][1]}, {result['frames']} frames"),
         ("fps model only", f"{result['fps']['model_only']:.2f}"),

@@ -153,3 +153,21 @@ def test_transcode_records_runtime_and_precision(tmp_path, checkpoint, capsys):
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["runtime"] == "onnxruntime" and sidecar["precision"] == "fp32"
     assert sidecar["frames"] == 3
+
+
+def test_export_command_fills_the_cache_and_torch_has_nothing_to_export(checkpoint, capsys):
+    args = ["export", "--checkpoint", str(checkpoint), "--input-size", "112x196", "--device", "cpu"]
+    assert main([*args, "--runtime", "onnxruntime"]) == 0
+    captured = capsys.readouterr()
+    graph = captured.out.strip().splitlines()[-1]
+    assert graph.endswith("model.onnx") and "112x196" in graph and "runtime onnxruntime (fp32)" in captured.err
+    assert main([*args, "--runtime", "torch"]) == 1
+    assert "has nothing to export" in capsys.readouterr().err
+
+
+def test_doctor_lists_the_runtimes_and_what_auto_picks(capsys):
+    assert main(["doctor"]) in (0, 1)
+    out = capsys.readouterr().out
+    for name in ("openvino", "onnxruntime", "tensorrt", "auto"):
+        assert f"runtime {name}" in out
+    assert "runtime auto         openvino on cpu" in out or "cuda" in out

@@ -17,7 +17,7 @@ EXIT_INTERRUPTED = 130
 
 class Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return ["preview", "transcode", "batch", "virtualcam", "serve", "depth", "bench", "doctor"]
+        return ["preview", "transcode", "batch", "virtualcam", "serve", "depth", "bench", "export", "doctor"]
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -49,8 +49,9 @@ def _register() -> None:
     from streamer.cli.batch import batch
     from streamer.cli.bench import bench
     from streamer.cli.commands import depth, doctor, preview, serve, transcode, virtualcam
+    from streamer.cli.export import export
 
-    for command in (preview, transcode, batch, virtualcam, serve, depth, bench, doctor):
+    for command in (preview, transcode, batch, virtualcam, serve, depth, bench, export, doctor):
         cli.add_command(command)
 
 

@@ -85,12 +85,12 @@ def pick(request: Request) -> tuple[str, str]:
     if request.device.type == "cuda":
         for name in CUDA_ORDER:
             if installed(name):
-                return name, f"the fastest CUDA runtime present ({name})"
+                return name, "the fastest runtime installed for CUDA"
         return "torch", "CUDA without TensorRT"
     if request.device.type == "cpu":
         for name in CPU_ORDER:
             if installed(name):
-                return name, f"the fastest CPU runtime present ({name})"
+                return name, "the fastest runtime installed for the CPU"
         return "torch", "no OpenVINO or ONNX Runtime installed"
     return "torch", f"{request.device.type} runs best in torch"
 

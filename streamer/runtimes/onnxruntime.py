@@ -67,6 +67,7 @@ class OnnxRuntime:
         if device.type not in ("cpu", "cuda"):
             raise ConfigError(f"runtime onnxruntime does not run on {device}", hint="use --device cpu or cuda")
         self.device = device
+        self.graph = onnx_path
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

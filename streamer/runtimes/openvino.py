@@ -62,6 +62,7 @@ class OpenVINORuntime:
         if self.precision != precision:
             log.warning("OpenVINO runs in %s on this CPU (%s asked for)", self.precision, precision)
         self.device = device
+        self.graph = onnx_path
 
     def __call__(self, x: torch.Tensor, all_iterations: bool = False) -> dict[str, list[torch.Tensor]]:
         image = np.ascontiguousarray(x.detach().float().cpu().numpy())

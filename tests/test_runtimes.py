@@ -171,3 +171,36 @@ def test_doctor_lists_the_runtimes_and_what_auto_picks(capsys):
     for name in ("openvino", "onnxruntime", "tensorrt", "auto"):
         assert f"runtime {name}" in out
     assert "runtime auto         openvino on cpu" in out or "cuda" in out
+
+
+def cuda_provider(name: str) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import onnxruntime as ort
+
+    if name not in ort.get_available_providers():
+        pytest.skip(f"ONNX Runtime here has no {name} (pip install 'streamer[tensorrt]')")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "runtime,precision,p999_limit,provider",
+    [
+        ("onnxruntime", "fp32", 1e-4, "CUDAExecutionProvider"),
+        ("tensorrt", "fp16", 0.01, "TensorrtExecutionProvider"),
+    ],
+)
+def test_cuda_runtimes_keep_tensors_on_the_gpu_and_give_torch_depth(
+    loaded, inputs, torch_depths, runtime, precision, p999_limit, provider
+):
+    cuda_provider(provider)
+    model, path = loaded
+    request = Request(runtime, torch.device("cuda"), precision, SIZE, "vit-small", path)
+    rt, _ = open_runtime(request, model)
+    assert rt.name == runtime and rt.precision == precision
+    processor = Metric3DProcessor(rt, SIZE)
+    for x, ref in zip(inputs, torch_depths, strict=True):
+        out = processor(x.cuda(), 500.0, 500.0)
+        assert out["depth"].is_cuda  # I/O binding: no host round trip
+        p999, worst = p999_rel(out["depth"].cpu(), ref)
+        assert p999 <= p999_limit, (p999, worst)

@@ -8,6 +8,7 @@ they compare the same work.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import threading
@@ -151,6 +152,21 @@ def run_serial(stage, video: Path, out: Path, threads: ThreadBudget) -> float:
     return frames / (time.perf_counter() - started)
 
 
+def run_serial_default_threads(cfg: Config, stage, video: Path, out: Path, threads: ThreadBudget) -> float:
+    """The serial loop as a user's own script runs it: the runtime's and the codecs' default threads
+    (torch: one per core; OpenVINO and ONNX Runtime: their own default, so a second instance)."""
+    cores = os.cpu_count() or 1
+    defaults = ThreadBudget(torch=cores, decode=0, encode=0)  # 0: FFmpeg picks, as PyAV's default does
+    torch.set_num_threads(cores)
+    try:
+        if stage.meta.get("runtime", "torch") != "torch":
+            stage = build_stage(cfg, cfg.model.compile, 0)
+            stage(torch.from_numpy(pattern_image(64, 48, 0))[None].to(stage.device))  # the first call compiles
+        return run_serial(stage, video, out, defaults)
+    finally:
+        torch.set_num_threads(threads.torch)
+
+
 def run_pipeline(stage, video: Path, out: Path, cfg: Config, fmt: str = "color", threads: int = 0) -> dict:
     sink = VideoSink(out, fmt, picture_settings(cfg), overwrite=True, threads=threads)
     started = time.perf_counter()
@@ -225,7 +241,7 @@ def bench_run(
     with TemporaryDirectory() as tmp:
         video = synthetic_video(Path(tmp) / "in.mp4", frames, source_size)
         model_only = run_model_only(stage, images, cfg)
-        serial = worker.on_device_thread(run_serial, stage, video, Path(tmp) / "serial.mp4", threads)
+        serial = worker.on_device_thread(run_serial_default_threads, cfg, stage, video, Path(tmp) / "s.mp4", threads)
         pipeline = run_pipeline(stage, video, Path(tmp) / "pipeline.mp4", cfg, threads=threads.encode)
         per_format = {
             fmt: run_pipeline(stage, video, Path(tmp) / f"f.{'mkv' if fmt == 'metric16' else 'mp4'}", cfg, fmt)

@@ -36,6 +36,7 @@ from streamer.processors.stabilize_params import parse_params
 from streamer.processors.stabilize_stage import StabilizeStage
 from streamer.runtimes import Request as RuntimeRequest
 from streamer.runtimes import open_runtime
+from streamer.runtimes.sizing import interactive_size
 from streamer.sinks import VIDEO_SUFFIXES, ImageSequenceSink, PlySink, PreviewSink, Sink, VideoSink, VirtualCameraSink
 from streamer.sources import Source, open_source
 from streamer.sources.images import IMAGE_SUFFIXES, ImageSource
@@ -72,29 +73,38 @@ def read_model(backbone: str, checkpoint: str | Path | None, local_files_only: b
 
 
 def load_processor(cfg: ModelConfig, threads: int = 0, comfy: bool = False) -> tuple[Metric3DProcessor, dict]:
-    """The model behind the runtime `cfg.runtime` resolves to; `meta["runtime_choice"]` says which and why."""
+    """The model behind the runtime `cfg.runtime` resolves to; `meta["runtime_choice"]` says which and
+    why, and with `input_size: auto` `meta["input_size_choice"]` says which size (runtimes/sizing.py)."""
     model, path = read_model(cfg.backbone, cfg.checkpoint, cfg.local_files_only)
-    request = RuntimeRequest(
-        cfg.runtime, resolve_device(cfg.device), cfg.precision, cfg.input_size, cfg.backbone, path, threads,
-        cfg.compile, all_iterations=comfy,
-    )  # fmt: skip
-    runtime, choice = open_runtime(request, model)
-    processor = Metric3DProcessor(runtime, cfg.input_size, cfg.focal_mode)
+    device = resolve_device(cfg.device)
+    choices = {}
+
+    def make(size: tuple[int, int]) -> Metric3DProcessor:
+        request = RuntimeRequest(
+            cfg.runtime, device, cfg.precision, size, cfg.backbone, path, threads, cfg.compile, all_iterations=comfy
+        )
+        runtime, choices["runtime_choice"] = open_runtime(request, model)
+        return Metric3DProcessor(runtime, size, cfg.focal_mode)
+
+    if cfg.input_size == "auto":
+        processor, choices["input_size_choice"] = interactive_size(device, make)
+    else:
+        processor = make(cfg.input_size)
     meta = {
         "processor": "metric3d",
         "backbone": cfg.backbone,
         "checkpoint": Path(path).name,
-        "input_size": list(cfg.input_size),
-        "runtime": runtime.name,
-        "runtime_choice": choice,
-        "precision": runtime.precision,
+        "input_size": list(processor.input_size),
+        "runtime": processor.runtime.name,
+        **choices,
+        "precision": processor.runtime.precision,
         "focal_mode": cfg.focal_mode,
         "device": str(processor.device),
     }
     return processor, meta
 
 
-def export_model(cfg: ModelConfig) -> tuple[str, Path]:
+def export_model(cfg: ModelConfig) -> tuple[list[str], Path]:
     """Build `cfg.runtime`'s cached graph and compiled form now (`streamer export`): what runs, and the graph."""
     processor, meta = load_processor(cfg)
     graph = getattr(processor.runtime, "graph", None)
@@ -103,7 +113,7 @@ def export_model(cfg: ModelConfig) -> tuple[str, Path]:
             f"runtime {meta['runtime']} runs the torch module and has nothing to export",
             hint="pass --runtime openvino, onnxruntime or tensorrt",
         )
-    return meta["runtime_choice"], graph
+    return [meta[k] for k in ("runtime_choice", "input_size_choice") if k in meta], graph
 
 
 def focal_resolver(cfg: ModelConfig, comfy: bool = False, warn: Callable[[str], None] | None = None) -> FocalResolver:
@@ -339,7 +349,9 @@ def prepare(
         comfy = any(need.startswith("comfy") for sink in sinks for need in sink.needs)
         stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch, warn)
         if announce is not None and isinstance(stage, Metric3DStage):
-            announce(stage.meta["runtime_choice"])
+            for line in ("runtime_choice", "input_size_choice"):
+                if line in stage.meta:
+                    announce(stage.meta[line])
     except BaseException:
         source.close()
         raise

@@ -28,6 +28,7 @@ from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, resolve_device
 from streamer.engine.pipeline import Pipeline
 from streamer.engine.threads import ThreadBudget
+from streamer.errors import ConfigError
 from streamer.focal import FocalResolver
 from streamer.models.metric3d import build_metric3d
 from streamer.models.metric3d.weights import load_weights, rule_weights, to_model_keys
@@ -92,6 +93,8 @@ def build_stage(cfg: Config, compile: bool, threads: int = 0):
     m = cfg.model
     if m.processor == "null":
         return NullStage(resolve_device(m.device))
+    if m.input_size == "auto":
+        raise ConfigError("bench measures one given input size, not auto", hint="pass --input-size HxW, e.g. 224x392")
     if m.checkpoint is not None:
         model, path = read_model(m.backbone, m.checkpoint)
     else:

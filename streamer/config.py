@@ -65,7 +65,7 @@ class ModelConfig(Section):
     hfov: float | None = Field(None, gt=0, lt=180, description="horizontal field of view (deg); sets fx=fy")
     focal_mode: Literal["fx", "mean"] = "fx"
     resolution: int | None = Field(None, ge=16, le=8192, description="short side of the output")
-    input_size: tuple[int, int] = (616, 1064)
+    input_size: tuple[int, int] | Literal["auto"] = (616, 1064)  # auto: runtimes/sizing.py
     device: str = "auto"
     precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     local_files_only: bool = False
@@ -97,6 +97,8 @@ class ModelConfig(Section):
     @field_validator("input_size", mode="before")
     @classmethod
     def _input_size(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
         if isinstance(v, str):
             try:
                 h, w = (int(p) for p in v.lower().split("x"))

@@ -204,3 +204,24 @@ def test_cuda_runtimes_keep_tensors_on_the_gpu_and_give_torch_depth(
         assert out["depth"].is_cuda  # I/O binding: no host round trip
         p999, worst = p999_rel(out["depth"].cpu(), ref)
         assert p999 <= p999_limit, (p999, worst)
+
+
+def test_input_size_auto_takes_the_largest_interactive_size():
+    from streamer.runtimes.sizing import CANDIDATES, choose, estimate_ms
+
+    assert choose(10.0) == (616, 1064)  # a fast machine keeps the official input
+    assert choose(72.0) == (224, 392)  # OpenVINO bf16 on 2 cores: 72 ms at 224x392
+    assert choose(5000.0) == CANDIDATES[-1]  # nothing is interactive: the smallest
+    assert estimate_ms(100.0, (448, 784)) > 4 * 100.0  # 4x the tokens, attention grows faster
+
+
+def test_input_size_auto_is_measured_and_said(checkpoint):
+    from streamer.api import load_processor
+    from streamer.config import ModelConfig
+    from streamer.runtimes.sizing import CANDIDATES
+
+    cfg = ModelConfig(checkpoint=checkpoint, input_size="auto", runtime="torch", device="cpu")
+    processor, meta = load_processor(cfg)
+    assert processor.input_size in CANDIDATES and meta["input_size"] == list(processor.input_size)
+    assert meta["input_size_choice"].startswith(f"input size auto: {processor.input_size[0]}x")
+    assert "torch fp32" in meta["input_size_choice"]

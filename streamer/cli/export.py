@@ -24,7 +24,8 @@ def export(cfg: Config, flags: dict) -> None:
     the first run start at once. The cache is keyed by the checkpoint's hash, backbone, input size,
     precision and runtime version, so changing any of them exports again.
     """
-    click.echo(f"exporting {cfg.model.backbone} at {cfg.model.input_size[0]}x{cfg.model.input_size[1]} ...", err=True)
-    choice, graph = api.export_model(cfg.model)
-    click.echo(choice, err=True)
+    click.echo(f"exporting {cfg.model.backbone} ...", err=True)
+    choices, graph = api.export_model(cfg.model)
+    for line in choices:
+        click.echo(line, err=True)
     click.echo(str(graph))

@@ -164,7 +164,10 @@ model_options = stack(
         help="Short side of the output in pixels.  [default: source size; 512 with --comfy]",
     ),
     click.option(
-        "--input-size", metavar="HxW", help="Model input, multiples of 28; smaller is faster.  [default: 616x1064]"
+        "--input-size",
+        metavar="HxW",
+        help="Model input, multiples of 28; smaller is faster. auto: the largest that keeps a live preview "
+        "interactive here (measured at start).  [default: 616x1064]",
     ),
     click.option(
         "--device", help="auto (CUDA, then Apple's MPS, then the CPU), cpu, cuda, cuda:N or mps.  [default: auto]"

@@ -225,3 +225,22 @@ def test_input_size_auto_is_measured_and_said(checkpoint):
     assert processor.input_size in CANDIDATES and meta["input_size"] == list(processor.input_size)
     assert meta["input_size_choice"].startswith(f"input size auto: {processor.input_size[0]}x")
     assert "torch fp32" in meta["input_size_choice"]
+
+
+def test_a_graph_over_the_limit_keeps_its_weights_as_external_data(small_model, tmp_path, monkeypatch, inputs):
+    """vit-giant2's graph is over protobuf's 2 GB: its weights go beside it (here forced for vit-small)."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", 0)
+    folder = tmp_path / "graph"
+    export_mod.export_onnx(small_model, (56, 84), folder)
+    files = {p.name for p in folder.iterdir()}
+    assert "model.onnx" in files and len(files) > 1  # the graph and its weights file(s)
+    weights = sum(p.numel() * 4 for p in small_model.parameters())
+    assert (folder / "model.onnx").stat().st_size < weights / 10  # only the graph (and small constants)
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    image = torch.zeros(1, 3, 56, 84)
+    depth = session.run(["depth"], {"image": image.numpy()})[0]
+    with torch.inference_mode():
+        ref = small_model(image)["depth"][-1]
+    np.testing.assert_allclose(depth, ref.numpy(), rtol=1e-4, atol=1e-4)

@@ -17,7 +17,7 @@ import torch
 from streamer import runtimes
 from streamer.api import read_model
 from streamer.cli.main import main
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, ModelError
 from streamer.processors.metric3d import Metric3DProcessor
 from streamer.runtimes import Request, open_runtime
 from streamer.runtimes import export as export_mod
@@ -116,12 +116,13 @@ def test_auto_follows_the_rule(monkeypatch):
     assert runtimes.pick(cpu)[0] == "torch"
 
 
-def test_a_runtime_that_fails_to_load_falls_back_to_torch_with_one_warning(loaded, monkeypatch, caplog):
+@pytest.mark.parametrize("error", [RuntimeError, ModelError], ids=["plugin", "export"])
+def test_a_runtime_that_fails_to_load_falls_back_to_torch_with_one_warning(loaded, monkeypatch, caplog, error):
     real_build = runtimes.build
 
     def broken(name, request, model):
         if name == "openvino":
-            raise RuntimeError("plugin could not be loaded\nsecond line")
+            raise error("plugin could not be loaded\nsecond line")
         return real_build(name, request, model)
 
     monkeypatch.setattr(runtimes, "build", broken)

@@ -98,8 +98,9 @@ def pick(request: Request) -> tuple[str, str]:
 def open_runtime(request: Request, model: torch.nn.Module) -> tuple[Runtime, str]:
     """The runtime to run `model` with, and one line saying what runs (for the CLI to print).
 
-    `model` holds the loaded fp32 weights on the CPU. An explicit runtime that is not installed is
-    a ConfigError; `auto`'s pick that fails to load falls back to torch with one warning.
+    `model` holds the loaded fp32 weights on the CPU. A runtime asked for by name that is not
+    installed, or cannot run as asked (precision, device), is one clear error; any other failure to
+    load, and any failure of `auto`'s pick, falls back to torch with one warning.
     """
     if request.runtime not in RUNTIMES:
         raise ConfigError(f"runtime {request.runtime!r} is unknown", hint=f"use one of {', '.join(RUNTIMES)}")
@@ -111,14 +112,13 @@ def open_runtime(request: Request, model: torch.nn.Module) -> tuple[Runtime, str
         )
     if name != "torch" and not installed(name):
         raise ConfigError(f"runtime {name} is not installed", hint=INSTALL[name])
-    if name == "torch":
-        runtime = build(name, request, model)
-    else:
+    runtime = build(name, request, model) if name == "torch" else None
+    if runtime is None:
         try:
             runtime = build(name, request, model)
-        except (ConfigError, ModelError):
-            raise
-        except Exception as exc:  # a provider that will not load, an op it lacks: torch still runs
+        except Exception as exc:  # a provider that will not load, an op it lacks, an export that fails
+            if request.runtime != "auto" and isinstance(exc, (ConfigError, ModelError)):
+                raise  # asked for by name: say what is wrong with it
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             log.warning("runtime %s failed to load (%s); running the model in torch", name, first)
             runtime, why = build("torch", request, model), f"{name} failed to load"
@@ -133,6 +133,10 @@ def build(name: str, request: Request, model: torch.nn.Module) -> Runtime:
         return TorchRuntime.load(model, request.device, request.precision, request.compile)
     from streamer.runtimes.export import exported_onnx
 
+    if name != "openvino":  # what the runtime cannot do is said before a minute of export
+        from streamer.runtimes.onnxruntime import check_precision
+
+        check_precision(request.precision, name == "tensorrt")
     onnx_path = exported_onnx(model, request.backbone, request.input_size, request.checkpoint)
     if name == "openvino":
         from streamer.runtimes.openvino import OpenVINORuntime

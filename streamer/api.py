@@ -104,18 +104,6 @@ def load_processor(cfg: ModelConfig, threads: int = 0, comfy: bool = False) -> t
     return processor, meta
 
 
-def export_model(cfg: ModelConfig) -> tuple[list[str], Path]:
-    """Build `cfg.runtime`'s cached graph and compiled form now (`streamer export`): what runs, and the graph."""
-    processor, meta = load_processor(cfg)
-    graph = getattr(processor.runtime, "graph", None)
-    if graph is None:
-        raise ConfigError(
-            f"runtime {meta['runtime']} runs the torch module and has nothing to export",
-            hint="pass --runtime openvino, onnxruntime or tensorrt",
-        )
-    return [meta[k] for k in ("runtime_choice", "input_size_choice") if k in meta], graph
-
-
 def focal_resolver(cfg: ModelConfig, comfy: bool = False, warn: Callable[[str], None] | None = None) -> FocalResolver:
     """How each frame gets its focal length: the user's values, else the source's hint, else assumed.
 

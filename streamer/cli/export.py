@@ -7,6 +7,7 @@ import click
 from streamer import api
 from streamer.cli.options import model_options, with_flags
 from streamer.config import Config
+from streamer.errors import ConfigError
 
 
 @click.command(
@@ -25,7 +26,14 @@ def export(cfg: Config, flags: dict) -> None:
     precision and runtime version, so changing any of them exports again.
     """
     click.echo(f"exporting {cfg.model.backbone} ...", err=True)
-    choices, graph = api.export_model(cfg.model)
-    for line in choices:
-        click.echo(line, err=True)
+    processor, meta = api.load_processor(cfg.model)  # exports, compiles and caches what is missing
+    graph = getattr(processor.runtime, "graph", None)
+    if graph is None:
+        raise ConfigError(
+            f"runtime {meta['runtime']} runs the torch module and has nothing to export",
+            hint="pass --runtime openvino, onnxruntime or tensorrt",
+        )
+    for line in ("runtime_choice", "input_size_choice"):
+        if line in meta:
+            click.echo(meta[line], err=True)
     click.echo(str(graph))

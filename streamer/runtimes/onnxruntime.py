@@ -24,6 +24,15 @@ from streamer.errors import ConfigError
 from streamer.runtimes.export import OUTPUTS, runtime_cache_dir
 
 CHANNELS = {"depth": 1, "confidence": 1, "normal": 4}
+TRT_MAX_BATCH = 8
+
+
+def graph_input_size(onnx_path: Path) -> tuple[int, int]:
+    """The (H, W) the graph was exported for (its batch dimension is dynamic)."""
+    import onnx
+
+    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return dims[2].dim_value, dims[3].dim_value
 
 
 def providers_available() -> list[str]:
@@ -83,8 +92,14 @@ class OnnxRuntime:
         if self.name != "tensorrt":
             return [cuda, "CPUExecutionProvider"]
         cache = runtime_cache_dir(onnx_path, "tensorrt-ort", version, self.precision)
+        h, w = graph_input_size(onnx_path)
+        shapes = {n: f"image:{n}x3x{h}x{w}" for n in (1, TRT_MAX_BATCH)}
         trt = {
             "device_id": self.device.index or 0,
+            # one engine for every batch the engine makes (else TensorRT rebuilds for each new one)
+            "trt_profile_min_shapes": shapes[1],
+            "trt_profile_opt_shapes": shapes[1],
+            "trt_profile_max_shapes": shapes[TRT_MAX_BATCH],
             "trt_fp16_enable": self.precision == "fp16",
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": str(cache),

@@ -5,12 +5,14 @@ stay in the stage (processors/metric3d.py), the same for every runtime. `torch` 
 eagerly (or compiled); `openvino`, `onnxruntime` and `tensorrt` run the ONNX graph exported once
 from the checkpoint into a cache (runtimes/export.py).
 
-`auto` picks by a fixed rule, measured on a 2-core Xeon (vit-small, 224x392, ms a frame: torch fp32
-463, ONNX Runtime fp32 385, OpenVINO fp32 300, OpenVINO bf16 72; benchmarks/README.md):
+`auto` picks by a fixed rule, from measurements on 2-core CPUs (vit-small, 224x392, ms a frame on
+a quiet Xeon: torch fp32 463, ONNX Runtime fp32 385, OpenVINO fp32 300, OpenVINO bf16 72; the
+same order in benchmarks/README.md's tables):
   - CUDA: tensorrt (ONNX Runtime's TensorRT provider, fp16 engines) when installed, else torch;
   - CPU: openvino when installed, else onnxruntime, else torch;
   - anything else (mps), and the ComfyUI mode (it needs every GRU iteration): torch.
 A runtime that is missing or fails to load falls back to torch with one warning, never a crash.
+`tensorrt` is ONNX Runtime's TensorRT provider (runtimes/onnxruntime.py says why).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     ctx.obj = {"debug": debug}
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    for noisy in ("PIL", "matplotlib", "urllib3", "huggingface_hub", "filelock"):
+    for noisy in ("PIL", "matplotlib", "urllib3", "huggingface_hub", "filelock", "onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

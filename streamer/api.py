@@ -36,6 +36,9 @@ from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
 from streamer.processors.null import NullStage
 from streamer.processors.stabilize_params import parse_params
 from streamer.processors.stabilize_stage import StabilizeStage
+from streamer.runtimes import Request as RuntimeRequest
+from streamer.runtimes import open_runtime
+from streamer.runtimes.sizing import interactive_size
 from streamer.sinks import ImageSequenceSink, PlySink, PreviewSink, Sink, VideoSink, VirtualCameraSink
 from streamer.sources import Source, open_source
 from streamer.sources.images import ImageSource
@@ -51,10 +54,8 @@ def load_model(
     local_files_only: bool = False,
     compile: bool = False,
 ) -> tuple[Metric3D, Path]:
-    """Build Metric3D, load its weights strictly, move it to the device in the chosen precision."""
-    path = resolve_checkpoint(backbone, checkpoint, local_files_only)
-    model = build_metric3d(backbone, device="meta")
-    load_weights(model, read_checkpoint(path), source=str(path))
+    """Build Metric3D, load its weights strictly, move it to the device in the chosen precision (torch)."""
+    model, path = read_model(backbone, checkpoint, local_files_only)
     return place_model(model, device, precision, compile), path
 
 
@@ -65,15 +66,40 @@ def place_model(model: Metric3D, device: str = "auto", precision: str = "auto", 
     return CompiledOrEager(model, dev) if compile else model
 
 
-def load_processor(cfg: ModelConfig) -> tuple[Metric3DProcessor, dict]:
-    model, path = load_model(cfg.backbone, cfg.checkpoint, cfg.device, cfg.precision, cfg.local_files_only, cfg.compile)
-    processor = Metric3DProcessor(model, cfg.input_size, cfg.focal_mode)
+def read_model(backbone: str, checkpoint: str | Path | None, local_files_only: bool = False) -> tuple[Metric3D, Path]:
+    """Metric3D with its weights loaded strictly, fp32 on the CPU (what every runtime starts from)."""
+    path = resolve_checkpoint(backbone, checkpoint, local_files_only)
+    model = build_metric3d(backbone, device="meta")
+    load_weights(model, read_checkpoint(path), source=str(path))
+    return model.eval(), path
+
+
+def load_processor(cfg: ModelConfig, threads: int = 0, comfy: bool = False) -> tuple[Metric3DProcessor, dict]:
+    """The model behind the runtime `cfg.runtime` resolves to; `meta["runtime_choice"]` says which and
+    why, and with `input_size: auto` `meta["input_size_choice"]` says which size (runtimes/sizing.py)."""
+    model, path = read_model(cfg.backbone, cfg.checkpoint, cfg.local_files_only)
+    device = resolve_device(cfg.device)
+    choices = {}
+
+    def make(size: tuple[int, int]) -> Metric3DProcessor:
+        request = RuntimeRequest(
+            cfg.runtime, device, cfg.precision, size, cfg.backbone, path, threads, cfg.compile, all_iterations=comfy
+        )
+        runtime, choices["runtime_choice"] = open_runtime(request, model)
+        return Metric3DProcessor(runtime, size, cfg.focal_mode)
+
+    if cfg.input_size == "auto":
+        processor, choices["input_size_choice"] = interactive_size(device, make)
+    else:
+        processor = make(cfg.input_size)
     meta = {
         "processor": "metric3d",
         "backbone": cfg.backbone,
         "checkpoint": Path(path).name,
-        "input_size": list(cfg.input_size),
-        "precision": str(processor.dtype).removeprefix("torch."),
+        "input_size": list(processor.input_size),
+        "runtime": processor.runtime.name,
+        **choices,
+        "precision": processor.runtime.precision,
         "focal_mode": cfg.focal_mode,
         "device": str(processor.device),
     }
@@ -113,7 +139,7 @@ def load_stage(
         weights = str(cfg.processor_weights) if cfg.processor_weights else None
         detector = load_detector(cfg.processor, weights, cfg.local_files_only)
         return AuxStage(detector, cfg.processor, cfg.processor_args, resolve_device(cfg.device), cfg.resolution)
-    processor, meta = load_processor(cfg)
+    processor, meta = load_processor(cfg, threads or 0, comfy)
     comfy_resolution = (cfg.resolution or COMFY_RESOLUTION) if comfy else None
     resolution = None if comfy else cfg.resolution
     return Metric3DStage(processor, focal_resolver(cfg, comfy, warn), resolution, meta, comfy_resolution)
@@ -330,6 +356,10 @@ def prepare(
             announce(f"loading {model_name(cfg.model)} ...")
         comfy = any(need.startswith("comfy") for sink in sinks for need in sink.needs)
         stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch, warn)
+        if announce is not None and isinstance(stage, Metric3DStage):
+            for line in ("runtime_choice", "input_size_choice"):
+                if line in stage.meta:
+                    announce(stage.meta[line])
     except BaseException:
         source.close()
         raise

@@ -8,6 +8,7 @@ they compare the same work.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import threading
@@ -21,13 +22,14 @@ import av
 import numpy as np
 import torch
 
-from streamer.api import load_model, make_pipeline, picture_settings, place_model
+from streamer.api import make_pipeline, picture_settings, read_model
 from streamer.config import Config
 from streamer.effect_settings import EffectSettings
 from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, resolve_device
 from streamer.engine.pipeline import Pipeline
 from streamer.engine.threads import ThreadBudget
+from streamer.errors import ConfigError
 from streamer.focal import FocalResolver
 from streamer.models.metric3d import build_metric3d
 from streamer.models.metric3d.weights import load_weights, rule_weights, to_model_keys
@@ -36,6 +38,8 @@ from streamer.processors.metric3d import CANONICAL_FOCAL, Metric3DProcessor, Met
 from streamer.processors.null import NullStage
 from streamer.processors.outputs import Outputs
 from streamer.processors.stabilize import Stabilizer
+from streamer.runtimes import Request as RuntimeRequest
+from streamer.runtimes import open_runtime
 from streamer.sinks import VideoSink
 from streamer.sinks.encoders import COLOR_TAGS
 from streamer.sources import PatternSource, VideoSource
@@ -84,19 +88,27 @@ def synthetic_video(path: Path, frames: int, size: tuple[int, int], rate: int = 
     return path
 
 
-def build_stage(cfg: Config, compile: bool):
-    """The stage under test, on the model thread; rule weights unless a checkpoint is given."""
+def build_stage(cfg: Config, compile: bool, threads: int = 0):
+    """The stage under test, on the model thread; rule weights unless a checkpoint is given.
+
+    `--runtime` picks what runs the network (auto as in a run); `threads` sizes its CPU pool."""
     m = cfg.model
     if m.processor == "null":
         return NullStage(resolve_device(m.device))
+    if m.input_size == "auto":
+        raise ConfigError("bench measures one given input size, not auto", hint="pass --input-size HxW, e.g. 224x392")
     if m.checkpoint is not None:
-        model, _ = load_model(m.backbone, m.checkpoint, m.device, m.precision, compile=compile)
+        model, path = read_model(m.backbone, m.checkpoint)
     else:
-        model = build_metric3d(m.backbone, device="meta")
+        model, path = build_metric3d(m.backbone, device="meta"), None
         load_weights(model, to_model_keys(rule_weights(model)))
-        model = place_model(model, m.device, m.precision, compile)
-    processor = Metric3DProcessor(model, cfg.model.input_size, cfg.model.focal_mode)
-    meta = {"processor": "metric3d", "backbone": m.backbone, "precision": str(processor.dtype).removeprefix("torch.")}
+    request = RuntimeRequest(
+        m.runtime, resolve_device(m.device), m.precision, m.input_size, m.backbone, path, threads, compile
+    )
+    runtime, choice = open_runtime(request, model)
+    processor = Metric3DProcessor(runtime, cfg.model.input_size, cfg.model.focal_mode)
+    meta = {"processor": "metric3d", "backbone": m.backbone, "precision": runtime.precision}
+    meta.update(runtime=runtime.name, runtime_choice=choice)
     # Speed does not depend on the focal length: synthetic frames get the canonical 1000 px unless one is given.
     given = m.fx is not None or m.fy is not None or m.hfov is not None
     focal = FocalResolver(m.fx, m.fy, m.hfov) if given else FocalResolver(CANONICAL_FOCAL, CANONICAL_FOCAL)
@@ -143,6 +155,21 @@ def run_serial(stage, video: Path, out: Path, threads: ThreadBudget) -> float:
         for packet in enc.encode(None):
             dst.mux(packet)
     return frames / (time.perf_counter() - started)
+
+
+def run_serial_default_threads(cfg: Config, stage, video: Path, out: Path, threads: ThreadBudget) -> float:
+    """The serial loop as a user's own script runs it: the runtime's and the codecs' default threads
+    (torch: one per core; OpenVINO and ONNX Runtime: their own default, so a second instance)."""
+    cores = os.cpu_count() or 1
+    defaults = ThreadBudget(torch=cores, decode=0, encode=0)  # 0: FFmpeg picks, as PyAV's default does
+    torch.set_num_threads(cores)
+    try:
+        if stage.meta.get("runtime", "torch") != "torch":
+            stage = build_stage(cfg, cfg.model.compile, 0)
+            stage(torch.from_numpy(pattern_image(64, 48, 0))[None].to(stage.device))  # the first call compiles
+        return run_serial(stage, video, out, defaults)
+    finally:
+        torch.set_num_threads(threads.torch)
 
 
 def run_pipeline(stage, video: Path, out: Path, cfg: Config, fmt: str = "color", threads: int = 0) -> dict:
@@ -245,7 +272,7 @@ def bench_run(
     with TemporaryDirectory() as tmp:
         video = synthetic_video(Path(tmp) / "in.mp4", frames, source_size)
         model_only = run_model_only(stage, images, cfg)
-        serial = worker.on_device_thread(run_serial, stage, video, Path(tmp) / "serial.mp4", threads)
+        serial = worker.on_device_thread(run_serial_default_threads, cfg, stage, video, Path(tmp) / "s.mp4", threads)
         pipeline = run_pipeline(stage, video, Path(tmp) / "pipeline.mp4", cfg, threads=threads.encode)
         per_format = {
             fmt: run_pipeline(stage, video, Path(tmp) / f"f.{'mkv' if fmt == 'metric16' else 'mp4'}", cfg, fmt)
@@ -294,6 +321,7 @@ def setup_figures(cfg: Config, stage, threads: ThreadBudget, source_size: tuple[
         "backbone": cfg.model.backbone,
         "input_size": list(cfg.model.input_size),
         "precision": stage.meta.get("precision", "-"),
+        "runtime": stage.meta.get("runtime", "-"),
         "batch_size": cfg.engine.batch_size,
         "source_size": list(source_size),
         "frames": frames,
@@ -306,7 +334,7 @@ def setup_figures(cfg: Config, stage, threads: ThreadBudget, source_size: tuple[
 
 def _setup(cfg: Config, threads: ThreadBudget):
     torch.set_num_threads(threads.torch)
-    return build_stage(cfg, cfg.model.compile)
+    return build_stage(cfg, cfg.model.compile, threads.torch)
 
 
 def stage_line(stage_ms: dict) -> str:
@@ -318,7 +346,7 @@ def table(result: dict) -> str:
         ("device", result["device"]),
         (
             "model",
-            f"{result['backbone']} {result['precision']} input {result['input_size'][0]}x{result['input_size'][1]} batch {result['batch_size']}",
+            f"{result['backbone']} {result.get('runtime', 'torch')} {result['precision']} input {result['input_size'][0]}x{result['input_size'][1]} batch {result['batch_size']}",
         ),
         ("source", f"{result['source_size'][0]}x{result['source_size'][1]}, {result['frames']} frames"),
         ("fps model only", f"{result['fps']['model_only']:.2f}"),

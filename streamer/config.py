@@ -85,11 +85,13 @@ class ModelConfig(Section):
     hfov: float | None = Field(None, gt=0, lt=180, description="horizontal field of view (deg); sets fx=fy")
     focal_mode: Literal["fx", "mean"] = "fx"
     resolution: int | None = Field(None, ge=16, le=8192, description="short side of the output")
-    input_size: tuple[int, int] = (616, 1064)
+    input_size: tuple[int, int] | Literal["auto"] = (616, 1064)  # auto: runtimes/sizing.py
     device: str = "auto"
     precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     local_files_only: bool = False
     compile: bool = False
+    # how the network runs (streamer/runtimes): auto picks the fastest present for the device
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime", "tensorrt"] = "auto"
     # the depth stabiliser between the model and the outputs; auto = causal, but off for comfy-*
     # outputs (they reproduce the node frame by frame), still images and processors without depth
     stabilize: Literal["auto", "off", "causal", "lookahead"] = "auto"
@@ -115,6 +117,8 @@ class ModelConfig(Section):
     @field_validator("input_size", mode="before")
     @classmethod
     def _input_size(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
         if isinstance(v, str):
             try:
                 h, w = (int(p) for p in v.lower().split("x"))

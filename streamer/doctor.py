@@ -200,6 +200,40 @@ def threads_check() -> Check:
     return Check("threads", True, detail + " (--threads N caps the total)")
 
 
+def runtime_checks() -> list[Check]:
+    """The runtimes installed, the devices each finds, and what `--runtime auto` picks here."""
+    from streamer import runtimes
+    from streamer.engine.device import resolve_device
+
+    checks = []
+    for name in ("openvino", "onnxruntime", "tensorrt"):
+        if not runtimes.installed(name):
+            checks.append(Check(f"runtime {name}", False, "not installed", runtimes.INSTALL[name]))
+            continue
+        checks.append(Check(f"runtime {name}", True, runtime_detail(name)))
+    device = resolve_device("auto")
+    request = runtimes.Request("auto", device, "auto", (616, 1064), "vit-small")
+    name, why = runtimes.pick(request)
+    checks.append(Check("runtime auto", True, f"{name} on {device.type} ({why})"))
+    return checks
+
+
+def runtime_detail(name: str) -> str:
+    if name == "openvino":
+        import openvino as ov
+
+        from streamer.runtimes.openvino import openvino_devices
+
+        return f"{ov.__version__.split('-')[0]}; devices: {'; '.join(openvino_devices())}"
+    import onnxruntime as ort
+
+    from streamer.runtimes.onnxruntime import providers_available
+
+    if name == "tensorrt":
+        return f"ONNX Runtime {ort.__version__} with its TensorRT provider"
+    return f"{ort.__version__}; providers: {', '.join(providers_available())}"
+
+
 def encoder_check() -> Check:
     """What `--codec auto` picks for .mp4/.mov: NVENC when it opens here, else libx264."""
     from streamer.sinks.encoders import AUTO_CHAIN, encoder_opens, pick_encoder
@@ -212,7 +246,7 @@ def encoder_check() -> Check:
 
 def run_checks() -> list[Check]:
     checks = [python_check()]
-    for group in (torch_checks, av_checks, opencv_checks):
+    for group in (torch_checks, av_checks, opencv_checks, runtime_checks):
         try:
             checks += group()
         except ImportError as exc:

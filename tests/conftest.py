@@ -65,6 +65,18 @@ def checkpoint(tmp_path_factory, rule_state) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def torch_runtime_for_auto(request, monkeypatch):
+    """`--runtime auto` means torch in tests that are not about runtimes: exporting a graph per
+    input size would cost each of them seconds, and their expected numbers are torch's (fp32).
+    tests/test_runtimes.py tests the auto rule itself."""
+    if request.module.__name__ != "test_runtimes":
+        from streamer import runtimes
+
+        monkeypatch.setattr(runtimes, "CPU_ORDER", ())
+        monkeypatch.setattr(runtimes, "CUDA_ORDER", ())
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_threads():
     """Every test ends with no pipeline thread left running."""
     yield

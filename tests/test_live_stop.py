@@ -161,7 +161,18 @@ def test_stop_while_the_weights_download(tmp_path, image, sig):
 
 def test_stop_on_the_first_frame_of_a_file(tmp_path, checkpoint, video):
     out = tmp_path / "depth.mkv"
-    args = ["transcode", str(video), "-o", str(out), "--checkpoint", str(checkpoint), "--device", "cpu"]
+    args = [
+        "transcode",
+        str(video),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+        "--device",
+        "cpu",
+        "--runtime",
+        "torch",
+    ]
     run = Streamer([*args, "--input-size", SLOW_INPUT])
     try:
         run.wait_for(lambda: "source " in run.err, "the first frame")
@@ -182,7 +193,17 @@ def free_port() -> int:
 
 def test_stop_in_steady_state_of_a_live_source(checkpoint):
     port = free_port()
-    args = ["serve", "--source", "testsrc:64x48@5", "--port", str(port), "--checkpoint", str(checkpoint)]
+    args = [
+        "serve",
+        "--source",
+        "testsrc:64x48@5",
+        "--port",
+        str(port),
+        "--checkpoint",
+        str(checkpoint),
+        "--runtime",
+        "torch",
+    ]
     run = Streamer([*args, "--device", "cpu", "--input-size", SLOW_INPUT])
 
     def frames_out() -> int:

@@ -40,7 +40,7 @@ def test_sigint_stops_a_run_even_when_inherited_as_ignored(tmp_path, checkpoint)
     src = write_video(tmp_path / "long.mkv", frames=400, codec="ffv1")
     out = tmp_path / "out.mkv"
     args = ["transcode", str(src), "-o", str(out), "--checkpoint", str(checkpoint)]
-    args += ["--input-size", f"{TINY_INPUT[0]}x{TINY_INPUT[1]}", "--device", "cpu"]
+    args += ["--input-size", f"{TINY_INPUT[0]}x{TINY_INPUT[1]}", "--device", "cpu", "--runtime", "torch"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamer", *args],
         cwd=tmp_path,

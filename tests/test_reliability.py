@@ -190,7 +190,7 @@ def test_disk_full_stops_the_run_and_leaves_no_final_file(tmp_path, checkpoint):
         "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000)); "
     )
     cmd = [sys.executable, "-c", limit + CLI[2], "transcode", str(src), "-o", str(out), "--format", "metric16"]
-    cmd += ["--checkpoint", str(checkpoint), "--input-size", TINY, "--device", "cpu"]
+    cmd += ["--checkpoint", str(checkpoint), "--input-size", TINY, "--device", "cpu", "--runtime", "torch"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO)
     assert proc.returncode == 1, proc.stderr
     assert_one_line(proc.stderr, "failed")
@@ -201,6 +201,7 @@ def test_sigterm_during_transcode_leaves_a_playable_partial_file(tmp_path, check
     src = write_video(tmp_path / "in.mp4", frames=400)
     out = tmp_path / "o.mkv"
     cmd = [*CLI, "transcode", str(src), "-o", str(out), "--checkpoint", str(checkpoint), "--input-size", TINY]
+    cmd += ["--runtime", "torch"]  # the sink is the point, not an exported graph
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=REPO)
     partial = tmp_path / "o.partial.mkv"
     deadline = time.monotonic() + 120

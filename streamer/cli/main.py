@@ -16,7 +16,7 @@ from streamer.errors import Interrupted, StreamerError
 
 class Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return ["preview", "transcode", "batch", "virtualcam", "serve", "depth", "bench", "doctor"]
+        return ["preview", "transcode", "batch", "virtualcam", "serve", "depth", "bench", "export", "doctor"]
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -40,7 +40,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     ctx.obj = {"debug": debug}
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    for noisy in ("PIL", "matplotlib", "urllib3", "huggingface_hub", "filelock"):
+    for noisy in ("PIL", "matplotlib", "urllib3", "huggingface_hub", "filelock", "onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
@@ -48,8 +48,9 @@ def _register() -> None:
     from streamer.cli.batch import batch
     from streamer.cli.bench import bench
     from streamer.cli.commands import depth, doctor, preview, serve, transcode, virtualcam
+    from streamer.cli.export import export
 
-    for command in (preview, transcode, batch, virtualcam, serve, depth, bench, doctor):
+    for command in (preview, transcode, batch, virtualcam, serve, depth, bench, export, doctor):
         cli.add_command(command)
 
 

@@ -30,6 +30,7 @@ FLAG_TO_CONFIG = {
     "precision": ("model", "precision"),
     "offline": ("model", "local_files_only"),
     "compile": ("model", "compile"),
+    "runtime": ("model", "runtime"),
     "stabilize": ("model", "stabilize"),
     "batch_size": ("engine", "batch_size"),
     "threads": ("engine", "threads"),
@@ -175,7 +176,10 @@ model_options = stack(
         help="Short side of the output in pixels.  [default: source size; 512 with --comfy]",
     ),
     click.option(
-        "--input-size", metavar="HxW", help="Model input, multiples of 28; smaller is faster.  [default: 616x1064]"
+        "--input-size",
+        metavar="HxW",
+        help="Model input, multiples of 28; smaller is faster. auto: the largest that keeps a live preview "
+        "interactive here (measured at start).  [default: 616x1064]",
     ),
     click.option(
         "--device", help="auto (CUDA, then Apple's MPS, then the CPU), cpu, cuda, cuda:N or mps.  [default: auto]"
@@ -183,7 +187,13 @@ model_options = stack(
     click.option(
         "--precision",
         type=click.Choice(["auto", "fp16", "bf16", "fp32"]),
-        help="auto = fp16 on CUDA, fp32 on CPU.  [default: auto]",
+        help="auto = fp16 on CUDA, fp32 on CPU (OpenVINO: bf16 where the CPU has it).  [default: auto]",
+    ),
+    click.option(
+        "--runtime",
+        type=click.Choice(["auto", "torch", "openvino", "onnxruntime", "tensorrt"]),
+        help="What runs the network; auto = the fastest installed for the device (see `streamer doctor`).  "
+        "[default: auto]",
     ),
     click.option("--offline", is_flag=True, default=None, help="Use only cached weights; never download."),
     click.option("--batch-size", type=int, help="Frames per forward pass for files.  [default: 1]"),

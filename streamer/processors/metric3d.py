@@ -17,6 +17,8 @@ from streamer.focal import Focal, FocalResolver, intrinsics_at
 from streamer.models.metric3d import Metric3D
 from streamer.processors.comfy import comfy_maps
 from streamer.processors.resize import LinearResizeU8
+from streamer.runtimes import Runtime
+from streamer.runtimes.torch import TorchRuntime
 
 CANONICAL_INPUT = (616, 1064)
 CANONICAL_FOCAL = 1000.0
@@ -61,21 +63,23 @@ class Letterbox:
 
 
 class Metric3DProcessor:
-    """Frames (N, H, W, 3) uint8 on the device -> metric depth, normals, kappa, confidence."""
+    """Frames (N, H, W, 3) uint8 on the device -> metric depth, normals, kappa, confidence.
+
+    `model` is a runtime (streamer/runtimes) or a placed Metric3D module, run by torch as it is.
+    """
 
     def __init__(
         self,
-        model: Metric3D,
+        model: Metric3D | Runtime,
         input_size: tuple[int, int] = CANONICAL_INPUT,
         focal_mode: str = "fx",
     ) -> None:
         if focal_mode not in FOCAL_MODES:
             raise ConfigError(f"focal_mode {focal_mode!r} is unknown", hint="use 'fx' or 'mean'")
-        self.model = model
+        self.runtime = TorchRuntime.around(model) if isinstance(model, torch.nn.Module) else model
         self.input_size = check_input_size(input_size)
         self.focal_mode = focal_mode
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device, self.dtype = self.runtime.device, self.runtime.input_dtype
         self._mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
         self._resizers: dict[tuple[int, int], tuple[Letterbox, LinearResizeU8]] = {}
@@ -104,7 +108,7 @@ class Metric3DProcessor:
     def forward(self, images: torch.Tensor, all_iterations: bool = False):
         """Raw network outputs on the padded canonical canvas, and the letterbox that made it."""
         canvas, box = self.canvas(images)
-        return self.model(self.normalize(canvas), all_iterations=all_iterations), box
+        return self.runtime(self.normalize(canvas), all_iterations=all_iterations), box
 
     def metric_scale(self, fx: float, fy: float, box: Letterbox) -> float:
         focal = fx if self.focal_mode == "fx" else (fx + fy) / 2

@@ -125,6 +125,7 @@ def sidecar(meta: dict, extra: dict, stats=None) -> dict:
         "backbone",
         "checkpoint",
         "input_size",
+        "runtime",
         "precision",
         "focal_mode",
         "processor",

@@ -195,7 +195,7 @@ class Metric3DStage:
 
     def warm_up(self, batch: int) -> None:
         """Compile a `--compile` model now, on the model thread, for the run's batch size."""
-        model = self.processor.model
+        model = getattr(self.processor.runtime, "module", None)  # the torch runtime's (compiled) module
         if hasattr(model, "warm_up"):
             model.warm_up(batch, self.processor.input_size, all_iterations=self.comfy_resolution is not None)
 

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import click
 
-from streamer.bench import bench_run, table
 from streamer.cli.options import model_options, with_flags
 from streamer.config import Config
-from streamer.engine.device import resolve_device
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -57,6 +55,9 @@ def bench(cfg: Config, flags: dict) -> None:
     `--processor null` replaces the model by a stage that costs nothing, to measure the engine's
     own ceiling (decode, upload, picture, download, encode) per output format.
     """
+    from streamer.bench import bench_run, table  # torch, PyAV: loaded to measure, not for --help
+    from streamer.engine.device import resolve_device
+
     cfg.engine.pinned_memory = not flags["no_pinned"]
     cfg.engine.cuda_stream = not flags["no_stream"]
     if flags["no_batching"]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from tqdm import tqdm
 
-from streamer import api
 from streamer.config import Config
-from streamer.engine.stats import Stats
-from streamer.focal import Focal
+
+if TYPE_CHECKING:
+    from streamer import api
+    from streamer.engine.stats import Stats
+    from streamer.focal import Focal
 
 
 def echo(message: str) -> None:
@@ -58,6 +61,9 @@ def progress_bar(job: api.Job, unit: str):
 
 def run(cfg: Config, sinks: list | None = None, source=None, unit: str = "frame") -> dict:
     """Load, run with a progress display on stderr, print a summary and what was written."""
+    from streamer import api  # torch, OpenCV, PyAV: loaded for a run, not for --help
+    from streamer.engine.stats import Stats
+
     job = api.prepare(cfg, sinks, source, announce=echo, warn=warn)
     echo(describe(job))
     for sink in job.sinks:

@@ -5,12 +5,14 @@ version that was installed and tested, not a guess. The extras' libraries (Ray, 
 plyfile) are pinned too; the test tools (pytest, ruff, selenium) are not: users do not install
 them, and left free pip also does not walk back through dozens of releases of other packages to
 fit them. A dependency without a plain `>=` floor is an error here: it would have nothing to pin.
+Needs Python 3.11+ (tomllib), as CI runs.
 """
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 TOOLS = {"pytest", "pytest-timeout", "ruff", "selenium"}
 FLOOR = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*>=\s*([0-9][^,;\s]*)\s*")

@@ -15,11 +15,6 @@ from pathlib import Path
 import tomllib
 
 TOOLS = {"pytest", "pytest-timeout", "ruff", "selenium"}
-# Packages pulled in by ours that need a newer dependency at import than their metadata declares:
-# at a floor, pip would pick their newest release and it would not import. Each with its reason.
-RUNTIME_CAPS = {
-    "pyarrow": "<26",  # rerun-sdk's; pyarrow 26 raises "requires NumPy 2.0 or newer" under numpy's floor
-}
 FLOOR = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*>=\s*([0-9][^,;\s]*)\s*")
 
 
@@ -34,9 +29,7 @@ def main() -> int:
             return 1
         if match[1].lower() not in TOOLS:
             floors.setdefault(match[1], match[2])
-    print(
-        "\n".join([*(f"{name}=={floor}" for name, floor in floors.items()), *(n + c for n, c in RUNTIME_CAPS.items())])
-    )
+    print("\n".join(f"{name}=={floor}" for name, floor in floors.items()))
     return 0
 
 

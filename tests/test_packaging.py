@@ -19,7 +19,7 @@ def test_lowest_constraints_pin_every_library_to_its_floor():
     run = subprocess.run(
         [sys.executable, str(REPO / ".ci" / "lowest_constraints.py")], capture_output=True, text=True, check=True
     )
-    pins = dict(line.split("==") for line in run.stdout.split() if "==" in line)
+    pins = dict(line.split("==") for line in run.stdout.split())
     wanted = [*project["dependencies"], *(d for extra in project["optional-dependencies"].values() for d in extra)]
     for dependency in wanted:
         name, floor = re.fullmatch(r"([\w.-]+)>=(\S+)", dependency).groups()

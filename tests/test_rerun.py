@@ -165,10 +165,6 @@ def test_viewer_and_file_at_once(tmp_path):
     server = rr.RecordingStream("viewer-stand-in")
     url = server.serve_grpc(grpc_port=free_port())  # a gRPC proxy, as a viewer would run
     try:
-        if not hasattr(server, "set_sinks"):  # rerun-sdk 0.23, the newest with NumPy 1 (CI's floors)
-            with pytest.raises(SinkError, match="one target at a time"):
-                record(tmp_path / "both.rrd", frames=2, connect=url)
-            return
         record(tmp_path / "both.rrd", frames=2, connect=url)
     finally:
         server.disconnect()

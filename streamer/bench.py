@@ -13,7 +13,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -22,7 +22,7 @@ import av
 import numpy as np
 import torch
 
-from streamer.api import make_pipeline, picture_settings, read_model
+from streamer.api import file_sink, make_pipeline, picture_settings, read_model
 from streamer.config import Config
 from streamer.effect_settings import EffectSettings
 from streamer.engine import worker
@@ -46,6 +46,8 @@ from streamer.sources import PatternSource, VideoSource
 from streamer.sources.base import Source
 from streamer.sources.testsrc import pattern_image
 from streamer.types import Frame, StreamInfo
+
+IMAGE_SEQUENCE_FORMATS = ("exr", "npz", "ply")  # one file per frame, into a directory
 
 
 class MemorySource(Source):
@@ -120,11 +122,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_model_only(stage, images: list[np.ndarray], cfg: Config) -> float:
+def run_model_only(stage, images: list[np.ndarray], cfg: Config) -> dict:
+    """The engine on pre-decoded frames with no output: its statistics, with `fps` from the wall clock."""
     started = time.perf_counter()
     stats = make_pipeline(MemorySource(images), stage, [], cfg).run()
     sync(stage.device)
-    return stats["frames_out"] / (time.perf_counter() - started)
+    stats["fps"] = stats["frames_out"] / (time.perf_counter() - started)
+    return stats
+
+
+def best_of(runs: dict[str, Callable[[], dict]], repeat: int) -> dict[str, dict]:
+    """Each run `repeat` times, interleaved (a b c a b c ...), keeping each one's fastest (`fps`).
+
+    Other work on a shared machine only ever slows a run down, and a load that comes and goes
+    hits whichever run is going then: measured once each in sequence, the model alone came out
+    slower than the whole pipeline (3.40 against 4.41 fps). The fastest of interleaved repeats
+    is each figure least disturbed, and the first round takes the warm-up of every path.
+    """
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        for name, run in runs.items():
+            stats = run()
+            if name not in best or stats["fps"] > best[name]["fps"]:
+                best[name] = stats
+    return best
 
 
 def run_serial(stage, video: Path, out: Path, threads: ThreadBudget) -> float:
@@ -172,8 +193,18 @@ def run_serial_default_threads(cfg: Config, stage, video: Path, out: Path, threa
         torch.set_num_threads(threads.torch)
 
 
+def format_output(folder: Path, fmt: str) -> Path:
+    """Where a run in `fmt` writes: a video file, or a directory for image sequences and point clouds."""
+    if fmt in IMAGE_SEQUENCE_FORMATS:
+        return folder / f"out-{fmt}"
+    return folder / f"out-{fmt}.{'mkv' if fmt == 'metric16' else 'mp4'}"
+
+
 def run_pipeline(stage, video: Path, out: Path, cfg: Config, fmt: str = "color", threads: int = 0) -> dict:
-    sink = VideoSink(out, fmt, picture_settings(cfg), overwrite=True, threads=threads)
+    """The whole pipeline, from the H.264 file to `out` in `fmt`, with the sink a command would build."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.output.format, cfg.output.overwrite = fmt, True
+    sink = file_sink(cfg, out, threads=threads)
     started = time.perf_counter()
     stats = make_pipeline(VideoSource(str(video), threads=threads), stage, [sink], cfg).run()
     stats["fps"] = stats["frames_out"] / (time.perf_counter() - started)
@@ -183,7 +214,7 @@ def run_pipeline(stage, video: Path, out: Path, cfg: Config, fmt: str = "color",
 def run_live(stage, size: tuple[int, int], fps: float, frames: int) -> dict:
     source = PatternSource(f"testsrc:{size[0]}x{size[1]}@{fps}", frames=frames)
     stats = Pipeline(source, stage, []).run()
-    stats["fps"] = stats["frames_out"] / stats["elapsed_s"]
+    stats["fps"] = stats["fps_out"]  # frames over the spacing of the outputs: N frames span N-1 intervals
     return stats
 
 
@@ -257,8 +288,12 @@ def bench_run(
     live_fps: float,
     memory_factor: int,
     formats: tuple[str, ...] = (),
+    repeat: int = 3,
 ) -> dict:
-    """Every measurement in one process; the model is built and run on the model thread."""
+    """Every measurement in one process; the model is built and run on the model thread.
+
+    fps figures are frames over the wall time of a whole run (start-up and drain included, as in
+    a user's run), the best of `repeat`; stage figures are each stage's own time per frame."""
     threads = ThreadBudget.plan(resolve_device(cfg.model.device).type, cfg.engine.threads)
     stage = worker.on_device_thread(_setup, cfg, threads)
     device = stage.device
@@ -266,18 +301,24 @@ def bench_run(
     cfg = cfg.model_copy(deep=True)
     cfg.model.stabilize = "off"  # the engine comparisons do the same work; the stabiliser is timed alone
     images = [pattern_image(*source_size, i / 30) for i in range(frames)]
-    run_model_only(stage, images[: max(2, cfg.engine.batch_size * 2)], cfg)  # warm-up, lazy inits, compilation
+    run_model_only(stage, images[: max(2, cfg.engine.batch_size * 2)], cfg)  # lazy inits, compilation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with TemporaryDirectory() as tmp:
         video = synthetic_video(Path(tmp) / "in.mp4", frames, source_size)
-        model_only = run_model_only(stage, images, cfg)
-        serial = worker.on_device_thread(run_serial_default_threads, cfg, stage, video, Path(tmp) / "s.mp4", threads)
-        pipeline = run_pipeline(stage, video, Path(tmp) / "pipeline.mp4", cfg, threads=threads.encode)
-        per_format = {
-            fmt: run_pipeline(stage, video, Path(tmp) / f"f.{'mkv' if fmt == 'metric16' else 'mp4'}", cfg, fmt)
-            for fmt in formats
-        }
+        serial_out = Path(tmp) / "serial.mp4"
+        best = best_of(
+            {
+                "model_only": lambda: run_model_only(stage, images, cfg),
+                "serial": lambda: {
+                    "fps": worker.on_device_thread(run_serial_default_threads, cfg, stage, video, serial_out, threads)
+                },
+                "pipeline": lambda: run_pipeline(stage, video, Path(tmp) / "pipeline.mp4", cfg, threads=threads.encode),
+            },
+            repeat,
+        )
+        model_only, serial, pipeline = best["model_only"]["fps"], best["serial"]["fps"], best["pipeline"]
+        per_format = {fmt: run_pipeline(stage, video, format_output(Path(tmp), fmt), cfg, fmt) for fmt in formats}
         rss_n = peak_rss_mb()
         live = run_live(stage, source_size, live_fps, frames)
         memory: dict = {"frames": frames, "peak_rss_mb": rss_n}
@@ -290,14 +331,21 @@ def bench_run(
     if cfg.model.compile:  # the same measurement with the eager model, for the ratio
         eager = worker.on_device_thread(build_stage, cfg, False)
         run_model_only(eager, images[:2], cfg)
-        result["fps"]["model_only_eager"] = run_model_only(eager, images, cfg)
+        result["fps"]["model_only_eager"] = best_of({"eager": lambda: run_model_only(eager, images, cfg)}, repeat)[
+            "eager"
+        ]["fps"]
         result["ratio_compiled_vs_eager"] = model_only / result["fps"]["model_only_eager"]
     result["ratio"] = {
         "pipeline_vs_model_only": pipeline["fps"] / model_only,
         "pipeline_vs_serial": pipeline["fps"] / serial,
     }
     result["latency_ms"] = {"p50": live["latency_ms"]["p50"], "p95": live["latency_ms"]["p95"]}
-    result["model_ms"] = 1000 / model_only
+    # the model's own time per frame (the stage's timer), alone and beside decoding and encoding
+    result["model_stage_ms"] = {
+        "model_only": best["model_only"]["stage_ms"]["model"],
+        "pipeline": pipeline["stage_ms"]["model"],
+    }
+    result["repeat"] = repeat
     result["live_fps_in"] = live_fps
     result["frames_dropped"] = live["frames_dropped"]
     result["stage_ms"] = pipeline["stage_ms"]
@@ -338,7 +386,9 @@ def _setup(cfg: Config, threads: ThreadBudget):
 
 
 def stage_line(stage_ms: dict) -> str:
-    return ", ".join(f"{name} {ms:.1f} ms" for name, ms in stage_ms.items())
+    """Each stage's own ms per frame. "inference" (upload to download complete) is left to the JSON:
+    for files one batch waits there while the next computes, so it spans about two model times."""
+    return ", ".join(f"{name} {ms:.1f} ms" for name, ms in stage_ms.items() if name != "inference")
 
 
 def table(result: dict) -> str:
@@ -348,7 +398,11 @@ def table(result: dict) -> str:
             "model",
             f"{result['backbone']} {result.get('runtime', 'torch')} {result['precision']} input {result['input_size'][0]}x{result['input_size'][1]} batch {result['batch_size']}",
         ),
-        ("source", f"{result['source_size'][0]}x{result['source_size'][1]}, {result['frames']} frames"),
+        (
+            "source",
+            f"{result['source_size'][0]}x{result['source_size'][1]}, {result['frames']} frames, "
+            f"fps: best of {result['repeat']}",
+        ),
         ("fps model only", f"{result['fps']['model_only']:.2f}"),
         ("fps serial loop", f"{result['fps']['serial']:.2f}"),
         ("fps pipeline", f"{result['fps']['pipeline']:.2f}"),
@@ -364,7 +418,10 @@ def table(result: dict) -> str:
             f"{result['fps']['live_out']:.2f} fps, dropped {result['frames_dropped']}",
         ),
         ("live latency p50 / p95", f"{result['latency_ms']['p50']:.0f} / {result['latency_ms']['p95']:.0f} ms"),
-        ("model time per frame", f"{result['model_ms']:.1f} ms"),
+        (
+            "model stage per frame: alone / in pipeline",
+            "{model_only:.1f} / {pipeline:.1f} ms".format(**result["model_stage_ms"]),
+        ),
         (
             "stabiliser per frame causal / lookahead",
             "{causal:.2f} / {lookahead:.2f} ms".format(**result["stabilize_ms"]),

@@ -15,12 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from streamer.calibration import parse_known_distance
 from streamer.effect_settings import EffectSettings, parse_background
 from streamer.errors import ConfigError
-from streamer.focal import Focal, given_focal
 from streamer.models.metric3d.variants import BACKBONES, get_variant
 from streamer.processors.stabilize_params import parse_params
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
+
+    from streamer.focal import Focal
 
 PRESETS = "streamer.configs"  # the top-level configs/, shipped inside the package (pyproject.toml)
 OutputFormat = Literal[
@@ -116,18 +117,23 @@ class ModelConfig(Section):
 
     @field_validator("input_size", mode="before")
     @classmethod
-    def _input_size(cls, v: Any) -> Any:
+    def _input_size(cls, v: Any) -> tuple[int, int] | str:
+        """'HxW' (the flag), [H, W], one number for a square, or auto (sized for a live preview)."""
         if v == "auto":
             return v
         if isinstance(v, str):
-            try:
-                h, w = (int(p) for p in v.lower().split("x"))
-            except ValueError:
-                raise ValueError("must look like HxW, e.g. 616x1064") from None
-            v = (h, w)
-        if len(v) != 2 or any(int(p) <= 0 or int(p) % 28 for p in v):
+            parts: list = v.lower().split("x")
+            parts = parts * 2 if len(parts) == 1 else parts
+        elif isinstance(v, list | tuple):
+            parts = list(v)
+        else:
+            parts = [v, v]
+        sides = [whole_number(p) for p in parts]
+        if len(sides) != 2 or None in sides:
+            raise ValueError("must be HxW, [H, W] or one number for a square, e.g. 616x1064")
+        if any(side <= 0 or side % 28 for side in sides):
             raise ValueError("both sides must be positive multiples of 28, e.g. 616x1064")
-        return v
+        return sides[0], sides[1]
 
     @field_validator("device")
     @classmethod
@@ -139,7 +145,20 @@ class ModelConfig(Section):
 
     def given_focal(self, width: int) -> Focal | None:
         """The user's focal length for a source `width` pixels wide (hfov wins over fx/fy), or None."""
+        from streamer.focal import given_focal  # numpy: not needed to read a config (or --help)
+
         return given_focal(self.fx, self.fy, self.hfov, width)
+
+
+def whole_number(value: Any) -> int | None:
+    """An int from an int or a string of digits; None for anything else (bool, 616.5, [1], 'abc')."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
 
 
 class EngineConfig(Section):
@@ -320,13 +339,29 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(
             f"config file {path} not found", hint=f"give a YAML file or a preset: {', '.join(preset_names())}"
         ) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file is not valid YAML: {yaml_error_line(path, exc)}", hint="fix it there") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold a mapping of sections", hint="e.g. model: {backbone: vit-small}"
         )
     return data
+
+
+def yaml_error_line(path: Path, exc: yaml.YAMLError) -> str:
+    """'FILE:LINE:COLUMN: problem (context at LINE:COLUMN)', 1-based as editors count, from PyYAML's
+    marks; PyYAML's own message spans several lines and quotes the text."""
+    problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+    mark, context_mark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    if mark is None:
+        return f"{path}: {problem or str(exc).splitlines()[0]}"
+    detail = ""
+    if context:
+        started = f" at {context_mark.line + 1}:{context_mark.column + 1}" if context_mark is not None else ""
+        detail = f" ({context}{started})"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: {problem}{detail}"
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:

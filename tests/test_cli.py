@@ -159,6 +159,8 @@ def test_bench_writes_every_figure_as_json(tmp_path, capsys):
         "2",
         "--live-fps",
         "20",
+        "--repeat",
+        "2",
         "--json",
         str(out),
     ]
@@ -180,5 +182,36 @@ def test_bench_writes_every_figure_as_json(tmp_path, capsys):
     } <= set(result)
     assert result["memory"]["frames_long"] == 6 and "rss_growth_pct" in result["memory"]
     assert set(result["stabilize_ms"]) == {"causal", "lookahead"} and min(result["stabilize_ms"].values()) > 0
+    assert result["repeat"] == 2 and min(result["model_stage_ms"].values()) > 0
     out = capsys.readouterr().out
     assert "pipeline / model only" in out and "stabiliser per frame causal / lookahead" in out
+
+
+BENCH_NULL = ["bench", "--processor", "null", "--device", "cpu", "--source-size", "64x48", "--memory-factor", "1"]
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--formats", "ply,bogus"], "unknown format 'bogus'"),
+        (["--frames", "0"], "'--frames': 0 is not in the range"),
+        (["--frames", "-1"], "'--frames': -1 is not in the range"),
+        (["--source-size", "1x1"], "use even sides of at least 16"),
+        (["--source-size", "65x48"], "use even sides of at least 16"),
+        (["--live-fps", "0"], "'--live-fps'"),
+    ],
+)
+def test_bench_refuses_bad_flags_in_one_line(capsys, flags, message):
+    """These once ended in unexpected KeyError, IndexError and ExternalError."""
+    assert main([*BENCH_NULL, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "unexpected" not in err
+
+
+def test_bench_measures_image_sequences_and_point_clouds(tmp_path, capsys):
+    """exr, npz and ply are written into a folder: the bench once refused them for lack of -o."""
+    out = tmp_path / "bench.json"
+    args = [*BENCH_NULL, "--frames", "2", "--repeat", "1", "--formats", "exr,npz,ply,metric16", "--json", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    formats = json.loads(out.read_text())["formats"]
+    assert set(formats) == {"exr", "npz", "ply", "metric16"} and min(f["fps"] for f in formats.values()) > 0

@@ -91,6 +91,51 @@ def test_input_size_accepts_hxw_string():
     assert load_config(None, {"model": {"input_size": "308x532"}}).model.input_size == (308, 532)
 
 
+@pytest.mark.parametrize("value,size", [(112, (112, 112)), ("112", (112, 112)), ([112, 224], (112, 224))])
+def test_input_size_takes_one_number_as_a_square(tmp_path: Path, value, size):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: {{input_size: {value if not isinstance(value, str) else repr(value)}}}\n")
+    assert load_config(path).model.input_size == size
+
+
+@pytest.mark.parametrize("value", [100, [100], [112, "x"], 112.5, True, {"h": 112}, None])
+def test_input_size_of_a_wrong_kind_is_a_config_error(value):
+    """`model: {input_size: 100}` once escaped as `TypeError: object of type 'int' has no len()`."""
+    with pytest.raises(ConfigError, match="model.input_size"):
+        load_config(None, {"model": {"input_size": value}})
+
+
+def test_every_field_turns_a_value_of_the_wrong_kind_into_a_config_error():
+    """What YAML can hold, in every key and every section: accepted, or one ConfigError, never a crash."""
+    odd = [100, -1, 0, "x", "", [1, 2], [], {"a": 1}, None, 1.5, True, 10**30]
+    for section, field in Config.model_fields.items():
+        for key in [*field.annotation.model_fields, None]:
+            for value in odd:
+                override = {section: value if key is None else {key: value}}
+                try:
+                    load_config(None, override)
+                except ConfigError:
+                    pass
+
+
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("model:\n  backbone: vit: small\n", ":2:16: mapping values are not allowed here"),
+        ("model:\n  input_size: [112, 224\nengine: {}\n", ":3:7: expected ',' or ']', but got ':'"),
+        ("model:\n\tbackbone: vit-small\n", ":2:1: found character '\\t' that cannot start any token"),
+    ],
+)
+def test_yaml_errors_name_the_line_and_column(tmp_path: Path, text, where):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    line = caught.value.one_line()
+    assert f"{path}{where}" in line, line
+    assert "\n" not in line
+
+
 def test_not_yaml_and_missing_file(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")

@@ -7,9 +7,8 @@ import sys
 import click
 from tqdm import tqdm
 
-from streamer.batch import BatchReport, Progress, run_batch
 from streamer.batch.inputs import CONTAINERS
-from streamer.batch.report import DONE, REPORT_NAME, STATUSES
+from streamer.batch.report import DONE, REPORT_NAME, STATUSES, BatchReport, Progress
 from streamer.cli.options import crf_option, model_options, render_options, with_flags
 from streamer.cli.running import echo
 from streamer.config import OUTPUT_FORMATS, Config
@@ -78,6 +77,8 @@ def batch(cfg: Config, flags: dict) -> None:
     file is reached from, so an interrupted batch continues where it stopped. A failing input
     is reported and the others go on; a damaged one is reported alike on every run.
     """
+    from streamer.batch import run_batch  # torch: loaded for a run, not for --help
+
     backend = "local" if flags["ray_address"] is None else "ray"
     bar = ProgressBar()
     try:

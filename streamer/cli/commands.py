@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from streamer.api import picture_settings, ply_sink
 from streamer.cli.options import (
     crf_option,
     live_extra_options,
@@ -22,8 +21,6 @@ from streamer.cli.options import (
 from streamer.cli.running import run
 from streamer.config import OUTPUT_FORMATS, Config
 from streamer.errors import ConfigError
-from streamer.sinks import ImageSequenceSink
-from streamer.sources import ImageSource
 from streamer.views import VIEW_FORMATS
 
 
@@ -216,6 +213,10 @@ def depth(cfg: Config, flags: dict) -> None:
     Images are read upright (EXIF orientation); NAME.json records each image's focal length and its
     source, metadata.json the format.
     """
+    from streamer.api import picture_settings, ply_sink  # torch, PyAV: not for --help
+    from streamer.sinks import ImageSequenceSink
+    from streamer.sources import ImageSource
+
     out = Path(flags["output"])
     overwrite = cfg.output.overwrite
     picture = picture_settings(cfg)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from tqdm import tqdm
 
-from streamer import api
 from streamer.config import Config
-from streamer.engine.stats import Stats
-from streamer.focal import Focal
+
+if TYPE_CHECKING:
+    from streamer import api
+    from streamer.engine.stats import Stats
+    from streamer.focal import Focal
 
 
 def echo(message: str) -> None:
@@ -56,8 +59,20 @@ def progress_bar(job: api.Job, unit: str):
     return bar, tick
 
 
+def results_kept(sinks: list, result: dict) -> int:
+    """What the run leaves: the frames its first file output holds; without one, the frames shown.
+
+    The engine counts a frame out when the first sink took it, and that may be a window that
+    skips frames or stopped on a key while the file behind it still wrote the frame in flight."""
+    written = [s.frames_written for s in sinks if hasattr(s, "frames_written")]
+    return written[0] if written else result["frames_out"]
+
+
 def run(cfg: Config, sinks: list | None = None, source=None, unit: str = "frame") -> dict:
     """Load, run with a progress display on stderr, print a summary and what was written."""
+    from streamer import api  # torch, OpenCV, PyAV: loaded for a run, not for --help
+    from streamer.engine.stats import Stats
+
     job = api.prepare(cfg, sinks, source, announce=echo, warn=warn)
     echo(describe(job))
     for sink in job.sinks:
@@ -73,7 +88,7 @@ def run(cfg: Config, sinks: list | None = None, source=None, unit: str = "frame"
         tick(stats)
         bar.close()
     stopped = " (stopped)" if result.get("stopped_by_person") else ""
-    echo(f"done{stopped}: {result['frames_out']} {unit}s, {stats.summary_line()}")
+    echo(f"done{stopped}: {stats.run_summary(results_kept(job.sinks, result), unit)}")
     for sink in job.sinks:
         final = getattr(sink, "final_path", None)
         if final is not None:

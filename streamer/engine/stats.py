@@ -100,7 +100,22 @@ class Stats:
                 "scene_cuts": len(self.cuts),
             }
 
+    def run_summary(self, count: int, unit: str) -> str:
+        """The end of a run: `count` results (what the outputs hold) over the run's wall time.
+
+        Not the live rate of `summary_line`: over the last frames' spacing one still gives 0 fps and
+        two from one batch a thousand; the run's time from this Stats' creation to now does not."""
+        s = self.snapshot()
+        seconds = s["elapsed_s"]
+        rate = f" ({count / seconds:.3g} {unit}s/s)" if count and seconds > 0 else ""
+        cuts = f", scene cuts {s['scene_cuts']}" if self.detects_cuts else ""
+        return (
+            f"{count} {unit}{'s' if count != 1 else ''} in {seconds:.2f} s{rate}, latency p50 "
+            f"{s['latency_ms']['p50']:.0f} ms p95 {s['latency_ms']['p95']:.0f} ms, dropped {s['frames_dropped']}{cuts}"
+        )
+
     def summary_line(self) -> str:
+        """The live rate (over the last frames), latency and drops: the preview window's status line."""
         s = self.snapshot()
         cuts = f"  scene cuts {s['scene_cuts']}" if self.detects_cuts else ""
         return (

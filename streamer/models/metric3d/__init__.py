@@ -1,6 +1,14 @@
-"""Metric3D v2 (ViT backbones): network, variants and checkpoint loading."""
+"""Metric3D v2 (ViT backbones): network, variants and checkpoint loading.
 
-from streamer.models.metric3d.model import Metric3D, build_metric3d
-from streamer.models.metric3d.variants import BACKBONES, HF_REPO_ID, VARIANTS, get_variant
+Lazy (lazy_loader): the config and the CLI's --help read `variants` without importing torch.
+"""
 
-__all__ = ["BACKBONES", "HF_REPO_ID", "VARIANTS", "Metric3D", "build_metric3d", "get_variant"]
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "model": ["Metric3D", "build_metric3d"],
+        "variants": ["BACKBONES", "HF_REPO_ID", "VARIANTS", "get_variant"],
+    },
+)

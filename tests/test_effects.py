@@ -104,6 +104,25 @@ def test_backgrounds_colour_image_and_none(tmp_path, one_torch_thread):
     assert blurred[outside].float().std() < image[0][outside].float().std() / 4  # texture gone far away
 
 
+def test_transparent_key_through_letterbox_and_yuv(one_torch_thread):
+    """A transparent background kept as alpha (RGBA) goes through the letterbox with clear bars; a
+    picture made as YUV planes has no alpha, so there the dropped part is black, as everywhere else."""
+    from streamer.processors.render import Renderer
+    from streamer.views import PictureSettings
+
+    depth = torch.full((1, 32, 48), 3.0)
+    depth[:, 8:24, 12:36] = 1.0
+    image = torch.full((1, 32, 48, 3), 200, dtype=torch.uint8)
+    clear = EffectSettings(0.0, 2.0, "transparent")
+    maps = {"depth": depth, "image": image}
+    boxed = Renderer(PictureSettings("keyed", effects=clear, alpha=True, fit=(48, 48)))(maps)
+    assert boxed.shape == (1, 48, 48, 4)
+    assert (boxed[0, :4, :, 3] == 0).all() and (boxed[0, 24, 20:28, 3] == 255).all()  # bar clear, key kept
+    planes = Renderer(PictureSettings("keyed", effects=clear, alpha=True, pixel_format="yuv420p"))(maps)
+    luma = planes[0, :32]
+    assert luma[16, 24] > 150 and luma[2, 2] < 5  # kept: the picture; dropped: black, not the picture
+
+
 def laplacian_variance(picture: np.ndarray) -> float:
     return float(cv2.Laplacian(cv2.cvtColor(picture, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
 

@@ -86,3 +86,14 @@ def test_keys_change_the_band_background_and_focus_live():
     assert sink.picture.effects.focus == pytest.approx((before.near + before.far + 0.1) / 2, abs=0.01)
     sink.handle_key(ord("f"))
     assert sink.picture.effects.focus is None
+
+
+def test_focus_key_on_a_band_of_millimetres_focuses_inside_it():
+    """f focuses mid-band: on a band narrower than a centimetre that used to round to 0 m, a
+    ConfigError raised by a key press, which ended the run."""
+    from streamer.effect_settings import EffectSettings
+
+    sink = PreviewSink(PictureSettings("keyed", effects=EffectSettings(0.0, 0.005)))
+    sink.stats = Stats()
+    sink.handle_key(ord("f"))
+    assert sink.picture.effects.focus == pytest.approx(0.0025)

@@ -22,7 +22,7 @@ import numpy as np
 
 from streamer.calibration import intrinsics, point_3d
 from streamer.effect_settings import LIVE_BACKGROUNDS, change
-from streamer.errors import SinkError, StopRequested
+from streamer.errors import ConfigError, SinkError, StopRequested
 from streamer.legend import blend, colormap_colors, legend_picture
 from streamer.sinks.base import Sink
 from streamer.types import METRIC16_SCALE, Result, StreamInfo
@@ -223,8 +223,12 @@ class PreviewSink(Sink):
             step = (choices.index(e.background) + 1) % len(choices) if e.background in choices else 0
             changes = {"background": choices[step]}
         else:
-            changes = {"focus": "off" if e.focus is not None else f"{(e.near + e.far) / 2:.2f}"}
-        self.picture.update(effects=change(e, changes))
+            changes = {"focus": "off" if e.focus is not None else f"{(e.near + e.far) / 2:g}"}  # > 0 at any band
+        try:
+            self.picture.update(effects=change(e, changes))
+        except ConfigError as exc:  # a key never ends the run: the window says why nothing changed
+            self.note = exc.one_line()
+            return
         self.note = (
             f"keep {self.picture.effects.near:g}:{self.picture.effects.far:g} m, {self.picture.effects.background}"
         )

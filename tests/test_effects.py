@@ -225,6 +225,10 @@ def test_cli_keyed_png_through_the_null_stage(tmp_path, one_torch_thread):
         == 1
     )
     assert not (tmp_path / "x").exists()
+    (tmp_path / "notes.png").write_text("not a picture")  # refused before the run, not at its first frame
+    args = ["depth", str(tmp_path / "scene.png"), "-o", str(tmp_path / "y"), "--processor", "null"]
+    assert main([*args, "--format", "keyed", "--background", f"image:{tmp_path / 'notes.png'}"]) == 1
+    assert not (tmp_path / "y").exists()
 
 
 def null_scene(tmp_path) -> tuple[str, np.ndarray]:

@@ -296,6 +296,34 @@ def test_a_click_scales_by_the_factor_and_is_saved_per_camera(tmp_path):
     assert Calibration.from_options(0.9, None, "/dev/video0", store).describe()["scale_source"] == "given"
 
 
+def test_a_recording_says_from_which_frame_a_mid_run_click_scaled_the_metres(tmp_path, one_torch_thread):
+    """A click calibrates while a recording runs: the video's and the point clouds' sidecars list the
+    scale of every stretch of frames, not one scale for all (the video's header had the first's)."""
+    from streamer.engine.pipeline import Pipeline
+    from streamer.processors.null import NullStage
+    from streamer.sinks import PlySink, VideoSink
+    from streamer.sinks.base import Sink
+    from streamer.sources import PatternSource
+
+    calibration = Calibration()
+
+    class Clicker(Sink):
+        name, needs = "clicker", frozenset({"depth_mm"})
+
+        def write(self, result):
+            if result.frame.index == 2:  # as the page's /calibrate does, from the sink's thread
+                calibration.calibrate(shown=2.0, metres=1.0)
+
+    video = VideoSink(tmp_path / "rec.mkv", "metric16")
+    clouds = PlySink(tmp_path / "clouds", stride=16)
+    source = PatternSource("testsrc:64x48@10", frames=12, live=False)
+    Pipeline(source, NullStage(torch.device("cpu")), [Clicker(), video, clouds], calibration=calibration).run()
+    for sidecar in (tmp_path / "rec.json", tmp_path / "clouds" / "metadata.json"):
+        changes = json.loads(sidecar.read_text())["scale_changes"]
+        assert [(c["scale"], c["scale_source"]) for c in changes] == [(1.0, "none"), (0.5, "click")], sidecar
+        assert changes[0]["from_frame"] == 0 and 2 < changes[1]["from_frame"] < 12
+
+
 def test_bench_measures_the_keyed_view(one_torch_thread):
     figures = effects_ms(torch.device("cpu"), 1, size=(160, 96))
     assert set(figures) == {"key", "depth_of_field"} and min(figures.values()) > 0

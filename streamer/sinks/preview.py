@@ -26,7 +26,7 @@ from streamer.errors import ConfigError, SinkError, StopRequested
 from streamer.legend import blend, colormap_colors, legend_picture
 from streamer.sinks.base import Sink
 from streamer.types import METRIC16_SCALE, Result, StreamInfo
-from streamer.views import COLORMAPS, VIEW_FORMATS, PictureSettings
+from streamer.views import COLORMAPS, VIEW_FORMATS, PictureSettings, side_by_side
 
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".pfb")
 SYSTEM_FONT_ROOTS = (
@@ -148,7 +148,7 @@ class PreviewSink(Sink):
         if depth is None:
             return None
         h, w = depth.shape
-        x = x % w if self.picture.view == "side-by-side" else x
+        x = x % w if side_by_side(self._newest.maps.get("picture"), depth) else x  # the frame's own view
         if not (0 <= x < w and 0 <= y < h):
             return None
         return x, y, float(depth[y, x]) * METRIC16_SCALE if depth[y, x] else None

@@ -75,19 +75,32 @@ class Calibration:
 
     def apply(self, depth):
         """Metres (a tensor, (N, H, W)) times the factor; resolves --known-distance on the first frame."""
+        return self.scaled(depth)[0]
+
+    def scaled(self, depth) -> tuple:
+        """(metres times the factor, the factor as sidecars record it) from one read of it: a click
+        on another thread between two reads would record a factor these metres were not made with."""
         if self.known is not None:
-            x, y, metres = self.known
-            n, h, w = depth.shape
-            if not (0 <= x < w and 0 <= y < h):
-                raise ConfigError(
-                    f"--known-distance pixel {x},{y} lies outside the {w}x{h} output", hint="give a pixel inside it"
-                )
-            raw = float(depth[0, y, x])
-            if not raw > 0:
-                raise ConfigError(f"--known-distance pixel {x},{y} has no depth", hint="pick a pixel on a surface")
+            self.resolve_known(depth)
+        with self._lock:
+            scale, source = self.scale, self.source
+        return (depth if scale == 1.0 else depth * scale), {"scale": round(scale, 6), "scale_source": source}
+
+    def resolve_known(self, depth) -> None:
+        """--known-distance: the factor that puts the pixel at its true distance (one read of the
+        device's metres: the first batch only)."""
+        x, y, metres = self.known
+        n, h, w = depth.shape
+        if not (0 <= x < w and 0 <= y < h):
+            raise ConfigError(
+                f"--known-distance pixel {x},{y} lies outside the {w}x{h} output", hint="give a pixel inside it"
+            )
+        raw = float(depth[0, y, x])
+        if not raw > 0:
+            raise ConfigError(f"--known-distance pixel {x},{y} has no depth", hint="pick a pixel on a surface")
+        with self._lock:
             self.scale, self.known = metres / raw, None
-            log.info("scale %.4f from --known-distance (%.3f m measured as %.3f m)", self.scale, metres, raw)
-        return depth if self.scale == 1.0 else depth * self.scale
+        log.info("scale %.4f from --known-distance (%.3f m measured as %.3f m)", metres / raw, metres, raw)
 
     def calibrate(self, shown: float, metres: float) -> float:
         """A point shown at `shown` metres (already scaled) truly lies at `metres`: the new factor."""
@@ -102,7 +115,8 @@ class Calibration:
         return self.scale
 
     def describe(self) -> dict:
-        return {"scale": round(self.scale, 6), "scale_source": self.source}
+        with self._lock:
+            return {"scale": round(self.scale, 6), "scale_source": self.source}
 
 
 def load_saved(store: Path, camera: str) -> float | None:

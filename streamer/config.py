@@ -255,6 +255,14 @@ class EffectsConfig(Section):
             raise ValueError(exc.one_line()) from None
         if kind == "image" and not Path(arg).is_file():
             raise ValueError(f"background picture {arg} does not exist")
+        if kind == "image":  # read now: a file Pillow cannot read would end the run at its first keyed frame
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(arg) as im:
+                    im.verify()
+            except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+                raise ValueError(f"background picture {arg} is not a picture Pillow reads ({exc})") from None
         return v
 
     def settings(self) -> EffectSettings:

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from streamer.config import Config
 from streamer.errors import SinkError, SourceError
 from streamer.sinks import VIDEO_SUFFIXES
+from streamer.sources.base import Source
 from streamer.sources.images import IMAGE_SUFFIXES
 
-if TYPE_CHECKING:
-    from streamer.api import Job
+
+class Job(Protocol):
+    """What these checks read of a run (api.Job), named here without importing api, which imports this."""
+
+    config: Config
+    source: Source
+    length: float | None
+
 
 SINGLE_FILE_SUFFIXES = IMAGE_SUFFIXES | {".exr", ".npz", ".ply"}  # one picture or cloud, never a sequence
 

@@ -29,6 +29,12 @@ def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def side_by_side(picture, depth) -> bool:
+    """Whether a frame's picture (H, W', C) shows the input beside its depth (H, W): read off the
+    frame itself, as a view picked now applies from the next batch on (the newest frame may be older)."""
+    return picture is not None and depth is not None and picture.shape[1] == 2 * depth.shape[1]
+
+
 def check_settings(s) -> None:
     """The rules every picture setting obeys, for live settings and snapshots alike."""
     check_choice("view", s.view, VIEW_FORMATS)

@@ -133,17 +133,24 @@ class Pictures(Sink):
 
 
 def formats():
+    from streamer.effect_settings import EffectSettings
     from streamer.views import PIXEL_FORMATS, RANGE_MODES, VIEW_FORMATS, PictureSettings
 
     settings = [PictureSettings(view, range=mode) for view in VIEW_FORMATS for mode in RANGE_MODES]
     settings += [PictureSettings(view, pixel_format=fmt) for view in VIEW_FORMATS for fmt in PIXEL_FORMATS[1:]]
     settings.append(PictureSettings("color", fit=(64, 48)))  # the virtual camera's letterbox
+    # the keyed view's other paths: depth of field over a colour, transparency kept (RGBA) or letterboxed
+    dof = EffectSettings(focus=1.0, background="color:#00B140")
+    settings.append(PictureSettings("keyed", effects=dof, pixel_format="yuv420p"))
+    settings.append(PictureSettings("keyed", effects=EffectSettings(background="transparent"), alpha=True))
+    settings.append(PictureSettings("keyed", effects=EffectSettings(background="none", focus=2.0), fit=(64, 48)))
     return settings
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_steady_state_makes_no_host_sync_in_any_output_format_or_range(device, batch_size):
+    from streamer.calibration import Calibration
     from streamer.processors.null import NullStage
     from streamer.sources import PatternSource
 
@@ -153,7 +160,11 @@ def test_steady_state_makes_no_host_sync_in_any_output_format_or_range(device, b
     sinks.append(Pictures(formats()[0], needs=frozenset({"depth_mm", "depth", "normal", "image"})))
     source = PatternSource("testsrc:96x64@30", frames=24, live=False)
     try:
-        stats = Pipeline(source, NullStage(torch.device(device)), sinks, batch_size=batch_size).run()
+        # a scale factor too (--scale): every metre is multiplied on the device
+        calibration = Calibration(0.93, "given")
+        stats = Pipeline(
+            source, NullStage(torch.device(device)), sinks, batch_size=batch_size, calibration=calibration
+        ).run()
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert stats["frames_out"] == 24 and all(s.written == 24 for s in sinks)

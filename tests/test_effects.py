@@ -104,6 +104,25 @@ def test_backgrounds_colour_image_and_none(tmp_path, one_torch_thread):
     assert blurred[outside].float().std() < image[0][outside].float().std() / 4  # texture gone far away
 
 
+def test_transparent_key_through_letterbox_and_yuv(one_torch_thread):
+    """A transparent background kept as alpha (RGBA) goes through the letterbox with clear bars; a
+    picture made as YUV planes has no alpha, so there the dropped part is black, as everywhere else."""
+    from streamer.processors.render import Renderer
+    from streamer.views import PictureSettings
+
+    depth = torch.full((1, 32, 48), 3.0)
+    depth[:, 8:24, 12:36] = 1.0
+    image = torch.full((1, 32, 48, 3), 200, dtype=torch.uint8)
+    clear = EffectSettings(0.0, 2.0, "transparent")
+    maps = {"depth": depth, "image": image}
+    boxed = Renderer(PictureSettings("keyed", effects=clear, alpha=True, fit=(48, 48)))(maps)
+    assert boxed.shape == (1, 48, 48, 4)
+    assert (boxed[0, :4, :, 3] == 0).all() and (boxed[0, 24, 20:28, 3] == 255).all()  # bar clear, key kept
+    planes = Renderer(PictureSettings("keyed", effects=clear, alpha=True, pixel_format="yuv420p"))(maps)
+    luma = planes[0, :32]
+    assert luma[16, 24] > 150 and luma[2, 2] < 5  # kept: the picture; dropped: black, not the picture
+
+
 def laplacian_variance(picture: np.ndarray) -> float:
     return float(cv2.Laplacian(cv2.cvtColor(picture, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
 
@@ -206,6 +225,10 @@ def test_cli_keyed_png_through_the_null_stage(tmp_path, one_torch_thread):
         == 1
     )
     assert not (tmp_path / "x").exists()
+    (tmp_path / "notes.png").write_text("not a picture")  # refused before the run, not at its first frame
+    args = ["depth", str(tmp_path / "scene.png"), "-o", str(tmp_path / "y"), "--processor", "null"]
+    assert main([*args, "--format", "keyed", "--background", f"image:{tmp_path / 'notes.png'}"]) == 1
+    assert not (tmp_path / "y").exists()
 
 
 def null_scene(tmp_path) -> tuple[str, np.ndarray]:
@@ -271,6 +294,34 @@ def test_a_click_scales_by_the_factor_and_is_saved_per_camera(tmp_path):
     assert again.describe() == {"scale": 0.75, "scale_source": "saved"}
     assert Calibration.from_options(None, None, "1", store).scale == 1.0  # another camera
     assert Calibration.from_options(0.9, None, "/dev/video0", store).describe()["scale_source"] == "given"
+
+
+def test_a_recording_says_from_which_frame_a_mid_run_click_scaled_the_metres(tmp_path, one_torch_thread):
+    """A click calibrates while a recording runs: the video's and the point clouds' sidecars list the
+    scale of every stretch of frames, not one scale for all (the video's header had the first's)."""
+    from streamer.engine.pipeline import Pipeline
+    from streamer.processors.null import NullStage
+    from streamer.sinks import PlySink, VideoSink
+    from streamer.sinks.base import Sink
+    from streamer.sources import PatternSource
+
+    calibration = Calibration()
+
+    class Clicker(Sink):
+        name, needs = "clicker", frozenset({"depth_mm"})
+
+        def write(self, result):
+            if result.frame.index == 2:  # as the page's /calibrate does, from the sink's thread
+                calibration.calibrate(shown=2.0, metres=1.0)
+
+    video = VideoSink(tmp_path / "rec.mkv", "metric16")
+    clouds = PlySink(tmp_path / "clouds", stride=16)
+    source = PatternSource("testsrc:64x48@10", frames=12, live=False)
+    Pipeline(source, NullStage(torch.device("cpu")), [Clicker(), video, clouds], calibration=calibration).run()
+    for sidecar in (tmp_path / "rec.json", tmp_path / "clouds" / "metadata.json"):
+        changes = json.loads(sidecar.read_text())["scale_changes"]
+        assert [(c["scale"], c["scale_source"]) for c in changes] == [(1.0, "none"), (0.5, "click")], sidecar
+        assert changes[0]["from_frame"] == 0 and 2 < changes[1]["from_frame"] < 12
 
 
 def test_bench_measures_the_keyed_view(one_torch_thread):

@@ -86,3 +86,31 @@ def test_keys_change_the_band_background_and_focus_live():
     assert sink.picture.effects.focus == pytest.approx((before.near + before.far + 0.1) / 2, abs=0.01)
     sink.handle_key(ord("f"))
     assert sink.picture.effects.focus is None
+
+
+def test_focus_key_on_a_band_of_millimetres_focuses_inside_it():
+    """f focuses mid-band: on a band narrower than a centimetre that used to round to 0 m, a
+    ConfigError raised by a key press, which ended the run."""
+    from streamer.effect_settings import EffectSettings
+
+    sink = PreviewSink(PictureSettings("keyed", effects=EffectSettings(0.0, 0.005)))
+    sink.stats = Stats()
+    sink.handle_key(ord("f"))
+    assert sink.picture.effects.focus == pytest.approx(0.0025)
+
+
+def test_the_pointer_reads_the_shown_frames_view_not_the_one_just_picked():
+    """v switches the view from the next batch on: until then the window still shows side by side,
+    and a pointer on its right half must read the depth there (the page's /measure alike)."""
+    from aiohttp import web
+
+    from streamer.sinks.web_measure import pixel
+
+    sink = preview("side-by-side")
+    sink.picture.update(view="color")  # picked now; the newest frame is still side by side
+    sink.on_mouse(cv2.EVENT_MOUSEMOVE, W + 10, 5, 0, None)
+    assert sink.readout() == ["1.000 m at 10,5"]
+    depth, picture = sink._newest.maps["depth_mm"], sink._newest.maps["picture"]
+    assert pixel({"x": W + 10, "y": 5}, picture, depth) == (10, 5)
+    with pytest.raises(web.HTTPBadRequest):  # a frame in one view: the right of it is outside
+        pixel({"x": W + 10, "y": 5}, picture[:, :W], depth)

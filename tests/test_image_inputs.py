@@ -182,6 +182,19 @@ def test_a_glob_without_fps_says_the_rate_it_assumes(tmp_path, capsys, caplog):
     assert ImageSource([str(tmp_path / "seq")], fps=29.97).rate == Fraction(2997, 100)
 
 
+def test_fps_given_for_a_video_is_said_to_be_ignored(tmp_path, capsys, caplog):
+    """--fps sets a camera's or an image sequence's rate; a video keeps its own times, and says so."""
+    video = write_video(tmp_path / "in.mp4", frames=3, rate=10)
+    out = tmp_path / "depth.mkv"
+    with caplog.at_level(logging.WARNING):
+        assert run("transcode", str(video), "-o", str(out), "--fps", "5") == 0, capsys.readouterr().err
+    warned = [r.getMessage() for r in caplog.records if "--fps" in r.getMessage()]
+    assert len(warned) == 1 and "ignored" in warned[0] and "in.mp4" in warned[0] and "\n" not in warned[0]
+    with av.open(str(out)) as container:
+        times = [float(f.pts * f.time_base) for f in container.decode(container.streams.video[0])]
+    assert times == pytest.approx([0.0, 0.1, 0.2])  # the video's own rate, not 5 fps
+
+
 def test_palette_transparency_is_read_without_pillows_warning(tmp_path):
     path = tmp_path / "p.png"
     image = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")

@@ -111,7 +111,7 @@ def test_dropped_live_frames_pass_their_audio_on():
     ]
     for frame in frames:
         pipeline.frames.put(frame)  # one slot: the first two are dropped
-    taken = pipeline._take_frame(0.1)
+    taken = pipeline.intake.take(0.1)
     assert taken.index == 2 and taken.audio == ["a0", "a1", "a2"]
 
 

@@ -164,6 +164,54 @@ def test_quitting_the_preview_with_q_finishes_its_recording(tmp_path, virtual_di
     assert json.loads(rec.with_suffix(".json").read_text())["complete"] is True
 
 
+def test_a_right_click_in_the_real_window_calibrates_the_recording(tmp_path, virtual_display):
+    """In a real window under Xvfb, driven by xdotool: metres typed, a right click on the picture,
+    and every later metre is scaled; the recording's sidecar says from which frame a click's factor
+    applies, and the factor is saved for this camera (streamer/calibration.py)."""
+    if shutil.which("xdotool") is None:
+        missing_tool("xdotool is not installed (apt-get install xdotool)")
+    rec = tmp_path / "rec.mkv"
+    window = "streamer-calibrate-test"
+    args = ["preview", "--source", "testsrc:96x64@15", "--record", str(rec), "--processor", "null"]
+    args += ["--device", "cpu", "--config", str(write_window_config(tmp_path, window))]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "STREAMER_CONFIG_DIR": str(tmp_path / "config")}
+    proc = subprocess.Popen([sys.executable, "-m", "streamer", *args], env=env, stderr=subprocess.PIPE, text=True)
+
+    def xdotool(*words: str) -> str:
+        return subprocess.run(["xdotool", *words], capture_output=True, text=True).stdout
+
+    try:
+        found = ""
+        deadline = time.monotonic() + 60
+        while not found and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+            found = (xdotool("search", "--name", window).split() or [""])[0]
+        assert found, "the preview window did not appear"
+        time.sleep(1.0)  # frames shown: the window measures on the newest one
+        xdotool("windowactivate", "--sync", found)
+        for key in ("2", "period", "5"):
+            time.sleep(0.3)  # the window reads keys between frames: one at a time
+            xdotool("key", "--window", found, key)
+        geometry = dict(line.strip().split(": ", 1) for line in xdotool("getwindowgeometry", found).splitlines()[1:])
+        width, height = (int(v) for v in geometry["Geometry"].split("x"))
+        xdotool("mousemove", "--window", found, str(width // 4), str(height // 2))  # on the picture's left half
+        time.sleep(0.5)
+        xdotool("click", "3")
+        time.sleep(1.0)  # later frames carry the factor
+        xdotool("key", "Escape")  # Qt's windows open a context menu on a right click too: close it
+        xdotool("windowactivate", "--sync", found)
+        xdotool("key", "--window", found, "q")
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    changes = json.loads(rec.with_suffix(".json").read_text()).get("scale_changes", [])
+    assert [c["scale_source"] for c in changes] == ["none", "click"], err
+    saved = json.loads((tmp_path / "config" / "streamer" / "calibration.json").read_text())
+    assert saved["testsrc:96x64@15"]["scale"] == pytest.approx(changes[-1]["scale"], rel=1e-5) != 1.0
+
+
 def write_window_config(tmp_path, window: str):
     path = tmp_path / "window.yaml"
     path.write_text(f"preview:\n  window: {window}\n")

@@ -318,11 +318,19 @@ def test_params_are_checked_and_recorded():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 @pytest.mark.parametrize("mode", ["causal", "lookahead"])
-def test_cuda_matches_the_cpu_and_never_waits_for_the_device(sequences, mode):
+def test_cuda_matches_the_cpu_and_never_waits_for_the_device(sequences, mode, device):
+    """Also on a GPU that is not the thread's current one (cuda:1): the state and the cut flags
+    follow the frames' own device and stream."""
+    if device == "cuda:1" and torch.cuda.device_count() < 2:
+        pytest.skip("needs a second GPU")
     seq = sequences["main"]
     on_cpu, _ = stabilise(seq, mode)
-    frames = [(d.cuda(), c.cuda(), im.cuda()) for d, c, im in zip(seq.raw, seq.confidence, seq.images, strict=True)]
+    frames = [
+        (d.to(device), c.to(device), im.to(device))
+        for d, c, im in zip(seq.raw, seq.confidence, seq.images, strict=True)
+    ]
     stab = Stabilizer(mode)
     out = []
     try:
@@ -335,5 +343,5 @@ def test_cuda_matches_the_cpu_and_never_waits_for_the_device(sequences, mode):
     assert [c.index for c in stab.cuts] == [seq.cut]
     assert [k for k, _ in out] == list(range(len(frames)))
     for (_, a), b in zip(out, on_cpu, strict=True):
-        assert a.is_cuda
+        assert a.device == torch.device(device if device != "cuda" else "cuda:0")
         torch.testing.assert_close(a.cpu(), b, rtol=2e-3, atol=2e-3)

@@ -1,5 +1,7 @@
 """source -> [capture thread] -> queue -> [model thread] -> queues -> [one thread per sink].
 
+The capture side and the frames queue are engine/intake.py's; this module starts the threads.
+
 The model runs on the process's one model thread (engine/worker.py), where it was loaded, so
 the CPU keeps a single OpenMP pool. (A `SharedStage` is fed by several pipelines at once: each
 pipeline's loop runs on a thread of its own and sends only each batch's device work to the model
@@ -27,13 +29,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, wait
-from queue import Empty
 from typing import Protocol, TypeVar
 
 import torch
 
 from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, PendingDownload
+from streamer.engine.intake import Intake
 from streamer.engine.queues import END, StageQueue
 from streamer.engine.shared import SharedStage
 from streamer.engine.sink_runner import SinkRunner, open_sinks
@@ -93,29 +95,22 @@ class Pipeline:
                 "stabilize lookahead holds frames back, which a live source cannot wait for",
                 hint="use --stabilize causal (no added latency) for cameras and streams",
             )
-        self.pace = pace and not self.live
-        self.batch_size = 1 if self.live else batch_size
         self.stats = stats or Stats()
         self.stats.detects_cuts = self.stabilizer.mode != "off"
         self.transfer = DeviceTransfer(processor.device, pinned_memory, cuda_stream)
         self.outputs = Outputs(sinks, calibration)
-        # live: a one-slot queue that always holds the newest frame; files: back-pressure
-        self.frames = (
-            StageQueue(1, "latest", "frames", on_drop=self._keep_audio)
-            if self.live
-            else StageQueue(queue_size, "block", "frames")
-        )
+        self._stop = threading.Event()
+        self.intake = Intake(source, self.stats, self._stop, batch_size, queue_size, pace)
+        self.frames, self.batch_size = self.intake.frames, self.intake.batch_size
         self.queues = [
             StageQueue(queue_size, "latest" if s.live else "block", s.name, on_drop=Result.done) for s in sinks
         ]
         for q in (self.frames, *self.queues):
             self.stats.queue_depths[q.name] = q.__len__
             self.stats.drop_counters[q.name] = lambda q=q: q.dropped
-        self._stop = threading.Event()
         self._person_stop = False
         self._error: PipelineError | None = None
         self._lock = threading.Lock()
-        self._audio_carry: list = []  # audio of dropped live frames rides on the next frame
         self._threads: list[threading.Thread] = []
         self._tick: Callable[[Stats], None] | None = None
         self._last_tick = 0.0
@@ -175,7 +170,7 @@ class Pipeline:
         for runner in runners:
             if runner not in on_main:
                 self._spawn(f"sink:{runner.sink.name}", lambda r=runner: r.run(POLL_S))
-        self._spawn("capture", self._capture_loop)
+        self._spawn("capture", self.intake.capture)
         inference = self._start_inference()
         try:
             self._main_loop(inference, on_main)
@@ -271,60 +266,6 @@ class Pipeline:
 
     # -- stages ----------------------------------------------------------------------------
 
-    def _capture_loop(self) -> None:
-        clock: tuple[float, float] | None = None  # (wall, media seconds) of the first frame, when pacing
-        try:
-            frames = iter(self.source.frames(self._stop))
-            while True:
-                started = time.perf_counter()
-                frame = next(frames, None)
-                if frame is None:
-                    break
-                self.stats.stage("decode", time.perf_counter() - started)
-                if self.pace:
-                    clock = clock or (time.monotonic(), frame.seconds)
-                    delay = clock[0] + frame.seconds - clock[1] - time.monotonic()
-                    if delay > 0 and self._stop.wait(delay):
-                        break
-                    frame.capture_time = time.monotonic()
-                self.stats.frame_in()
-                if not self.frames.put(frame, self._stop):
-                    break
-        finally:
-            self.frames.put_end(END)
-
-    def _keep_audio(self, frame: Frame) -> None:
-        with self._lock:
-            self._audio_carry.extend(frame.audio)
-
-    def _take_frame(self, timeout: float):
-        item = self.frames.get(timeout=timeout)
-        if self.live and item is not END:
-            with self._lock:
-                if self._audio_carry:
-                    item.audio[:0] = self._audio_carry
-                    self._audio_carry = []
-        return item
-
-    def _next_batch(self, carry: list[Frame]) -> list[Frame] | None:
-        batch = carry[:1] if carry else []
-        carry.clear()
-        while len(batch) < self.batch_size:
-            try:
-                item = self._take_frame(POLL_S)
-            except Empty:
-                if self._stop.is_set():
-                    return None
-                continue
-            if item is END:
-                self.frames.put_end(END)  # leave it for the next call
-                break
-            if batch and (item.image.shape != batch[0].image.shape or item.focal != batch[0].focal):
-                carry.append(item)  # a batch holds one frame size and one focal length (photos of two cameras)
-                break
-            batch.append(item)
-        return batch or None
-
     def _inference(self) -> None:
         try:
             self._inference_loop()
@@ -344,7 +285,7 @@ class Pipeline:
         if warm_up is not None:
             self._on_model_thread(warm_up, self.batch_size)
         while not self._stop.is_set():
-            batch = self._next_batch(carry)
+            batch = self.intake.next_batch(carry, POLL_S)
             if batch is None:
                 break
             started = time.perf_counter()

@@ -43,8 +43,9 @@ def band_mask(
 
 def guide_of(images: torch.Tensor) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 1, H, W) luma in 0..1: the guide for the mask's edge."""
-    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device) / 255.0
-    return (images.float() @ weights)[:, None]
+    # the weights as Python numbers: a tensor of them, made per frame, would wait for the host on CUDA
+    rgb = images.float()
+    return ((0.299 / 255.0) * rgb[..., 0] + (0.587 / 255.0) * rgb[..., 1] + (0.114 / 255.0) * rgb[..., 2])[:, None]
 
 
 def refine(mask: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:

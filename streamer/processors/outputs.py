@@ -89,9 +89,9 @@ class Outputs:
         looks = self.snapshot() if looks is None else looks
         maps = dict(maps)
         if self.calibration is not None and "depth" in maps:
-            maps["depth"] = self.calibration.apply(maps["depth"])
+            maps["depth"], factor = self.calibration.scaled(maps["depth"])
             if meta is not None:
-                meta.update(self.calibration.describe())  # the sidecars' `scale` and `scale_source`
+                meta.update(factor)  # the sidecars' `scale` and `scale_source`: what these metres were made with
         focal = output_focal(meta or {}, images, maps)
         for renderer in self.renderers:
             renderer.focal_px = focal

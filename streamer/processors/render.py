@@ -124,11 +124,11 @@ def resize_u8(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 
 def letterbox(pictures: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Fit (N, H, W, 3) into width x height keeping aspect, black bars around."""
-    h, w = pictures.shape[1:3]
+    """Fit (N, H, W, C) into width x height keeping aspect, black bars around (RGBA: clear ones)."""
+    n, h, w, c = pictures.shape
     scale = min(width / w, height / h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    out = torch.zeros((pictures.shape[0], height, width, 3), dtype=torch.uint8, device=pictures.device)
+    out = torch.zeros((n, height, width, c), dtype=torch.uint8, device=pictures.device)
     top, left = (height - nh) // 2, (width - nw) // 2
     out[:, top : top + nh, left : left + nw] = resize_u8(pictures, (nh, nw))
     return out
@@ -283,7 +283,8 @@ class Renderer:
         """The camera picture keyed by distance and/or with depth of field (processors/effects.py)."""
         effects, depth = s.effects, maps["depth"]
         f_px = self.focal_px or default_focal_px(depth.shape[-1])
-        alpha = s.alpha and effects.background_kind == "transparent"
+        # an alpha channel only where the picture stays RGB: YUV planes have none (transparent is black)
+        alpha = s.alpha and s.pixel_format == "rgb24" and effects.background_kind == "transparent"
         return self.keyer(resize_u8(maps["image"], tuple(depth.shape[1:3])), depth, effects, f_px, alpha)
 
     def __call__(self, maps: dict[str, torch.Tensor], s: PictureSnapshot | None = None) -> torch.Tensor:

@@ -99,8 +99,11 @@ class CutLog:
     def add(self, index: int, key: Any, time: float | None, cut: torch.Tensor, score: torch.Tensor) -> None:
         flags, event = torch.stack((cut, score)), None
         if flags.is_cuda:  # a non-blocking copy to the CPU lands in pinned memory
+            # the copy runs on the current stream of the flags' own GPU, which need not be the
+            # current GPU of this thread: the event marks that stream, or it could fire too early
+            stream = torch.cuda.current_stream(flags.device)
             flags, event = flags.to("cpu", non_blocking=True), torch.cuda.Event()
-            event.record()
+            event.record(stream)
         self._pending.append((index, key, time, flags, event))
         self._collect(wait=False)
 

@@ -159,6 +159,25 @@ class ImageFocals:
         return {"focal_per_image": self.by_name} if len(self.distinct) > 1 else {}
 
 
+class ScaleLog:
+    """Where the scale factor on the metres changed during the run (a click on the page or in the
+    window calibrates mid-run): a sidecar's one `scale` cannot say which frames were made with which."""
+
+    def __init__(self) -> None:
+        self.changes: list[dict] = []
+
+    def note(self, result: Result) -> None:
+        if "scale" not in result.meta:
+            return
+        now = {"scale": result.meta["scale"], "scale_source": result.meta.get("scale_source")}
+        if not self.changes or {k: self.changes[-1][k] for k in now} != now:
+            self.changes.append({"from_frame": result.frame.index, **now})
+
+    def extra(self) -> dict:
+        """{"scale_changes": [{from_frame, scale, scale_source}, ...]} when the factor changed, else nothing."""
+        return {"scale_changes": self.changes} if len(self.changes) > 1 else {}
+
+
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")

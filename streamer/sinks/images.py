@@ -24,6 +24,7 @@ from streamer.sinks.base import (
     METRIC16_MAX_M,
     METRIC16_SCALE,
     ImageFocals,
+    ScaleLog,
     Sink,
     format_needs,
     format_picture,
@@ -113,6 +114,7 @@ class ImageSequenceSink(Sink):
         self.numbered: set[str] = set()
         self.meta: dict = {}
         self.focals = ImageFocals()
+        self.scales = ScaleLog()
         self.stats = None
         self.arrays: list[str] = []  # the NPZ's array names, as written
 
@@ -168,6 +170,7 @@ class ImageSequenceSink(Sink):
             self.numbered.add(path.name)
         self.meta = result.meta
         self.focals.note(result)
+        self.scales.note(result)
 
     def close(self, complete: bool) -> None:
         if self.overwrite and self.numbered:
@@ -194,4 +197,5 @@ class ImageSequenceSink(Sink):
             extra.update(units="display (not metric)")
         extra.update(self.sidecar_extra)
         extra.update(self.focals.extra())
+        extra.update(self.scales.extra())
         write_json(self.directory / f"metadata{self.name_suffix}.json", sidecar(self.meta, extra, self.stats))

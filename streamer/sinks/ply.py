@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from streamer.errors import SinkError
-from streamer.sinks.base import ImageFocals, Sink, prepare_directory, sidecar, write_json
+from streamer.sinks.base import ImageFocals, ScaleLog, Sink, prepare_directory, sidecar, write_json
 from streamer.types import Result, StreamInfo
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ class PlySink(Sink):
         self.meta: dict = {}
         self.intrinsics: tuple[float, float, float, float] | None = None
         self.focals = ImageFocals()
+        self.scales = ScaleLog()
         self.stats = None
 
     def open(self, info: StreamInfo, stats) -> None:
@@ -204,6 +205,7 @@ class PlySink(Sink):
         self.points_written += len(xyz)
         self.meta = result.meta
         self.focals.note(result)
+        self.scales.note(result)
 
     def close(self, complete: bool) -> None:
         if self.frames_written == 0:
@@ -227,4 +229,5 @@ class PlySink(Sink):
         if "focal_note" in self.meta:
             extra["focal_note"] = self.meta["focal_note"]
         extra.update(self.focals.extra())
+        extra.update(self.scales.extra())
         write_json(self.directory / "metadata.json", sidecar(self.meta, extra, self.stats))

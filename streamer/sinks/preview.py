@@ -22,11 +22,11 @@ import numpy as np
 
 from streamer.calibration import intrinsics, point_3d
 from streamer.effect_settings import LIVE_BACKGROUNDS, change
-from streamer.errors import SinkError, StopRequested
+from streamer.errors import ConfigError, SinkError, StopRequested
 from streamer.legend import blend, colormap_colors, legend_picture
 from streamer.sinks.base import Sink
 from streamer.types import METRIC16_SCALE, Result, StreamInfo
-from streamer.views import COLORMAPS, VIEW_FORMATS, PictureSettings
+from streamer.views import COLORMAPS, VIEW_FORMATS, PictureSettings, side_by_side
 
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".pfb")
 SYSTEM_FONT_ROOTS = (
@@ -148,7 +148,7 @@ class PreviewSink(Sink):
         if depth is None:
             return None
         h, w = depth.shape
-        x = x % w if self.picture.view == "side-by-side" else x
+        x = x % w if side_by_side(self._newest.maps.get("picture"), depth) else x  # the frame's own view
         if not (0 <= x < w and 0 <= y < h):
             return None
         return x, y, float(depth[y, x]) * METRIC16_SCALE if depth[y, x] else None
@@ -223,8 +223,12 @@ class PreviewSink(Sink):
             step = (choices.index(e.background) + 1) % len(choices) if e.background in choices else 0
             changes = {"background": choices[step]}
         else:
-            changes = {"focus": "off" if e.focus is not None else f"{(e.near + e.far) / 2:.2f}"}
-        self.picture.update(effects=change(e, changes))
+            changes = {"focus": "off" if e.focus is not None else f"{(e.near + e.far) / 2:g}"}  # > 0 at any band
+        try:
+            self.picture.update(effects=change(e, changes))
+        except ConfigError as exc:  # a key never ends the run: the window says why nothing changed
+            self.note = exc.one_line()
+            return
         self.note = (
             f"keep {self.picture.effects.near:g}:{self.picture.effects.far:g} m, {self.picture.effects.background}"
         )

@@ -26,6 +26,7 @@ from streamer.errors import SinkError
 from streamer.sinks.base import (
     METRIC16_MAX_M,
     METRIC16_SCALE,
+    ScaleLog,
     Sink,
     check_output,
     format_needs,
@@ -113,6 +114,7 @@ class VideoSink(Sink):
         self.work_path = partial_path(self.path)
         self.frames_written = 0
         self.meta: dict = {}
+        self.scales = ScaleLog()  # the header holds the first frame's scale; the JSON sidecar lists changes
         self.stats = None
         self.audio_note: str | None = None
         self.container = None
@@ -200,6 +202,7 @@ class VideoSink(Sink):
     def write(self, result: Result) -> None:
         frame = self.video_frame(result)
         source = result.frame
+        self.scales.note(result)
         if self._stream is None:
             self.meta = result.meta
             pix_fmt = {"rgb24": "bgr0" if self.codec == "ffv1" else "yuv420p", "rgba": "yuva420p"}.get(
@@ -322,7 +325,7 @@ class VideoSink(Sink):
         extra = {**self.encoding(), "frames": self.frames_written, "complete": complete, "source": self.info.name}
         if self.audio_note:
             extra["audio"] = self.audio_note
-        return sidecar(self.meta, {**extra, **self.sidecar_extra}, self.stats)
+        return sidecar(self.meta, {**extra, **self.sidecar_extra, **self.scales.extra()}, self.stats)
 
 
 __all__ = ["VIDEO_SUFFIXES", "VideoSink"]

@@ -21,17 +21,17 @@ from streamer.effect_settings import change
 from streamer.errors import ConfigError
 from streamer.legend import colormap_colors, legend_picture
 from streamer.types import METRIC16_SCALE
-from streamer.views import PictureSettings
+from streamer.views import side_by_side
 
 
-def pixel(query, picture: PictureSettings, depth: np.ndarray, suffix: str = "") -> tuple[int, int]:
+def pixel(query, picture: np.ndarray | None, depth: np.ndarray, suffix: str = "") -> tuple[int, int]:
     """The depth pixel a page pixel `x{suffix}`, `y{suffix}` names (side-by-side: either half)."""
     try:
         x, y = int(float(query[f"x{suffix}"])), int(float(query[f"y{suffix}"]))
     except (KeyError, ValueError, TypeError):
         raise http_error(web.HTTPBadRequest, f"give x{suffix} and y{suffix} as pixel numbers") from None
     h, w = depth.shape
-    if picture.view == "side-by-side":
+    if side_by_side(picture, depth):
         x %= w
     if not (0 <= x < w and 0 <= y < h):
         raise http_error(web.HTTPBadRequest, f"pixel {x},{y} lies outside the {w}x{h} picture")
@@ -55,7 +55,7 @@ class Measure:
         return depth
 
     def point(self, query, depth: np.ndarray, suffix: str = "") -> dict:
-        x, y = pixel(query, self.app.sink.picture, depth, suffix)
+        x, y = pixel(query, self.app.frames.array("png"), depth, suffix)
         metres = float(depth[y, x]) * METRIC16_SCALE
         h, w = depth.shape
         sink = self.app.sink

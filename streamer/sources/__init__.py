@@ -34,6 +34,8 @@ def open_source(cfg: SourceConfig, threads: int = 0) -> Source:
         if cfg.fps is None and source.info.frame_count > 1:
             log.warning("image sequence %s has no frame rate: read at %d fps; pass --fps to set it", uri, SEQUENCE_FPS)
         return source
+    if cfg.fps is not None:  # a camera's or an image sequence's rate: a video has its own timestamps
+        log.warning("--fps %g is ignored for %s: a video keeps its own frame times", cfg.fps, uri)
     return VideoSource(uri, cfg.start, cfg.end, cfg.frames, cfg.live, threads)
 
 

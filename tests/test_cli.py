@@ -15,7 +15,7 @@ from streamer.cli.main import main
 
 from conftest import DATA, TINY_INPUT
 
-COMMANDS = ["preview", "transcode", "virtualcam", "depth", "bench", "doctor"]
+COMMANDS = ["preview", "transcode", "virtualcam", "depth", "bench", "doctor", "serve", "batch", "export"]
 MODEL_FLAGS = ["--backbone", "--checkpoint", "--fx", "--fy", "--resolution", "--input-size", "--device", "--precision"]
 TINY = f"{TINY_INPUT[0]}x{TINY_INPUT[1]}"
 
@@ -32,7 +32,7 @@ def test_each_command_has_help(command, capsys):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert "Usage: streamer " + command in out
-    if command in ("preview", "transcode", "virtualcam", "depth", "bench"):
+    if command in ("preview", "transcode", "virtualcam", "depth", "bench", "export"):
         for flag in MODEL_FLAGS:
             assert flag in out, (command, flag)
         assert "Example" in out and "[default: vit-small]" in out

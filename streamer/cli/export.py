@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from streamer import api
 from streamer.cli.options import model_options, with_flags
 from streamer.config import Config
 from streamer.errors import ConfigError
@@ -25,6 +24,8 @@ def export(cfg: Config, flags: dict) -> None:
     the first run start at once. The cache is keyed by the checkpoint's hash, backbone, input size,
     precision and runtime version, so changing any of them exports again.
     """
+    from streamer import api  # torch: loaded for a run, not for --help
+
     click.echo(f"exporting {cfg.model.backbone} ...", err=True)
     processor, meta = api.load_processor(cfg.model)  # exports, compiles and caches what is missing
     graph = getattr(processor.runtime, "graph", None)

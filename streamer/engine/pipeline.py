@@ -50,6 +50,9 @@ POLL_S = 0.1
 MAIN_POLL_S = 0.01  # how often the main thread looks at its sinks (GUI events stay responsive)
 TICK_S = 0.25
 SERVICE_START_S = 10.0
+# a file's times that leap further than this ahead (a recording paused, clips joined) are not
+# waited out when pacing: playback goes on at once and is paced from there (FFmpeg's jump threshold)
+PACE_LEAP_S = 10.0
 
 
 class FrameProcessor(Protocol):
@@ -282,6 +285,8 @@ class Pipeline:
                 if self.pace:
                     clock = clock or (time.monotonic(), frame.seconds)
                     delay = clock[0] + frame.seconds - clock[1] - time.monotonic()
+                    if delay > PACE_LEAP_S:
+                        clock, delay = (time.monotonic(), frame.seconds), 0.0
                     if delay > 0 and self._stop.wait(delay):
                         break
                     frame.capture_time = time.monotonic()

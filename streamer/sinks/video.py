@@ -117,6 +117,8 @@ class VideoSink(Sink):
         self.container = None
         self._stream = None
         self._audio: dict[int, tuple] = {}  # input stream index -> (output stream, re-encoded?)
+        self._audio_dts: dict[int, int] = {}  # output stream index -> its last copied packet's dts
+        self.audio_overlaps = 0  # copied audio packets left out: they went back in time
         self._origin: Fraction | None = None  # the first frame's time: the output's 0
         # one frame waits for the next, so its duration is the real gap to it (VFR), not 1/rate
         self._pending: av.VideoFrame | None = None
@@ -254,6 +256,8 @@ class VideoSink(Sink):
             if not reencode:
                 packet.pts -= shift
                 packet.dts = packet.dts - shift if packet.dts is not None else packet.pts
+                if self._audio_overlaps(packet, out):
+                    continue
                 packet.stream = out
                 self.container.mux(packet)
                 continue
@@ -261,6 +265,18 @@ class VideoSink(Sink):
                 frame.pts = None  # the encoder counts samples from 0, like the video
                 for encoded in out.encode(frame):
                     self.container.mux(encoded)
+
+    def _audio_overlaps(self, packet, out) -> bool:
+        """Whether `packet` starts at or before the previous packet of its track, in the output's
+        ticks (where two recordings were joined, or a remux broke): the muxer refuses such a
+        packet, so it is left out, as the overlap would play the same moment twice."""
+        tick = Fraction(packet.dts) * packet.time_base / (out.time_base or packet.time_base)
+        last = self._audio_dts.get(out.index)
+        if last is not None and tick // 1 <= last:
+            self.audio_overlaps += 1
+            return True
+        self._audio_dts[out.index] = tick // 1
+        return False
 
     # -- finalising ------------------------------------------------------------------------
 
@@ -319,6 +335,8 @@ class VideoSink(Sink):
         extra = {**self.encoding(), "frames": self.frames_written, "complete": complete, "source": self.info.name}
         if self.audio_note:
             extra["audio"] = self.audio_note
+        if self.audio_overlaps:
+            extra["audio_overlaps_dropped"] = self.audio_overlaps
         return sidecar(self.meta, {**extra, **self.sidecar_extra}, self.stats)
 
 

@@ -287,7 +287,7 @@ BROKEN_HELD_OUT: list[tuple[str, Maker]] = [
         partial(sparse_vfr_avi, size=(80, 48), rate=25, duration=1.2, keep="not(eq(mod(n,4),1))", codec="mjpeg"),
     ),
     ("cut-mid-gop-mkv", partial(cut_mid_gop, size=(80, 48), rate=20, duration=1.5, gop=12, dropped=3)),
-    ("delayed-video-mov", partial(delayed_video_mov, size=(80, 64), rate=12, duration=1.0, delay=0.25)),
+    ("delayed-video-mov", partial(delayed_video_mov, size=(80, 64), rate=12, duration=1.2, delay=0.5)),
 ]
 
 # Recordings joined byte-wise: the timestamps jump back or forward where the second begins.

@@ -137,7 +137,7 @@ def test_pacing_goes_on_over_a_leap_in_the_timestamps(ffmpeg_cli, tmp_path, caps
     """A file whose times leap a minute ahead (a paused recording) is paced over the leap, not
     waited out: one frame after the leap follows at once."""
     src = tmp_path / "leap.mkv"
-    leap = "setts=ts=if(gte(N\\,5)\\,PTS+60/TB\\,PTS)"
+    leap = "setts=ts=if(gte(N\\,5)\\,PTS+60000\\,PTS)"  # Matroska counts milliseconds
     ffmpeg(*video_in((64, 48), 10, 1.0), *audio_in(1.0), *H264, "-bf", 0, "-bsf:v", leap, "-c:a", "aac", src)
     config = tmp_path / "paced.yaml"
     config.write_text("source:\n  pace: true\n")  # as preview and serve play a file

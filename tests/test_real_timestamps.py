@@ -147,6 +147,20 @@ def test_pacing_goes_on_over_a_leap_in_the_timestamps(ffmpeg_cli, tmp_path, caps
     assert time.monotonic() - started < 60, "the leap was waited out"
 
 
+def test_audio_is_copied_by_its_codec_and_what_the_muxer_refuses_is_re_encoded(ffmpeg_cli, tmp_path, capsys, caplog):
+    """MP3 decoded by `mp3float` is still MP3, which .mp4 holds: copied. WMA (Windows Media
+    files) is nothing Matroska's muxer takes: re-encoded, not a refused write."""
+    avi, wmv = tmp_path / "divx.avi", tmp_path / "old.wmv"
+    ffmpeg(*video_in((64, 48), 10, 1.0), *audio_in(1.0, 44100), "-c:v", "mpeg4", "-c:a", "libmp3lame", avi)
+    ffmpeg(*video_in((64, 48), 10, 1.0), *audio_in(1.0, 44100), "-c:v", "wmv2", "-c:a", "wmav2", wmv)
+    for src, out, codec, args in ((avi, "depth.mp4", "mp3", ()), (wmv, "depth.mkv", "aac", ("--format", "metric16"))):
+        code, said = transcode(src, tmp_path / out, capsys, caplog, *args)
+        assert code == 0, said
+        after = probe(tmp_path / out)
+        assert [a.codec for a in after.audio] == [codec]
+        assert abs(after.audio[0].duration - 1.0) < AUDIO_TOLERANCE_S
+
+
 def test_timestamp_problems_are_reported_as_such_not_as_disk_trouble(tmp_path):
     """A sink handed frames whose times go backwards names the timestamps, not the disk."""
     sink = VideoSink(tmp_path / "out.mp4", "gray", codec="libx264")

@@ -41,12 +41,15 @@ from streamer.views import PictureSettings
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 # Audio codecs each container takes as they are; others are re-encoded to the first one listed.
+# (.mkv is not listed: it takes whatever its muxer supports.)
 AUDIO_COPY = {
     ".mp4": ("aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"),
     ".mov": ("aac", "mp3", "ac3", "alac", "pcm_s16le", "pcm_s24le", "pcm_f32le"),
     ".webm": ("opus", "vorbis"),
     ".avi": ("mp3", "ac3", "pcm_s16le"),
 }
+# for containers that take any codec their muxer supports (Matroska), what the others become
+AUDIO_FALLBACK = ("aac",)
 FFV1_OPTIONS = {"level": "3", "slicecrc": "1", "g": "1"}
 WRITE_HINT = "check free disk space and that the output directory is writable"
 # errors that are the disk's (or the folder's) doing; anything else FFmpeg says is not
@@ -169,10 +172,13 @@ class VideoSink(Sink):
             ) from exc
 
     def _open_audio(self, src) -> None:
+        # the codec's own name: the decoder's may differ (mp3float decodes mp3)
+        name = src.codec_context.codec.canonical_name
         allowed = AUDIO_COPY.get(self.suffix)
-        if allowed is None or src.codec_context.name in allowed:
+        if name in (self.container.supported_codecs if allowed is None else allowed):
             self._audio[src.index] = (self.container.add_stream_from_template(src), False)
             return
+        allowed = allowed or AUDIO_FALLBACK
         codec = av.Codec(allowed[0], "w")
         rate = audio_rate(codec, src.rate)  # Opus only runs at 48 kHz and its divisors: PyAV resamples
         out = self.container.add_stream(allowed[0], rate=rate)
@@ -181,7 +187,7 @@ class VideoSink(Sink):
         out.format = codec.audio_formats[0]  # e.g. fltp for aac; PyAV converts
         self._open_encoder(out, f"{rate} Hz {out.layout.name} {out.format.name}")
         self._audio[src.index] = (out, True)
-        self.audio_note = f"audio re-encoded {src.codec_context.name} -> {allowed[0]} ({self.suffix} cannot hold it)"
+        self.audio_note = f"audio re-encoded {name} -> {allowed[0]} ({self.suffix} cannot hold it)"
         log.warning(self.audio_note)
 
     # -- writing ---------------------------------------------------------------------------

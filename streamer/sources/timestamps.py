@@ -87,17 +87,17 @@ class Rejoin:
 
     def fix(self, packet: av.Packet) -> None:
         """Shift `packet`'s pts and dts by the file's offset, after updating it for a jump here."""
-        if not self.active or packet.dts is None:
+        if not self.active:
             return
         tb = packet.time_base
-        dts = (packet.dts + round(self.offset / tb)) * tb
-        expected = self._next.get(packet.stream.index)
-        if expected is not None and not -JUMP_BACK_S <= dts - expected <= JUMP_FORWARD_S:
-            self.offset -= dts - expected
-            self.jumps += 1
-            dts = expected
-        shift = round(self.offset / tb)
-        packet.dts += shift
+        if packet.dts is not None:  # (MPEG-PS leaves it out of some packets: they only move along)
+            dts = (packet.dts + round(self.offset / tb)) * tb
+            expected = self._next.get(packet.stream.index)
+            if expected is not None and not -JUMP_BACK_S <= dts - expected <= JUMP_FORWARD_S:
+                self.offset -= dts - expected
+                self.jumps += 1
+                dts = expected
+            self._next[packet.stream.index] = dts + (packet.duration or 0) * tb
+            packet.dts += round(self.offset / tb)
         if packet.pts is not None:
-            packet.pts += shift
-        self._next[packet.stream.index] = dts + (packet.duration or 0) * tb
+            packet.pts += round(self.offset / tb)

@@ -210,6 +210,18 @@ def delayed_video_mov(
     return out
 
 
+def thumbnail_first(directory: Path, size: Size = (96, 64), rate: float = 15, duration: float = 1.2) -> Path:
+    """Matroska whose first video track is a one-frame JPEG thumbnail, the clip's H.264 second,
+    as some cameras and taggers write: the ffmpeg CLI (and players) show the clip."""
+    clip = directory / "clip.mp4"
+    thumb = directory / "thumb.jpg"
+    out = directory / "thumbnail_first.mkv"
+    ffmpeg(*video_in(size, rate, duration), *audio_in(duration), *H264, "-bf", 2, "-c:a", "aac", clip)
+    ffmpeg("-f", "lavfi", "-i", "color=red:size=64x64", "-frames:v", 1, thumb)
+    ffmpeg("-i", thumb, "-i", clip, "-map", "0", "-map", "1", "-c", "copy", out)
+    return out
+
+
 def corrupt_packet(src: Path, out: Path, fraction: float, where: str = "payload") -> None:
     """Overwrite bytes inside the video packet `fraction` of the way through `src` (MP4, H.264
     with 4-byte NAL lengths): in the middle of its payload, or in its second slice's header."""
@@ -243,9 +255,9 @@ def frame_times(path: Path) -> list[float | None]:
 
 
 def ffmpeg_times(path: Path) -> list[float]:
-    """The video's frame times as the ffmpeg CLI outputs them (its own decode loop, which joins
-    the jumps of MPEG-TS/PS timestamps), relative to the first frame."""
-    cmd = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0"]
+    """The video's frame times as the ffmpeg CLI outputs them (its own choice of video stream and
+    decode loop, which joins the jumps of MPEG-TS/PS timestamps), relative to the first frame."""
+    cmd = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-an", "-sn", "-dn"]
     cmd += ["-fps_mode", "passthrough", "-enc_time_base:v", "-1", "-f", "framecrc", "-"]
     lines = subprocess.run(cmd, capture_output=True, check=True, text=True, timeout=120).stdout.splitlines()
     base = next(Fraction(line.split(":", 1)[1].strip()) for line in lines if line.startswith("#tb 0:"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_broken import BROKEN, BROKEN_HELD_OUT, JOINED, LATE, ffmpeg_times, frame_times
+from media_broken import BROKEN, BROKEN_HELD_OUT, JOINED, LATE, ffmpeg_times, frame_times, thumbnail_first
 from media_corpus import H264, Probe, audio_in, ffmpeg, ffmpeg_available, presented_frame_count, probe, video_in
 
 from streamer.cli.main import main
@@ -159,6 +159,16 @@ def test_audio_is_copied_by_its_codec_and_what_the_muxer_refuses_is_re_encoded(f
         after = probe(tmp_path / out)
         assert [a.codec for a in after.audio] == [codec]
         assert abs(after.audio[0].duration - 1.0) < AUDIO_TOLERANCE_S
+
+
+def test_the_clip_is_read_not_a_thumbnail_track_listed_before_it(ffmpeg_cli, tmp_path, capsys, caplog):
+    src = thumbnail_first(tmp_path)
+    out = tmp_path / "depth.mp4"
+    code, said = transcode(src, out, capsys, caplog)
+    assert code == 0, said
+    after = probe(out)
+    assert after.video.times == pytest.approx(ffmpeg_times(src), abs=after.video.interval / 2)
+    assert len(after.video.times) == round(1.2 * 15)
 
 
 def test_timestamp_problems_are_reported_as_such_not_as_disk_trouble(tmp_path):

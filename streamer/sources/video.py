@@ -50,6 +50,12 @@ def clockwise_rotation(frame: av.VideoFrame) -> int:
     return int(round(-(frame.rotation or 0))) % 360
 
 
+def main_video(container: av.container.InputContainer) -> av.VideoStream:
+    """The video stream a player shows, chosen as the ffmpeg CLI does (FFmpeg's best stream): not
+    a cover picture or one-frame thumbnail track that some files list first."""
+    return container.streams.best("video") or container.streams.video[0]
+
+
 def upright_rgb(frame: av.VideoFrame) -> np.ndarray:
     image = frame.to_ndarray(format="rgb24")
     rotation = clockwise_rotation(frame)
@@ -88,7 +94,7 @@ class VideoSource(Source):
         if not self.container.streams.video:
             self.container.close()
             raise SourceError(f"{uri} has no video stream", hint="pass a file with video in it")
-        self.stream = self.container.streams.video[0]
+        self.stream = main_video(self.container)
         if self.stream.codec_context is None or not self.stream.codec_context.width:
             self.container.close()
             raise SourceError(
@@ -155,7 +161,7 @@ class VideoSource(Source):
         threads = self.stream.codec_context.thread_count
         self.container.close()
         self.container = av.open(self.uri, metadata_errors="replace")
-        self.stream = self.container.streams.video[0]
+        self.stream = main_video(self.container)
         self.stream.thread_type = "AUTO"
         self.stream.codec_context.thread_count = threads
         self.audio_streams = tuple(self.container.streams.audio)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from fractions import Fraction
 from functools import partial
 from pathlib import Path
 
-from media_corpus import FFPROBE, H264, Maker, Size, audio_in, ffmpeg, video_in
+from media_corpus import FFMPEG, FFPROBE, H264, Maker, Size, audio_in, ffmpeg, video_in
 
 
 def packed_xvid_avi(
@@ -141,6 +142,86 @@ def sparse_vfr_avi(
     return out
 
 
+def joined_mpegts(
+    directory: Path,
+    size: Size = (96, 64),
+    rate: float = 25,
+    duration: float = 1.0,
+    offsets: tuple[float, float] = (20.0, 5.0),
+    bframes: int = 2,
+) -> Path:
+    """Two camcorder recordings (H.264 with B-frames + AAC in MPEG-TS, each starting at its
+    `offsets` seconds) joined byte-wise, as `cat 00001.MTS 00002.MTS` does: the timestamps jump
+    back (or forward) where the second begins."""
+    out = directory / "joined.mts"
+    parts = []
+    for i, offset in enumerate(offsets):
+        part = directory / f"part{i}.ts"
+        sound = audio_in(duration, 48000, 440 * (i + 1))
+        codecs = [*H264, "-bf", bframes, "-c:a", "aac", "-output_ts_offset", offset, "-f", "mpegts"]
+        ffmpeg(*video_in(size, rate, duration), *sound, *codecs, part)
+        parts.append(part.read_bytes())
+    out.write_bytes(b"".join(parts))
+    return out
+
+
+def late_program_stream(
+    directory: Path,
+    size: Size = (96, 64),
+    rate: float = 25,
+    duration: float = 1.6,
+    offset: float = 3.7,
+    bframes: int = 2,
+) -> Path:
+    """MPEG-2 with B-frames and MP2 audio in an MPEG program stream (.mpg/.vob, DVD and old
+    camcorders) whose clock starts `offset` seconds in."""
+    out = directory / "late.mpg"
+    codecs = ["-c:v", "mpeg2video", "-bf", bframes, "-g", 12, "-c:a", "mp2", "-output_ts_offset", offset]
+    ffmpeg(*video_in(size, rate, duration), *audio_in(duration), *codecs, "-f", "mpeg", out)
+    return out
+
+
+def cut_mid_gop(
+    directory: Path,
+    size: Size = (96, 64),
+    rate: float = 25,
+    duration: float = 2.0,
+    gop: int = 30,
+    dropped: int = 5,
+) -> Path:
+    """Matroska whose first `dropped` video packets (the keyframe among them) are gone, as a
+    recording started or cut mid-GOP: the video decodes from the next keyframe, the audio from 0."""
+    full = directory / "full.mkv"
+    out = directory / "mid_gop.mkv"
+    ffmpeg(*video_in(size, rate, duration), *audio_in(duration), *H264, "-g", gop, "-bf", 2, "-c:a", "aac", full)
+    ffmpeg("-i", full, "-c", "copy", "-bsf:v", f"noise=drop=lt(n\\,{dropped})", out)
+    return out
+
+
+def delayed_video_mov(
+    directory: Path, size: Size = (96, 64), rate: float = 20, duration: float = 1.5, delay: float = 0.4
+) -> Path:
+    """MOV whose video starts `delay` seconds after its audio through an empty edit (edit list
+    with two entries), as editors and some cameras write."""
+    full = directory / "full.mov"
+    out = directory / "delayed.mov"
+    ffmpeg(*video_in(size, rate, duration), *audio_in(duration), *H264, "-bf", 2, "-c:a", "aac", full)
+    ffmpeg("-itsoffset", delay, "-i", full, "-i", full, "-map", "0:v", "-map", "1:a", "-c", "copy", out)
+    return out
+
+
+def thumbnail_first(directory: Path, size: Size = (96, 64), rate: float = 15, duration: float = 1.2) -> Path:
+    """Matroska whose first video track is a one-frame JPEG thumbnail, the clip's H.264 second,
+    as some cameras and taggers write: the ffmpeg CLI (and players) show the clip."""
+    clip = directory / "clip.mp4"
+    thumb = directory / "thumb.jpg"
+    out = directory / "thumbnail_first.mkv"
+    ffmpeg(*video_in(size, rate, duration), *audio_in(duration), *H264, "-bf", 2, "-c:a", "aac", clip)
+    ffmpeg("-f", "lavfi", "-i", "color=red:size=64x64", "-frames:v", 1, thumb)
+    ffmpeg("-i", thumb, "-i", clip, "-map", "0", "-map", "1", "-c", "copy", out)
+    return out
+
+
 def corrupt_packet(src: Path, out: Path, fraction: float, where: str = "payload") -> None:
     """Overwrite bytes inside the video packet `fraction` of the way through `src` (MP4, H.264
     with 4-byte NAL lengths): in the middle of its payload, or in its second slice's header."""
@@ -173,6 +254,17 @@ def frame_times(path: Path) -> list[float | None]:
     return [None if t is None else next(known) for t in stamps]
 
 
+def ffmpeg_times(path: Path) -> list[float]:
+    """The video's frame times as the ffmpeg CLI outputs them (its own choice of video stream and
+    decode loop, which joins the jumps of MPEG-TS/PS timestamps), relative to the first frame."""
+    cmd = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-an", "-sn", "-dn"]
+    cmd += ["-fps_mode", "passthrough", "-enc_time_base:v", "-1", "-f", "framecrc", "-"]
+    lines = subprocess.run(cmd, capture_output=True, check=True, text=True, timeout=120).stdout.splitlines()
+    base = next(Fraction(line.split(":", 1)[1].strip()) for line in lines if line.startswith("#tb 0:"))
+    ticks = [int(line.split(",")[2]) for line in lines if line and not line.startswith("#")]
+    return [float((t - ticks[0]) * base) for t in ticks]
+
+
 BROKEN: list[tuple[str, Maker]] = [
     ("xvid-packed-bframes-avi", partial(packed_xvid_avi)),
     ("mpeg4-bframes-avi", partial(mpeg4_bframes_avi)),
@@ -181,6 +273,8 @@ BROKEN: list[tuple[str, Maker]] = [
     ("repeated-pts-mkv", partial(repeated_pts)),
     ("corrupt-slice", partial(corrupt_slice)),
     ("sparse-vfr-avi", partial(sparse_vfr_avi)),
+    ("cut-mid-gop-mkv", partial(cut_mid_gop)),
+    ("delayed-video-mov", partial(delayed_video_mov)),
 ]
 
 # The same kinds with other sizes, rates, B-frame counts, tags and damage places.
@@ -204,4 +298,18 @@ BROKEN_HELD_OUT: list[tuple[str, Maker]] = [
         "sparse-vfr-avi",
         partial(sparse_vfr_avi, size=(80, 48), rate=25, duration=1.2, keep="not(eq(mod(n,4),1))", codec="mjpeg"),
     ),
+    ("cut-mid-gop-mkv", partial(cut_mid_gop, size=(80, 48), rate=20, duration=1.5, gop=12, dropped=3)),
+    ("delayed-video-mov", partial(delayed_video_mov, size=(80, 64), rate=12, duration=1.2, delay=0.5)),
+]
+
+# Recordings joined byte-wise: the timestamps jump back or forward where the second begins.
+JOINED: list[tuple[str, Maker]] = [
+    ("joined-mpegts-back", partial(joined_mpegts)),
+    ("joined-mpegts-forward", partial(joined_mpegts, size=(80, 48), rate=15, duration=0.8, offsets=(2.0, 300.0))),
+]
+
+# Files whose clock starts late: `--start`/`--end` count from where the file starts, as players show it.
+LATE: list[tuple[str, Maker]] = [
+    ("late-program-stream", partial(late_program_stream)),
+    ("late-mpegts-joined", partial(joined_mpegts, offsets=(12.3, 30.0), duration=0.8, bframes=3)),
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import cv2  # noqa: F401  (before av: see streamer/__init__.py)
 
+import time
 from collections.abc import Callable
 from fractions import Fraction
 from itertools import pairwise
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_broken import BROKEN, BROKEN_HELD_OUT, frame_times
-from media_corpus import Probe, ffmpeg_available, presented_frame_count, probe
+from media_broken import BROKEN, BROKEN_HELD_OUT, JOINED, LATE, ffmpeg_times, frame_times, thumbnail_first
+from media_corpus import H264, Probe, audio_in, ffmpeg, ffmpeg_available, presented_frame_count, probe, video_in
 
 from streamer.cli.main import main
 from streamer.errors import SinkError
@@ -96,6 +97,78 @@ def test_broken_timestamps_transcode_with_every_frame_in_order(
     assert "disk" not in said
     problems = judge(src, before, out)
     assert not problems, f"{src.name}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("make", [pytest.param(make, id=name) for name, make in JOINED])
+def test_joined_recordings_play_on_where_their_timestamps_jump(
+    make: Callable[[Path], Path], ffmpeg_cli, tmp_path, capsys, caplog
+):
+    """Recordings joined byte-wise come out as one: the second goes on one frame after the first,
+    as the ffmpeg CLI plays it (no jump back, no minutes of frozen frame), with its audio."""
+    src = make(tmp_path)
+    out = tmp_path / "depth.mkv"
+    code, said = transcode(src, out, capsys, caplog, "--format", "metric16")
+    assert code == 0, said
+    after = probe(out)
+    expected = ffmpeg_times(src)
+    assert after.video.times == pytest.approx(expected, abs=after.video.interval / 2)
+    assert after.audio and abs(after.audio[0].duration - after.video.duration) < AUDIO_TOLERANCE_S
+
+
+@pytest.mark.parametrize("make", [pytest.param(make, id=name) for name, make in LATE])
+def test_start_and_end_count_from_where_the_file_starts(
+    make: Callable[[Path], Path], ffmpeg_cli, tmp_path, capsys, caplog
+):
+    """An MPEG-PS/TS clock starting seconds in: `--start 0.4 --end 1` keeps the frames a player
+    shows between 0.4 s and 1 s (read from the start where the format's seeks miss keyframes)."""
+    src = make(tmp_path)
+    before = probe(src)
+    lead = before.video.start - before.format_start  # the video's first frame, on the file's clock
+    wanted = [t for t in ffmpeg_times(src) if 0.4 - 1e-6 <= t + lead < 1.0 - 1e-6]
+    out = tmp_path / "cut.mp4"
+    code, said = transcode(src, out, capsys, caplog, "--start", "0.4", "--end", "1")
+    assert code == 0, said
+    after = probe(out)
+    assert after.video.frames == len(wanted)
+    assert after.audio and abs(after.audio[0].duration - 0.6) < AUDIO_TOLERANCE_S
+
+
+def test_pacing_goes_on_over_a_leap_in_the_timestamps(ffmpeg_cli, tmp_path, capsys, caplog):
+    """A file whose times leap a minute ahead (a paused recording) is paced over the leap, not
+    waited out: one frame after the leap follows at once."""
+    src = tmp_path / "leap.mkv"
+    leap = "setts=ts=if(gte(N\\,5)\\,PTS+60000\\,PTS)"  # Matroska counts milliseconds
+    ffmpeg(*video_in((64, 48), 10, 1.0), *audio_in(1.0), *H264, "-bf", 0, "-bsf:v", leap, "-c:a", "aac", src)
+    config = tmp_path / "paced.yaml"
+    config.write_text("source:\n  pace: true\n")  # as preview and serve play a file
+    started = time.monotonic()
+    code, said = transcode(src, tmp_path / "out.mp4", capsys, caplog, "--config", str(config))
+    assert code == 0, said
+    assert time.monotonic() - started < 60, "the leap was waited out"
+
+
+def test_audio_is_copied_by_its_codec_and_what_the_muxer_refuses_is_re_encoded(ffmpeg_cli, tmp_path, capsys, caplog):
+    """MP3 decoded by `mp3float` is still MP3, which .mp4 holds: copied. WMA (Windows Media
+    files) is nothing Matroska's muxer takes: re-encoded, not a refused write."""
+    avi, wmv = tmp_path / "divx.avi", tmp_path / "old.wmv"
+    ffmpeg(*video_in((64, 48), 10, 1.0), *audio_in(1.0, 44100), "-c:v", "mpeg4", "-c:a", "libmp3lame", avi)
+    ffmpeg(*video_in((64, 48), 10, 1.0), *audio_in(1.0, 44100), "-c:v", "wmv2", "-c:a", "wmav2", wmv)
+    for src, out, codec, args in ((avi, "depth.mp4", "mp3", ()), (wmv, "depth.mkv", "aac", ("--format", "metric16"))):
+        code, said = transcode(src, tmp_path / out, capsys, caplog, *args)
+        assert code == 0, said
+        after = probe(tmp_path / out)
+        assert [a.codec for a in after.audio] == [codec]
+        assert abs(after.audio[0].duration - 1.0) < AUDIO_TOLERANCE_S
+
+
+def test_the_clip_is_read_not_a_thumbnail_track_listed_before_it(ffmpeg_cli, tmp_path, capsys, caplog):
+    src = thumbnail_first(tmp_path)
+    out = tmp_path / "depth.mp4"
+    code, said = transcode(src, out, capsys, caplog)
+    assert code == 0, said
+    after = probe(out)
+    assert after.video.times == pytest.approx(ffmpeg_times(src), abs=after.video.interval / 2)
+    assert len(after.video.times) == round(1.2 * 15)
 
 
 def test_timestamp_problems_are_reported_as_such_not_as_disk_trouble(tmp_path):

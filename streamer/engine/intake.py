@@ -16,6 +16,10 @@ from streamer.engine.stats import Stats
 from streamer.types import Frame
 
 
+# a file's times that leap further than this ahead (a recording paused, clips joined) are not
+# waited out when pacing: playback goes on at once and is paced from there (FFmpeg's jump threshold)
+PACE_LEAP_S = 10.0
+
 class Intake:
     """One run's frames queue and what feeds it and reads it; `stop` is the run's stop event."""
 
@@ -49,6 +53,8 @@ class Intake:
                 if self.pace:
                     clock = clock or (time.monotonic(), frame.seconds)
                     delay = clock[0] + frame.seconds - clock[1] - time.monotonic()
+                    if delay > PACE_LEAP_S:
+                        clock, delay = (time.monotonic(), frame.seconds), 0.0
                     if delay > 0 and self.stop.wait(delay):
                         break
                     frame.capture_time = time.monotonic()

@@ -43,12 +43,15 @@ log = logging.getLogger(__name__)
 ALPHA_CODECS = ("libvpx-vp9",)  # encoders that keep an alpha channel (yuva420p), in WebM
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 # Audio codecs each container takes as they are; others are re-encoded to the first one listed.
+# (.mkv is not listed: it takes whatever its muxer supports.)
 AUDIO_COPY = {
     ".mp4": ("aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"),
     ".mov": ("aac", "mp3", "ac3", "alac", "pcm_s16le", "pcm_s24le", "pcm_f32le"),
     ".webm": ("opus", "vorbis"),
     ".avi": ("mp3", "ac3", "pcm_s16le"),
 }
+# for containers that take any codec their muxer supports (Matroska), what the others become
+AUDIO_FALLBACK = ("aac",)
 FFV1_OPTIONS = {"level": "3", "slicecrc": "1", "g": "1"}
 WRITE_HINT = "check free disk space and that the output directory is writable"
 # errors that are the disk's (or the folder's) doing; anything else FFmpeg says is not
@@ -120,6 +123,8 @@ class VideoSink(Sink):
         self.container = None
         self._stream = None
         self._audio: dict[int, tuple] = {}  # input stream index -> (output stream, re-encoded?)
+        self._audio_dts: dict[int, int] = {}  # output stream index -> its last copied packet's dts
+        self.audio_overlaps = 0  # copied audio packets left out: they went back in time
         self._origin: Fraction | None = None  # the first frame's time: the output's 0
         # one frame waits for the next, so its duration is the real gap to it (VFR), not 1/rate
         self._pending: av.VideoFrame | None = None
@@ -170,10 +175,13 @@ class VideoSink(Sink):
             ) from exc
 
     def _open_audio(self, src) -> None:
+        # the codec's own name: the decoder's may differ (mp3float decodes mp3)
+        name = src.codec_context.codec.canonical_name
         allowed = AUDIO_COPY.get(self.suffix)
-        if allowed is None or src.codec_context.name in allowed:
+        if name in (self.container.supported_codecs if allowed is None else allowed):
             self._audio[src.index] = (self.container.add_stream_from_template(src), False)
             return
+        allowed = allowed or AUDIO_FALLBACK
         codec = av.Codec(allowed[0], "w")
         rate = audio_rate(codec, src.rate)  # Opus only runs at 48 kHz and its divisors: PyAV resamples
         out = self.container.add_stream(allowed[0], rate=rate)
@@ -182,7 +190,7 @@ class VideoSink(Sink):
         out.format = codec.audio_formats[0]  # e.g. fltp for aac; PyAV converts
         self._open_encoder(out, f"{rate} Hz {out.layout.name} {out.format.name}")
         self._audio[src.index] = (out, True)
-        self.audio_note = f"audio re-encoded {src.codec_context.name} -> {allowed[0]} ({self.suffix} cannot hold it)"
+        self.audio_note = f"audio re-encoded {name} -> {allowed[0]} ({self.suffix} cannot hold it)"
         log.warning(self.audio_note)
 
     # -- writing ---------------------------------------------------------------------------
@@ -260,6 +268,8 @@ class VideoSink(Sink):
             if not reencode:
                 packet.pts -= shift
                 packet.dts = packet.dts - shift if packet.dts is not None else packet.pts
+                if self._audio_overlaps(packet, out):
+                    continue
                 packet.stream = out
                 self.container.mux(packet)
                 continue
@@ -267,6 +277,18 @@ class VideoSink(Sink):
                 frame.pts = None  # the encoder counts samples from 0, like the video
                 for encoded in out.encode(frame):
                     self.container.mux(encoded)
+
+    def _audio_overlaps(self, packet, out) -> bool:
+        """Whether `packet` starts at or before the previous packet of its track, in the output's
+        ticks (where two recordings were joined, or a remux broke): the muxer refuses such a
+        packet, so it is left out, as the overlap would play the same moment twice."""
+        tick = Fraction(packet.dts) * packet.time_base / (out.time_base or packet.time_base)
+        last = self._audio_dts.get(out.index)
+        if last is not None and tick // 1 <= last:
+            self.audio_overlaps += 1
+            return True
+        self._audio_dts[out.index] = tick // 1
+        return False
 
     # -- finalising ------------------------------------------------------------------------
 
@@ -325,6 +347,8 @@ class VideoSink(Sink):
         extra = {**self.encoding(), "frames": self.frames_written, "complete": complete, "source": self.info.name}
         if self.audio_note:
             extra["audio"] = self.audio_note
+        if self.audio_overlaps:
+            extra["audio_overlaps_dropped"] = self.audio_overlaps
         return sidecar(self.meta, {**extra, **self.sidecar_extra, **self.scales.extra()}, self.stats)
 
 

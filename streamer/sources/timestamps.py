@@ -9,6 +9,12 @@ one whose pts were written in decode order gets them back in presentation order.
 pts takes its packet's dts (what FFmpeg's best-effort timestamp falls back to); a frame with no
 time at all, or one not after the previous frame's, gets the previous time plus one frame. The
 times handed on always strictly increase.
+
+Formats made for broadcast and camcorders (MPEG-TS, MPEG-PS) may also jump: recordings cut and
+joined byte-wise (`cat a.mts b.mts`), a camera's clock reset, a 33-bit clock that wraps. There
+FFmpeg's own rule applies (its `-dts_delta_threshold`): a stream's dts jumping forward by more
+than 10 s, or back by more than 0.1 s, moves every later packet of the file by the jump, so all
+streams go on where they were and audio stays with its video.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Iterator
+from fractions import Fraction
 from typing import Generic, TypeVar
+
+import av
 
 Item = TypeVar("Item")
 # Frames whose times are sorted together: more than any B-frame reordering depth seen in the wild
@@ -60,3 +69,35 @@ class FrameClock(Generic[Item]):
             self.repaired += 1
         self.previous = time
         return item, time
+
+
+# FFmpeg's defaults (fftools: dts_delta_threshold, and a tenth of a second back)
+JUMP_FORWARD_S = 10
+JUMP_BACK_S = Fraction(1, 10)
+
+
+class Rejoin:
+    """Removes timestamp jumps from the packets of a file whose format allows them (see above)."""
+
+    def __init__(self, container: av.container.InputContainer) -> None:
+        self.active = bool(container.format.flags & av.format.Flags.ts_discont.value)
+        self.offset = Fraction(0)  # seconds added to every packet's times
+        self.jumps = 0
+        self._next: dict[int, Fraction] = {}  # stream index -> where its next packet should start
+
+    def fix(self, packet: av.Packet) -> None:
+        """Shift `packet`'s pts and dts by the file's offset, after updating it for a jump here."""
+        if not self.active:
+            return
+        tb = packet.time_base
+        if packet.dts is not None:  # (MPEG-PS leaves it out of some packets: they only move along)
+            dts = (packet.dts + round(self.offset / tb)) * tb
+            expected = self._next.get(packet.stream.index)
+            if expected is not None and not -JUMP_BACK_S <= dts - expected <= JUMP_FORWARD_S:
+                self.offset -= dts - expected
+                self.jumps += 1
+                dts = expected
+            self._next[packet.stream.index] = dts + (packet.duration or 0) * tb
+            packet.dts += round(self.offset / tb)
+        if packet.pts is not None:
+            packet.pts += round(self.offset / tb)

@@ -20,7 +20,7 @@ import numpy as np
 from streamer.errors import SourceError
 from streamer.focal import Focal, focal_from_video_metadata, video_metadata
 from streamer.sources.base import Source
-from streamer.sources.timestamps import REORDER_WINDOW, FrameClock
+from streamer.sources.timestamps import REORDER_WINDOW, FrameClock, Rejoin
 from streamer.types import Frame, StreamInfo
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,12 @@ def check_input_file(path: Path) -> None:
 def clockwise_rotation(frame: av.VideoFrame) -> int:
     """Clockwise degrees that make the picture upright (from the display matrix, as ffmpeg's autorotate)."""
     return int(round(-(frame.rotation or 0))) % 360
+
+
+def main_video(container: av.container.InputContainer) -> av.VideoStream:
+    """The video stream a player shows, chosen as the ffmpeg CLI does (FFmpeg's best stream): not
+    a cover picture or one-frame thumbnail track that some files list first."""
+    return container.streams.best("video") or container.streams.video[0]
 
 
 def upright_rgb(frame: av.VideoFrame) -> np.ndarray:
@@ -88,7 +94,7 @@ class VideoSource(Source):
         if not self.container.streams.video:
             self.container.close()
             raise SourceError(f"{uri} has no video stream", hint="pass a file with video in it")
-        self.stream = self.container.streams.video[0]
+        self.stream = main_video(self.container)
         if self.stream.codec_context is None or not self.stream.codec_context.width:
             self.container.close()
             raise SourceError(
@@ -100,6 +106,7 @@ class VideoSource(Source):
         self.audio_streams = tuple(self.container.streams.audio)
         self.start, self.end, self.limit = start, end, frames
         self.truncated: str | None = None
+        self.rejoin: Rejoin | None = None  # made per read: timestamp jumps seen so far
         self.corrupt_packets = 0
         self._cut = False  # a trim's end was reached: only audio up to it is still read
         self.last_seconds: float | None = None  # the last frame's time
@@ -108,6 +115,10 @@ class VideoSource(Source):
         rate = self.stream.average_rate or self.stream.guessed_rate
         ctx = self.stream.codec_context
         rotation = 0 if network else self._probe_rotation()
+        # `start`/`end` count from the timeline's start, as players show it (an MPEG-TS recording
+        # may start at 1.4 s or 11 h): the times frames are compared with are shifted by it
+        self.cut_from = None if start is None else self.origin + start
+        self.cut_to = None if end is None else self.origin + end
         width, height = (ctx.height, ctx.width) if rotation in (90, 270) else (ctx.width, ctx.height)
         self._focal: tuple[tuple[int, int], Focal | None] | None = None
         self.info = StreamInfo(
@@ -137,19 +148,24 @@ class VideoSource(Source):
         return Fraction(self.container.start_time, av.time_base)
 
     def _probe_rotation(self) -> int:
-        """Rotation of a file's first frame, to report the upright size before decoding starts."""
+        """Rotation of a file's first frame, to report the upright size before decoding starts.
+
+        Reading then starts over from a fresh demuxer, not a seek to 0: a seek lands on a
+        keyframe, and a file cut mid-GOP (or a damaged one) holds audio and frames before it."""
         rotation = 0
         try:
             for frame in self.container.decode(self.stream):
                 rotation = clockwise_rotation(frame)
                 break
-            self.container.seek(0, stream=self.stream)
-        except av.FFmpegError:  # a damaged file may not seek: start over from a fresh demuxer
-            self.container.close()
-            self.container = av.open(self.uri, metadata_errors="replace")
-            self.stream = self.container.streams.video[0]
-            self.stream.thread_type = "AUTO"
-            self.audio_streams = tuple(self.container.streams.audio)
+        except av.FFmpegError:
+            pass
+        threads = self.stream.codec_context.thread_count
+        self.container.close()
+        self.container = av.open(self.uri, metadata_errors="replace")
+        self.stream = main_video(self.container)
+        self.stream.thread_type = "AUTO"
+        self.stream.codec_context.thread_count = threads
+        self.audio_streams = tuple(self.container.streams.audio)
         return rotation
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
@@ -159,9 +175,12 @@ class VideoSource(Source):
         until the input ends so the audio after it rides along too. Trims cut audio alike.
         """
         tb = self.stream.time_base
-        if self.start:
+        self.rejoin = Rejoin(self.container)
+        # where timestamps may jump (MPEG-TS/PS) a time is only known by reading up to it, and their
+        # seeks land on no keyframe: such files are read from the start and frames before it dropped
+        if self.start and not self.rejoin.active:
             try:
-                self.container.seek(int(self.start / tb), stream=self.stream, backward=True)
+                self.container.seek(int(self.cut_from / tb), stream=self.stream, backward=True)
             except av.FFmpegError as exc:
                 raise SourceError(
                     f"cannot seek to {self.start} s in {self.uri}: {exc.strerror or exc}",
@@ -173,9 +192,9 @@ class VideoSource(Source):
         self._cut = False
         for frame, pts in self._timed_frames(stop, audio):
             seconds = self.decoded_until = float(pts * tb)
-            if self._cut or (self.start is not None and seconds < self.start):
+            if self._cut or (self.cut_from is not None and seconds < self.cut_from):
                 continue
-            if (self.end is not None and seconds >= self.end) or (self.limit is not None and index >= self.limit):
+            if (self.cut_to is not None and seconds >= self.cut_to) or (self.limit is not None and index >= self.limit):
                 self._cut = True  # past the trim: only the audio up to its end is still wanted
                 if not self.audio_streams:
                     break
@@ -210,6 +229,7 @@ class VideoSource(Source):
                 break
             if packet is None:
                 break
+            self.rejoin.fix(packet)
             if packet.stream.type == "audio":
                 self._note_audio(packet, audio)
                 if self._cut and self._after_end(packet):
@@ -227,6 +247,8 @@ class VideoSource(Source):
                 yield from clock.push(frame, frame.pts, frame.dts, frame.duration)
         if not stop.is_set():
             yield from clock.drain()
+        if self.rejoin.jumps:
+            log.info("%s: the timestamps jump %d times: joined where they jump", self.uri, self.rejoin.jumps)
         if clock.repaired:
             log.info(
                 "%s: %d frames had no time or one not after the previous frame's: timed one frame on",
@@ -245,8 +267,8 @@ class VideoSource(Source):
 
     def _trim_end(self) -> float | None:
         """Where kept audio ends: `end`, or after the last frame when the frame count cut the input."""
-        if self.end is not None:
-            return self.end
+        if self.cut_to is not None:
+            return self.cut_to
         if self.limit is not None and self.last_seconds is not None:
             return self.last_seconds + self.frame_interval
         return None
@@ -261,7 +283,7 @@ class VideoSource(Source):
         start = float(packet.pts * packet.time_base)
         end = start + float((packet.duration or 0) * packet.time_base)
         self.audio_end = max(self.audio_end or end, end)
-        if self.start is not None and end <= self.start:
+        if self.cut_from is not None and end <= self.cut_from:
             return
         if not self._after_end(packet):
             audio.append(packet)
@@ -283,9 +305,11 @@ class VideoSource(Source):
         counts, so neither the container's duration nor the packet count says "damaged". Where
         the stream declares no duration (Matroska), the file must reach the container's end
         with some stream: a cut file ends early for all of them. Frames before a `start` count
-        as decoded: a start in the lost part of a cut file is told as the damage.
+        as decoded: a start in the lost part of a cut file is told as the damage. Where the
+        timestamps jump, FFmpeg's length is the distance between the first and last ones, which
+        says nothing: reaching the end of the file without a read error is all there is to judge.
         """
-        if self.truncated:
+        if self.truncated or self.rejoin.jumps:
             return
         slack = 2.5 * self.frame_interval
         video_end = (self.decoded_until + self.frame_interval) if self.decoded_until is not None else None

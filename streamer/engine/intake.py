@@ -15,10 +15,10 @@ from streamer.engine.queues import END, StageQueue
 from streamer.engine.stats import Stats
 from streamer.types import Frame
 
-
 # a file's times that leap further than this ahead (a recording paused, clips joined) are not
 # waited out when pacing: playback goes on at once and is paced from there (FFmpeg's jump threshold)
 PACE_LEAP_S = 10.0
+
 
 class Intake:
     """One run's frames queue and what feeds it and reads it; `stop` is the run's stop event."""

@@ -69,7 +69,7 @@ def test_an_image_named_twice_is_read_once(tmp_path, capsys):
     one = picture(tmp_path / "one.png")
     out = tmp_path / "out"
     assert run("depth", str(one), str(tmp_path / "*.png"), "-o", str(out), "--format", "gray") == 0
-    assert "done: 1 images" in capsys.readouterr().err and (out / "one.png").exists()
+    assert "done: 1 image " in capsys.readouterr().err and (out / "one.png").exists()
 
 
 @pytest.mark.parametrize("name", ["out.mp5", "out.xyz"])

@@ -24,7 +24,7 @@ from streamer.effect_settings import EffectSettings, parse_background
 
 LEVELS = 6  # pyramid scales 1, 2, 4, .. 32 px: circles up to ~64 px across
 BLUR_LEVEL = 5  # the `blur` background: the picture at the coarsest scale
-SUBSAMPLE = 4  # the fast guided filter's coarse grid: every 4th pixel each way, 16x less to filter
+KEY_LEVEL = 2  # the fast guided filter's coarse grid: every 4th pixel each way, 16x less to filter
 GUIDE_EPS = 1e-3  # guided filter regulariser (guide in 0..1): below the variance of a real edge
 ASSUMED_HFOV = 70.0  # degrees, when the stage said nothing of the focal length (as focal.py assumes)
 
@@ -48,17 +48,18 @@ def guide_of(images: torch.Tensor) -> torch.Tensor:
 
 
 def refine(mask: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-    """Hard masks (N, h, w) on the coarse grid (every SUBSAMPLE-th pixel of the picture) -> alpha
-    (N, 1, H, W) in 0..1 whose edge follows the full-size `guide` picture (N, 1, H, W).
+    """Hard masks (N, h, w) on the coarse grid -> alpha (N, 1, H, W) in 0..1 whose edge follows the
+    `guide` picture (N, 1, H, W): the frame's luma at half size (the alpha is upsampled from there
+    with the weights, in uint8, for a sixth of what a float alpha at full size costs on a CPU).
 
     The fast guided filter (He & Sun 2015): everything is solved on the coarse grid, and only the
-    linear coefficients a, b are upsampled, so the full-size cost is one upsample and a * I + b.
+    linear coefficients a, b are upsampled, so the guide's size costs one upsample and a * I + b.
     Two passes: the first pulls the edge from the depth's grid towards the picture's edge (cut
     again at one half), the second makes the soft alpha along it. The window is about 1/60 of the
     short side, wide enough to reach from the depth's edge (a network's grid cell is about 1/40 of
     it, its edges bleed a few pixels) to the picture's."""
     small = subsample(guide, tuple(mask.shape[-2:]))
-    kernel = 2 * max(1, min(guide.shape[-2:]) // 60 // SUBSAMPLE) + 1
+    kernel = 2 * max(1, min(mask.shape[-2:]) // 60) + 1  # a radius of 1/60 of the short side
     a, b = guided_coefficients(small, mask[:, None].float(), kernel)
     hard = (torch.addcmul(b, a, small) > 0.5).float()
     a, b = guided_coefficients(small, hard, kernel)
@@ -226,11 +227,11 @@ class Keyer:
         kind, arg = parse_background(effects.background)
         full = levels[0]
         h, w = full.shape[-2:]
-        if kind == "blur":  # the pyramid's coarsest level when there is one, else that shrink alone
+        if kind == "blur":  # the pyramid's coarsest level, or shrunk to its size from the half-size one
             small = (
-                levels[min(BLUR_LEVEL, len(levels) - 1)]
-                if len(levels) > 1
-                else resize(full, level_size((h, w), BLUR_LEVEL), antialias=True)
+                levels[BLUR_LEVEL]
+                if len(levels) > BLUR_LEVEL
+                else resize(levels[-1], level_size((h, w), BLUR_LEVEL), True)
             )
             return resize(small, (h, w)).permute(0, 2, 3, 1)
         if kind == "transparent":
@@ -253,12 +254,16 @@ class Keyer:
         picture = depth_of_field(images, depth, effects, f_px, levels) if effects.focus is not None else images
         if kind == "none":
             return picture.contiguous()
-        cells = (-(-depth.shape[-2] // SUBSAMPLE), -(-depth.shape[-1] // SUBSAMPLE))
-        alpha = refine(self.masks(subsample(depth, cells), effects), guide_of(images))
+        hw = tuple(depth.shape[-2:])
+        if len(levels) == 1:  # the key's guide and the blurred background start from half size
+            levels.append(resize(levels[0], level_size(hw, 1), antialias=True))
+        masks = self.masks(subsample(depth, level_size(hw, KEY_LEVEL)), effects)
+        alpha = refine(masks, guide_of(levels[1].permute(0, 2, 3, 1)))
         background = self.background(effects, levels)
         if background is None and alpha_out:
-            return torch.cat((picture, (alpha * 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1)), dim=3)
-        weight = weights(alpha).permute(0, 2, 3, 1)
+            a8 = resize((alpha * 255.0).round_().to(torch.uint8), hw)
+            return torch.cat((picture, a8.permute(0, 2, 3, 1)), dim=3)
+        weight = resize(weights(alpha), hw).permute(0, 2, 3, 1)
         return mix(background, picture, weight)  # no background and no alpha channel: black
 
 

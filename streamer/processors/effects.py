@@ -139,18 +139,36 @@ def weights(alpha: torch.Tensor) -> torch.Tensor:
     return torch.cat((w, w, w), dim=3).permute(0, 3, 1, 2)
 
 
-def mix(base: torch.Tensor | None, other: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """base + weight / 128 * (other - base) on uint8 pictures laid out alike (NHWC, or channels-last
-    NCHW), `weight` from weights() (`base` None: black): on int16, a third of the cost of float on
-    a CPU (one level of error at most)."""
+class Workspace:
+    """Scratch tensors kept from frame to frame: a fresh full-size int16 tensor costs its page
+    faults on every frame (the allocator hands such sizes back to the system), more than the
+    arithmetic done in it; an in-place op between two dtypes makes such a copy behind the scenes."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of `like`'s shape (contiguous) and `dtype`, the same one for the same name and size."""
+        key = (name, tuple(like.shape), dtype, like.device)
+        if key not in self._tensors:
+            if len(self._tensors) >= 32:  # the picture size changed: drop the old sizes
+                self._tensors.clear()
+            self._tensors[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+        return self._tensors[key]
+
+
+def mix(base: torch.Tensor | None, other: torch.Tensor, weight: torch.Tensor, work: Workspace) -> torch.Tensor:
+    """base + weight / 128 * (other - base) on uint8 NHWC pictures, `weight` from weights() (`base`
+    None: black): on int16, a third of the cost of float on a CPU (one level of error at most)."""
+    out, w = work.get("mix", other, torch.int16).copy_(other), work.get("weight", other, torch.int16).copy_(weight)
     if base is None:
-        return (other.to(torch.int16).mul_(weight) >> 7).to(torch.uint8)
-    out = other.to(torch.int16).sub_(base).mul_(weight)
-    out >>= 7
-    return out.add_(base).to(torch.uint8)
+        return (out.mul_(w) >> 7).to(torch.uint8)
+    b = work.get("base", other, torch.int16).copy_(base)
+    out.sub_(b).mul_(w).__irshift__(7)
+    return out.add_(b).to(torch.uint8)
 
 
-def blend_levels(levels: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+def blend_levels(levels: list[torch.Tensor], index: torch.Tensor, work: Workspace) -> torch.Tensor:
     """Per pixel, the two pyramid levels around a fractional level `index` (N, 1, h, w), given on
     level 1's grid (the depth's own grid is coarser than that): (N, 3, H, W) channels-last uint8.
 
@@ -166,7 +184,9 @@ def blend_levels(levels: list[torch.Tensor], index: torch.Tensor) -> torch.Tenso
     for i in range(len(levels) - 2, -1, -1):
         size = tuple(levels[i].shape[-2:])
         weight = weights((steps[i] - i).clamp_(0.0, 1.0))
-        acc = mix(levels[i], resize(acc, size), weight if i else resize(weight, size))
+        weight = (weight if i else resize(weight, size)).permute(0, 2, 3, 1)
+        acc = mix(levels[i].permute(0, 2, 3, 1), resize(acc, size).permute(0, 2, 3, 1), weight, work)
+        acc = acc.permute(0, 3, 1, 2)
     return acc
 
 
@@ -191,6 +211,7 @@ def depth_of_field(
     effects: EffectSettings,
     f_px: float,
     levels: list[torch.Tensor] | None = None,
+    work: Workspace | None = None,
 ) -> torch.Tensor:
     """(N, H, W, 3) uint8 pictures, (N, H, W) metres -> the pictures as a lens focused at `focus`
     sees them, (N, H, W, 3) uint8. The circles are worked out on the pyramid's level-1 grid: a
@@ -204,7 +225,8 @@ def depth_of_field(
         focal_metres(f_px, width, effects.sensor_width),
     )
     levels = levels if levels is not None else pyramid(images)
-    return blend_levels(levels, torch.log2(1.0 + coc[:, None] / 2.0)).permute(0, 2, 3, 1)
+    index = torch.log2(1.0 + coc[:, None] / 2.0)
+    return blend_levels(levels, index, work or Workspace()).permute(0, 2, 3, 1)
 
 
 class Keyer:
@@ -213,6 +235,7 @@ class Keyer:
     def __init__(self) -> None:
         self.previous: torch.Tensor | None = None
         self._backgrounds: dict[tuple, torch.Tensor] = {}
+        self._work = Workspace()
 
     def masks(self, depth: torch.Tensor, effects: EffectSettings) -> torch.Tensor:
         """(N, H, W) metres -> bool masks, frame after frame through the hysteresis."""
@@ -251,7 +274,9 @@ class Keyer:
         """(N, H, W, 3) uint8 pictures at the depth's size + metres -> (N, H, W, 3 or 4) uint8."""
         kind = effects.background_kind
         levels = pyramid(images) if effects.focus is not None else [images.permute(0, 3, 1, 2)]
-        picture = depth_of_field(images, depth, effects, f_px, levels) if effects.focus is not None else images
+        picture = (
+            depth_of_field(images, depth, effects, f_px, levels, self._work) if effects.focus is not None else images
+        )
         if kind == "none":
             return picture.contiguous()
         hw = tuple(depth.shape[-2:])
@@ -264,7 +289,7 @@ class Keyer:
             a8 = resize((alpha * 255.0).round_().to(torch.uint8), hw)
             return torch.cat((picture, a8.permute(0, 2, 3, 1)), dim=3)
         weight = resize(weights(alpha), hw).permute(0, 2, 3, 1)
-        return mix(background, picture, weight)  # no background and no alpha channel: black
+        return mix(background, picture, weight, self._work)  # no background and no alpha channel: black
 
 
 def load_background(path, height: int, width: int, device: torch.device) -> torch.Tensor:

@@ -1,15 +1,22 @@
 """The `keyed` view on the model's device: distance keying and depth of field, from the metres.
 
 Keying: a pixel is kept when its depth lies in the band near..far. The depth's edges follow the
-network's coarse grid, so the hard mask is refined by a guided filter (kornia) with the camera
-picture as the guide: the alpha then follows the picture's own edges. Over time the mask holds
-still by hysteresis in metres: a kept pixel leaves only once it is `hysteresis` beyond the band,
-a dropped one enters only once it is that far inside it (the stabiliser already smoothed the metres).
+network's coarse grid, so the hard mask is refined by a guided filter with the camera picture as
+the guide: the alpha then follows the picture's own edges. Over time the mask holds still by
+hysteresis in metres: a kept pixel leaves only once it is `hysteresis` beyond the band, a dropped
+one enters only once it is that far inside it (the stabiliser already smoothed the metres).
 
 Depth of field: a thin lens focused at `focus` metres blurs a point at d metres into a circle of
 diameter  c = f_px * f_m / N * |1/focus - 1/d|  pixels (f_px the focal length in pixels, f_m in
 metres from the sensor width, N the f-number). The picture is blurred at a few scales of a pyramid
 and each pixel blends the two scales around its own circle, so the cost does not grow with the blur.
+
+Cost (benchmarks/README.md): the band and the filter are solved on a grid 4x coarser a side (the
+fast guided filter), the alpha on the half-size picture, the depth of field's circles on level 1's
+grid; what is done at full size is uint8 resizes and one int16 mix into scratch tensors that live
+as long as the Keyer. The guided filter is written here rather than taken from kornia because its
+coefficients are needed (kornia's returns only the filtered picture) and kornia's box filter, a
+convolution, costs 5-10x the running sums on a CPU. Nothing reads a value back to the host.
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ def refine(mask: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
     hard = (torch.addcmul(b, a, small) > 0.5).float()
     a, b = guided_coefficients(stats, hard, kernel)
     # only along the edge: elsewhere the filter would print the picture's texture into the matte
-    edge = box_filter(hard, kernel + 2)  # the window's reach, and the upsample's one pixel
+    edge = box_filter(hard, kernel)  # within the window's reach (the upsample spreads it one cell)
     edge = (edge > 0) & (edge < 1)
     a = torch.where(edge, a, 0.0)
     b = torch.where(edge, b, hard)

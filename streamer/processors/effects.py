@@ -112,7 +112,7 @@ def grid_indices(size: int, cells: int, device: torch.device) -> torch.Tensor:
 
 def subsample(maps: torch.Tensor, cells: tuple[int, int]) -> torch.Tensor:
     """(..., H, W) -> the pixels at the cells' centres (..., h, w): points, not means, so that the
-    guide keeps its texture's variance (the filter's coefficients are applied to the full picture)
+    guide keeps its texture's variance (the filter's coefficients are applied to the finer picture)
     and metres are never averaged across an edge into distances that are not there."""
     h, w = maps.shape[-2:]
     if h % cells[0] == 0 and w % cells[1] == 0:  # the same pixels, as a strided view
@@ -160,7 +160,8 @@ def weights(alpha: torch.Tensor) -> torch.Tensor:
 class Workspace:
     """Scratch tensors kept from frame to frame: a fresh full-size int16 tensor costs its page
     faults on every frame (the allocator hands such sizes back to the system), more than the
-    arithmetic done in it; an in-place op between two dtypes makes such a copy behind the scenes."""
+    arithmetic done in it; an in-place op between two dtypes makes such a copy behind the scenes.
+    Reuse is safe on CUDA too: the next frame's work queues on the same stream after this one's."""
 
     def __init__(self) -> None:
         self._tensors: dict[tuple, torch.Tensor] = {}
@@ -180,7 +181,7 @@ def mix(base: torch.Tensor | None, other: torch.Tensor, weight: torch.Tensor, wo
     None: black): on int16, a third of the cost of float on a CPU (one level of error at most)."""
     out, w = work.get("mix", other, torch.int16).copy_(other), work.get("weight", other, torch.int16).copy_(weight)
     if base is None:
-        return (out.mul_(w) >> 7).to(torch.uint8)
+        return out.mul_(w).__irshift__(7).to(torch.uint8)
     b = work.get("base", other, torch.int16).copy_(base)
     out.sub_(b).mul_(w).__irshift__(7)
     return out.add_(b).to(torch.uint8)

@@ -19,7 +19,7 @@ from streamer.cli.main import main
 from streamer.effect_settings import EffectSettings, parse_background, parse_band
 from streamer.errors import ConfigError
 from streamer.legend import legend_picture, ticks
-from streamer.processors.effects import Keyer, band_mask, depth_of_field, pyramid
+from streamer.processors.effects import Keyer, band_mask, box_filter, depth_of_field, grid_indices, pyramid, subsample
 
 H, W = 720, 1280
 CX, CY, R = 610.3, 377.7, 221.4  # the near disk, off the pixel grid on purpose
@@ -156,6 +156,31 @@ def test_depth_of_field_sharpness_falls_away_from_the_focus_plane(one_torch_thre
 def test_pyramid_keeps_size_of_odd_pictures():
     levels = pyramid(torch.randint(0, 256, (1, 37, 51, 3), dtype=torch.uint8))
     assert [tuple(lv.shape[-2:]) for lv in levels] == [(37, 51), (19, 26), (10, 13), (5, 7), (3, 4), (2, 2)]
+
+
+def test_box_filter_is_the_window_mean_with_repeated_edges():
+    x = torch.rand(2, 3, 23, 31, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for k in (1, 3, 7):
+        padded = F.pad(x, (k // 2,) * 4, mode="replicate")
+        assert torch.allclose(box_filter(x, k), F.avg_pool2d(padded, k, 1), atol=1e-12)
+
+
+@pytest.mark.parametrize("cells", [(12, 16), (5, 7), (24, 32)])
+def test_subsample_takes_the_cell_centres_whatever_the_grid(cells):
+    x = torch.arange(24 * 32, dtype=torch.float32).view(1, 24, 32)
+    rows, cols = grid_indices(24, cells[0], x.device), grid_indices(32, cells[1], x.device)
+    assert torch.equal(subsample(x, cells), x[:, rows][:, :, cols])
+    assert rows.tolist() == [(2 * i + 1) * 24 // (2 * cells[0]) for i in range(cells[0])]
+
+
+def test_keyed_pictures_survive_the_next_frame(one_torch_thread):
+    """The Keyer keeps scratch tensors from frame to frame: what it returned must not be one of them."""
+    image, truth, _ = two_planes()
+    keyer, settings = Keyer(), EffectSettings(0.0, 2.0, "blur", focus=1.5)
+    first = keyer(image, truth, settings, 900.0, False)
+    kept = first.clone()
+    keyer(255 - image, truth, settings, 900.0, False)
+    assert torch.equal(first, kept)
 
 
 @pytest.mark.parametrize("text, band", [("0.4:1.8", (0.4, 1.8)), ("1.5", (0.0, 1.5))])

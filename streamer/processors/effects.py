@@ -1,15 +1,22 @@
 """The `keyed` view on the model's device: distance keying and depth of field, from the metres.
 
 Keying: a pixel is kept when its depth lies in the band near..far. The depth's edges follow the
-network's coarse grid, so the hard mask is refined by a guided filter (kornia) with the camera
-picture as the guide: the alpha then follows the picture's own edges. Over time the mask holds
-still by hysteresis in metres: a kept pixel leaves only once it is `hysteresis` beyond the band,
-a dropped one enters only once it is that far inside it (the stabiliser already smoothed the metres).
+network's coarse grid, so the hard mask is refined by a guided filter with the camera picture as
+the guide: the alpha then follows the picture's own edges. Over time the mask holds still by
+hysteresis in metres: a kept pixel leaves only once it is `hysteresis` beyond the band, a dropped
+one enters only once it is that far inside it (the stabiliser already smoothed the metres).
 
 Depth of field: a thin lens focused at `focus` metres blurs a point at d metres into a circle of
 diameter  c = f_px * f_m / N * |1/focus - 1/d|  pixels (f_px the focal length in pixels, f_m in
 metres from the sensor width, N the f-number). The picture is blurred at a few scales of a pyramid
 and each pixel blends the two scales around its own circle, so the cost does not grow with the blur.
+
+Cost (benchmarks/README.md): the band and the filter are solved on a grid 4x coarser a side (the
+fast guided filter), the alpha on the half-size picture, the depth of field's circles on level 1's
+grid; what is done at full size is uint8 resizes and one int16 mix into scratch tensors that live
+as long as the Keyer. The guided filter is written here rather than taken from kornia because its
+coefficients are needed (kornia's returns only the filtered picture) and kornia's box filter, a
+convolution, costs 5-10x the running sums on a CPU. Nothing reads a value back to the host.
 """
 
 from __future__ import annotations
@@ -19,12 +26,12 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kornia.filters import guided_blur
 
 from streamer.effect_settings import EffectSettings, parse_background
 
 LEVELS = 6  # pyramid scales 1, 2, 4, .. 32 px: circles up to ~64 px across
 BLUR_LEVEL = 5  # the `blur` background: the picture at the coarsest scale
+KEY_LEVEL = 2  # the fast guided filter's coarse grid: every 4th pixel each way, 16x less to filter
 GUIDE_EPS = 1e-3  # guided filter regulariser (guide in 0..1): below the variance of a real edge
 ASSUMED_HFOV = 70.0  # degrees, when the stage said nothing of the focal length (as focal.py assumes)
 
@@ -49,36 +56,71 @@ def guide_of(images: torch.Tensor) -> torch.Tensor:
 
 
 def refine(mask: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-    """Hard masks (N, H, W) -> alpha (N, 1, H, W) in 0..1 whose edge follows the guide picture.
+    """Hard masks (N, h, w) on the coarse grid -> alpha (N, 1, H, W) in 0..1 whose edge follows the
+    `guide` picture (N, 1, H, W): the frame's luma at half size (the alpha is upsampled from there
+    with the weights, in uint8, for a sixth of what a float alpha at full size costs on a CPU).
 
-    Two guided filter passes: the first pulls the edge from the depth's grid towards the picture's
-    edge (cut again at one half), the second makes the soft alpha along it. The window is about
-    1/60 of the short side, wide enough to reach from the depth's edge (a network's grid cell is
-    about 1/40 of it, its edges bleed a few pixels) to the picture's; subsampling by 4 is the fast
-    guided filter."""
-    short = min(mask.shape[-2:])
-    radius = max(2, short // 60)
-    subsample = 4 if short >= 256 else 1
-    kernel = 2 * (radius // subsample) * subsample + 1
-    hard = (guided_blur(guide, mask[:, None].float(), kernel, GUIDE_EPS, subsample=subsample) > 0.5).float()
-    soft = guided_blur(guide, hard, kernel, GUIDE_EPS, subsample=subsample).clamp_(0.0, 1.0)
+    The fast guided filter (He & Sun 2015): everything is solved on the coarse grid, and only the
+    linear coefficients a, b are upsampled, so the guide's size costs one upsample and a * I + b.
+    Two passes: the first pulls the edge from the depth's grid towards the picture's edge (cut
+    again at one half), the second makes the soft alpha along it. The window is about 1/60 of the
+    short side, wide enough to reach from the depth's edge (a network's grid cell is about 1/40 of
+    it, its edges bleed a few pixels) to the picture's."""
+    small = subsample(guide, tuple(mask.shape[-2:]))
+    kernel = 2 * max(1, min(mask.shape[-2:]) // 60) + 1  # a radius of 1/60 of the short side
+    mean_i, corr_i = box_filter(torch.cat((small, small * small), 1), kernel).split(1, 1)
+    stats = (small, mean_i, corr_i - mean_i * mean_i + GUIDE_EPS)  # the guide's, the same for both passes
+    a, b = guided_coefficients(stats, mask[:, None].float(), kernel)
+    hard = (torch.addcmul(b, a, small) > 0.5).float()
+    a, b = guided_coefficients(stats, hard, kernel)
     # only along the edge: elsewhere the filter would print the picture's texture into the matte
-    return torch.where(near_edge(hard, kernel // 2), soft, hard)
+    edge = box_filter(hard, kernel)  # within the window's reach (the upsample spreads it one cell)
+    edge = (edge > 0) & (edge < 1)
+    a = torch.where(edge, a, 0.0)
+    b = torch.where(edge, b, hard)
+    ab = F.interpolate(torch.cat((a, b), dim=1), guide.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.addcmul(ab[:, 1:], ab[:, :1], guide).clamp_(0.0, 1.0)
 
 
-def near_edge(hard: torch.Tensor, reach: int) -> torch.Tensor:
-    """(N, 1, H, W) 0/1 -> where both values lie within `reach` pixels, found on a 4x smaller grid
-    (a full-size max filter that wide costs more than the rest of the key)."""
-    cells = F.avg_pool2d(hard, 4, ceil_mode=True)
-    k = 2 * (reach // 4 + 1) + 1
-    mixed = (max_filter(cells, k) > 0) & (-max_filter(-cells, k) < 1)
-    return F.interpolate(mixed.float(), scale_factor=4, mode="nearest")[..., : hard.shape[-2], : hard.shape[-1]] > 0
+def guided_coefficients(
+    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor], p: torch.Tensor, kernel: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The guided filter's window-averaged linear coefficients (N, 1, h, w): q = a * guide + b
+    follows p. `stats`: the guide, its window means and its window variances plus the regulariser."""
+    guide, mean_i, var_i = stats
+    mean_p, corr_ip = box_filter(torch.cat((p, guide * p), 1), kernel).split(1, 1)
+    a = (corr_ip - mean_i * mean_p) / var_i
+    return box_filter(torch.cat((a, mean_p - a * mean_i), 1), kernel).split(1, 1)
 
 
-def max_filter(x: torch.Tensor, k: int) -> torch.Tensor:
-    """A k x k max filter as two 1-D passes (torch's 2-D max pool costs k*k a pixel on CPUs)."""
-    x = F.max_pool2d(x, (1, k), 1, (0, k // 2))
-    return F.max_pool2d(x, (k, 1), 1, (k // 2, 0))
+def box_filter(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Means over k x k windows (edges repeated), (N, C, h, w), from running sums along each axis:
+    a few passes whatever k is, 5-10x faster on a CPU than the convolution kornia's box_blur runs."""
+    r = k // 2
+    sums = F.pad(x, (r, r, r, r), mode="replicate").cumsum(-1)
+    x = sums[..., k - 1 :].clone()
+    x[..., 1:] -= sums[..., :-k]
+    sums = x.cumsum(-2)
+    x = sums[..., k - 1 :, :].clone()
+    x[..., 1:, :] -= sums[..., :-k, :]
+    return x.mul_(1.0 / (k * k))
+
+
+def grid_indices(size: int, cells: int, device: torch.device) -> torch.Tensor:
+    """The pixel at the centre of each of `cells` equal cells along an axis of `size` pixels."""
+    return ((2 * torch.arange(cells, device=device) + 1) * size // (2 * cells)).clamp_(max=size - 1)
+
+
+def subsample(maps: torch.Tensor, cells: tuple[int, int]) -> torch.Tensor:
+    """(..., H, W) -> the pixels at the cells' centres (..., h, w): points, not means, so that the
+    guide keeps its texture's variance (the filter's coefficients are applied to the finer picture)
+    and metres are never averaged across an edge into distances that are not there."""
+    h, w = maps.shape[-2:]
+    if h % cells[0] == 0 and w % cells[1] == 0:  # the same pixels, as a strided view
+        sy, sx = h // cells[0], w // cells[1]
+        return maps[..., sy // 2 :: sy, sx // 2 :: sx]
+    rows, cols = grid_indices(h, cells[0], maps.device), grid_indices(w, cells[1], maps.device)
+    return maps.index_select(-2, rows).index_select(-1, cols)
 
 
 def resize(images: torch.Tensor, size: tuple[int, int], antialias: bool = False) -> torch.Tensor:
@@ -97,36 +139,74 @@ def level_size(hw: tuple[int, int], level: int) -> tuple[int, int]:
 
 def pyramid(images: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
     """(N, H, W, 3) uint8 -> level i: the picture shrunk 2**i times with an antialiasing (triangle)
-    filter, (N, 3, h, w) uint8; level i stands for a blur about 2**i pixels wide. Each level is made
-    from the full picture: one read of it, no error piling up level on level."""
-    full = images.permute(0, 3, 1, 2)
-    hw = tuple(full.shape[-2:])
-    return [full] + [
-        resize(full, level_size(hw, i), antialias=True) for i in range(1, levels) if min(level_size(hw, i)) >= 2
-    ]
+    filter, (N, 3, h, w) uint8; level i stands for a blur about 2**i pixels wide. Each level is
+    shrunk from the one before it: the full picture is read once, the rest costs a third of that."""
+    out = [images.permute(0, 3, 1, 2)]
+    hw = tuple(out[0].shape[-2:])
+    for i in range(1, levels):
+        if min(level_size(hw, i)) < 2:
+            break
+        out.append(resize(out[-1], level_size(hw, i), antialias=True))
+    return out
 
 
-def mix(base: torch.Tensor, other: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """base + weight * (other - base) on uint8 NHWC pictures, `weight` (N, H, W, 1) in 0..1: in
-    7-bit fixed point on int16, half the cost of float on a CPU (2 levels of error at most)."""
-    w = (weight * 128.0).round_().to(torch.int16)
-    b = base.to(torch.int16)
-    return (b + ((w * (other.to(torch.int16) - b)) >> 7)).to(torch.uint8)
+def weights(alpha: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) float in 0..1 -> (N, 3, H, W) uint8 in 0..128, channels-last like the pictures:
+    mixing weights in 7-bit fixed point, one per channel, because an elementwise op that broadcasts
+    over the innermost size-3 axis costs several times one that does not."""
+    w = (alpha * 128.0).round_().to(torch.uint8).permute(0, 2, 3, 1)
+    return torch.cat((w, w, w), dim=3).permute(0, 3, 1, 2)
 
 
-def blend_levels(levels: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
-    """Per pixel, the two pyramid levels around a fractional level `index` (N, 1, H, W): NHWC uint8.
+class Workspace:
+    """Scratch tensors kept from frame to frame: a fresh full-size int16 tensor costs its page
+    faults on every frame (the allocator hands such sizes back to the system), more than the
+    arithmetic done in it; an in-place op between two dtypes makes such a copy behind the scenes.
+    Reuse is safe on CUDA too: the next frame's work queues on the same stream after this one's."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of `like`'s shape (contiguous) and `dtype`, the same one for the same name and size."""
+        key = (name, tuple(like.shape), dtype, like.device)
+        if key not in self._tensors:
+            if len(self._tensors) >= 32:  # the picture size changed: drop the old sizes
+                self._tensors.clear()
+            self._tensors[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+        return self._tensors[key]
+
+
+def mix(base: torch.Tensor | None, other: torch.Tensor, weight: torch.Tensor, work: Workspace) -> torch.Tensor:
+    """base + weight / 128 * (other - base) on uint8 NHWC pictures, `weight` from weights() (`base`
+    None: black): on int16, a third of the cost of float on a CPU (one level of error at most)."""
+    out, w = work.get("mix", other, torch.int16).copy_(other), work.get("weight", other, torch.int16).copy_(weight)
+    if base is None:
+        return out.mul_(w).__irshift__(7).to(torch.uint8)
+    b = work.get("base", other, torch.int16).copy_(base)
+    out.sub_(b).mul_(w).__irshift__(7)
+    return out.add_(b).to(torch.uint8)
+
+
+def blend_levels(levels: list[torch.Tensor], index: torch.Tensor, work: Workspace) -> torch.Tensor:
+    """Per pixel, the two pyramid levels around a fractional level `index` (N, 1, h, w), given on
+    level 1's grid (the depth's own grid is coarser than that): (N, 3, H, W) channels-last uint8.
 
     Coarse to fine: each level mixes itself with the (upsampled) blend below it, so only one
-    full-size upsample is paid however many levels there are."""
-    steps = [index]
-    for level in levels[1:]:
+    full-size upsample of the picture is paid however many levels there are; the full-size mix
+    takes its weights upsampled from level 1's grid, already in uint8 and per channel."""
+    if len(levels) == 1:
+        return levels[0]
+    steps = [index, index]
+    for level in levels[2:]:
         steps.append(F.adaptive_avg_pool2d(steps[-1], tuple(level.shape[-2:])))
-    acc = levels[-1].permute(0, 2, 3, 1)
+    acc = levels[-1]
     for i in range(len(levels) - 2, -1, -1):
         size = tuple(levels[i].shape[-2:])
-        up = resize(acc.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
-        acc = mix(levels[i].permute(0, 2, 3, 1), up, (steps[i] - i).clamp_(0.0, 1.0).permute(0, 2, 3, 1))
+        weight = weights((steps[i] - i).clamp_(0.0, 1.0))
+        weight = (weight if i else resize(weight, size)).permute(0, 2, 3, 1)
+        acc = mix(levels[i].permute(0, 2, 3, 1), resize(acc, size).permute(0, 2, 3, 1), weight, work)
+        acc = acc.permute(0, 3, 1, 2)
     return acc
 
 
@@ -151,15 +231,22 @@ def depth_of_field(
     effects: EffectSettings,
     f_px: float,
     levels: list[torch.Tensor] | None = None,
+    work: Workspace | None = None,
 ) -> torch.Tensor:
     """(N, H, W, 3) uint8 pictures, (N, H, W) metres -> the pictures as a lens focused at `focus`
-    sees them, (N, H, W, 3) uint8."""
-    width = images.shape[2]
+    sees them, (N, H, W, 3) uint8. The circles are worked out on the pyramid's level-1 grid: a
+    quarter of the pixels, and still finer than the network's own grid."""
+    height, width = images.shape[1:3]
     coc = circle_of_confusion(
-        depth, effects.focus, effects.aperture, f_px, focal_metres(f_px, width, effects.sensor_width)
+        subsample(depth, level_size((height, width), 1)),
+        effects.focus,
+        effects.aperture,
+        f_px,
+        focal_metres(f_px, width, effects.sensor_width),
     )
     levels = levels if levels is not None else pyramid(images)
-    return blend_levels(levels, torch.log2(1.0 + coc[:, None] / 2.0))
+    index = torch.log2(1.0 + coc[:, None] / 2.0)
+    return blend_levels(levels, index, work or Workspace()).permute(0, 2, 3, 1)
 
 
 class Keyer:
@@ -168,6 +255,7 @@ class Keyer:
     def __init__(self) -> None:
         self.previous: torch.Tensor | None = None
         self._backgrounds: dict[tuple, torch.Tensor] = {}
+        self._work = Workspace()
 
     def masks(self, depth: torch.Tensor, effects: EffectSettings) -> torch.Tensor:
         """(N, H, W) metres -> bool masks, frame after frame through the hysteresis."""
@@ -182,8 +270,13 @@ class Keyer:
         kind, arg = parse_background(effects.background)
         full = levels[0]
         h, w = full.shape[-2:]
-        if kind == "blur":
-            return resize(levels[min(BLUR_LEVEL, len(levels) - 1)], (h, w)).permute(0, 2, 3, 1)
+        if kind == "blur":  # the pyramid's coarsest level, or shrunk to its size from the half-size one
+            small = (
+                levels[BLUR_LEVEL]
+                if len(levels) > BLUR_LEVEL
+                else resize(levels[-1], level_size((h, w), BLUR_LEVEL), True)
+            )
+            return resize(small, (h, w)).permute(0, 2, 3, 1)
         if kind == "transparent":
             return None
         key = (effects.background, h, w, full.device)
@@ -200,18 +293,23 @@ class Keyer:
     ) -> torch.Tensor:
         """(N, H, W, 3) uint8 pictures at the depth's size + metres -> (N, H, W, 3 or 4) uint8."""
         kind = effects.background_kind
-        levels = pyramid(images) if (effects.focus is not None or kind == "blur") else [images.permute(0, 3, 1, 2)]
-        picture = depth_of_field(images, depth, effects, f_px, levels) if effects.focus is not None else images
+        levels = pyramid(images) if effects.focus is not None else [images.permute(0, 3, 1, 2)]
+        picture = (
+            depth_of_field(images, depth, effects, f_px, levels, self._work) if effects.focus is not None else images
+        )
         if kind == "none":
             return picture.contiguous()
-        alpha = refine(self.masks(depth, effects), guide_of(images))
-        weight = alpha.permute(0, 2, 3, 1)  # (N, H, W, 1): C = 1, so NHWC without a copy
+        hw = tuple(depth.shape[-2:])
+        if len(levels) == 1:  # the key's guide and the blurred background start from half size
+            levels.append(resize(levels[0], level_size(hw, 1), antialias=True))
+        masks = self.masks(subsample(depth, level_size(hw, KEY_LEVEL)), effects)
+        alpha = refine(masks, guide_of(levels[1].permute(0, 2, 3, 1)))
         background = self.background(effects, levels)
         if background is None and alpha_out:
-            return torch.cat((picture, (alpha * 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1)), dim=3)
-        if background is None:  # no alpha channel: transparent shows as black
-            background = torch.zeros((1, 1, 1, 3), dtype=torch.uint8, device=images.device)
-        return mix(background.expand_as(picture), picture, weight)
+            a8 = resize((alpha * 255.0).round_().to(torch.uint8), hw)
+            return torch.cat((picture, a8.permute(0, 2, 3, 1)), dim=3)
+        weight = resize(weights(alpha), hw).permute(0, 2, 3, 1)
+        return mix(background, picture, weight, self._work)  # no background and no alpha channel: black
 
 
 def load_background(path, height: int, width: int, device: torch.device) -> torch.Tensor:

@@ -215,3 +215,16 @@ def test_bench_measures_image_sequences_and_point_clouds(tmp_path, capsys):
     assert main(args) == 0, capsys.readouterr().err
     formats = json.loads(out.read_text())["formats"]
     assert set(formats) == {"exr", "npz", "ply", "metric16"} and min(f["fps"] for f in formats.values()) > 0
+
+
+def test_a_command_puts_the_callers_signal_handlers_back(tmp_path, capsys):
+    """main() also runs inside processes that go on (this test suite, a user's script): the
+    handlers it installs for one command must not outlive it, or a Ctrl-C counted by one command
+    makes the next command's first Ctrl-C a forced exit (os._exit) of the whole process."""
+    import signal
+
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    for _ in range(2):
+        assert main(["doctor"]) == 0
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    capsys.readouterr()

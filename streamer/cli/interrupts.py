@@ -10,9 +10,11 @@ some supervisors) inherits SIGINT as ignored. Nothing here is Unix-only at impor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 EXIT_INTERRUPTED = 130
 
@@ -46,12 +48,22 @@ class Interrupts:
 _handler: Interrupts | None = None
 
 
-def install() -> Interrupts:
+@contextlib.contextmanager
+def installed() -> Iterator[Interrupts]:
+    """The handlers for one command, and the caller's put back after it: `main()` also runs in
+    a process that goes on (tests, a script calling it), where a count left from one command
+    would turn the next command's first Ctrl-C into a forced exit."""
     global _handler
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     _handler = Interrupts()
-    signal.signal(signal.SIGINT, _handler)
-    signal.signal(signal.SIGTERM, _handler)
-    return _handler
+    for sig in previous:
+        signal.signal(sig, _handler)
+    try:
+        yield _handler
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        _handler = None
 
 
 def finish(code: int) -> int:

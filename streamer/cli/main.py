@@ -57,8 +57,8 @@ def _register() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; a run a person stopped leaves without waiting for a busy model thread."""
     _register()
-    interrupts.install()  # Ctrl-C / SIGTERM: a clean stop; a second one: leave at once
-    return interrupts.finish(_run(argv))
+    with interrupts.installed():  # Ctrl-C / SIGTERM: a clean stop; a second one: leave at once
+        return interrupts.finish(_run(argv))
 
 
 def _run(argv: list[str] | None) -> int:

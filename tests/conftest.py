@@ -64,16 +64,22 @@ def checkpoint(tmp_path_factory, rule_state) -> Path:
     return save_official_checkpoint(rule_state, tmp_path_factory.mktemp("ckpt") / "metric_depth_vit_small_800k.pth")
 
 
-@pytest.fixture(autouse=True)
-def torch_runtime_for_auto(request, monkeypatch):
+AUTO_ORDERS: dict[str, tuple] = {}  # the runtimes' real auto order, for tests/test_runtimes.py
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_runtime_for_auto():
     """`--runtime auto` means torch in tests that are not about runtimes: exporting a graph per
     input size would cost each of them seconds, and their expected numbers are torch's (fp32).
-    tests/test_runtimes.py tests the auto rule itself."""
-    if request.module.__name__ != "test_runtimes":
-        from streamer import runtimes
+    Session-wide, so module- and session-scoped fixtures (reference outputs) see it too;
+    tests/test_runtimes.py puts the real order back for itself (`real_auto_order`)."""
+    from streamer import runtimes
 
-        monkeypatch.setattr(runtimes, "CPU_ORDER", ())
-        monkeypatch.setattr(runtimes, "CUDA_ORDER", ())
+    AUTO_ORDERS.update(CPU_ORDER=runtimes.CPU_ORDER, CUDA_ORDER=runtimes.CUDA_ORDER)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtimes, "CPU_ORDER", ())
+        patch.setattr(runtimes, "CUDA_ORDER", ())
+        yield
 
 
 @pytest.fixture(autouse=True)

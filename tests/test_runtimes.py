@@ -23,10 +23,19 @@ from streamer.runtimes import Request, open_runtime
 from streamer.runtimes import export as export_mod
 from streamer.sources.testsrc import pattern_image
 
-from conftest import DATA, write_video
+from conftest import AUTO_ORDERS, DATA, write_video
 
 SIZE = (112, 196)
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def real_auto_order(monkeypatch):
+    """This file tests the auto rule itself: the order the rest of the suite replaces with torch."""
+    from streamer import runtimes
+
+    for name, order in AUTO_ORDERS.items():
+        monkeypatch.setattr(runtimes, name, order)
 
 
 def p999_rel(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -97,8 +106,8 @@ def test_the_exported_graph_is_reused_and_keyed(loaded, monkeypatch):
 
     monkeypatch.setattr(export_mod, "export_onnx", no_export)
     assert export_mod.exported_onnx(model, "vit-small", SIZE, path) == first
-    with pytest.raises(AssertionError):  # another input size is another graph
-        export_mod.exported_onnx(model, "vit-small", (56, 84), path)
+    with pytest.raises(AssertionError):  # another input size is another graph (one no other test exports)
+        export_mod.exported_onnx(model, "vit-small", (84, 168), path)
     key = export_mod.graph_key("ab" * 32, "vit-small", SIZE)
     assert key != export_mod.graph_key("cd" * 32, "vit-small", SIZE)
     assert "112x196" in key and "fp32" in key and torch.__version__.split("+")[0] in key

@@ -32,6 +32,7 @@ from streamer.effect_settings import EffectSettings, parse_background
 LEVELS = 6  # pyramid scales 1, 2, 4, .. 32 px: circles up to ~64 px across
 BLUR_LEVEL = 5  # the `blur` background: the picture at the coarsest scale
 KEY_LEVEL = 2  # the fast guided filter's coarse grid: every 4th pixel each way, 16x less to filter
+MIN_KEY_SIDE = 90  # ... but never a grid shorter than this: small pictures key on a finer level
 GUIDE_EPS = 1e-3  # guided filter regulariser (guide in 0..1): below the variance of a real edge
 ASSUMED_HFOV = 70.0  # degrees, when the stage said nothing of the focal length (as focal.py assumes)
 
@@ -135,6 +136,15 @@ def resize(images: torch.Tensor, size: tuple[int, int], antialias: bool = False)
 
 def level_size(hw: tuple[int, int], level: int) -> tuple[int, int]:
     return (max(1, -(-hw[0] // 2**level)), max(1, -(-hw[1] // 2**level)))
+
+
+def key_level(hw: tuple[int, int]) -> int:
+    """The pyramid level the key is solved on: KEY_LEVEL, or a finer one where that grid would be
+    shorter than MIN_KEY_SIDE (a 320x240 picture keys at half size, a thumbnail at full size)."""
+    level = KEY_LEVEL
+    while level and min(level_size(hw, level)) < MIN_KEY_SIDE:
+        level -= 1
+    return level
 
 
 def pyramid(images: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
@@ -302,8 +312,10 @@ class Keyer:
         hw = tuple(depth.shape[-2:])
         if len(levels) == 1:  # the key's guide and the blurred background start from half size
             levels.append(resize(levels[0], level_size(hw, 1), antialias=True))
-        masks = self.masks(subsample(depth, level_size(hw, KEY_LEVEL)), effects)
-        alpha = refine(masks, guide_of(levels[1].permute(0, 2, 3, 1)))
+        level = key_level(hw)
+        masks = self.masks(subsample(depth, level_size(hw, level)), effects)
+        guide = levels[1].permute(0, 2, 3, 1) if level else images  # half size, or the picture itself
+        alpha = refine(masks, guide_of(guide))
         background = self.background(effects, levels)
         if background is None and alpha_out:
             a8 = resize((alpha * 255.0).round_().to(torch.uint8), hw)

@@ -29,6 +29,12 @@ SIZE = (112, 196)
 CPU = torch.device("cpu")
 
 
+# the floors' CI run has a torch too old to export (runtimes/export.py): the tests of exported graphs say so
+needs_export = pytest.mark.skipif(
+    export_mod.export_unsupported() is not None, reason=str(export_mod.export_unsupported())
+)
+
+
 @pytest.fixture(autouse=True)
 def real_auto_order(monkeypatch):
     """This file tests the auto rule itself: the order the rest of the suite replaces with torch."""
@@ -68,6 +74,7 @@ def make(loaded, runtime: str, precision: str = "fp32", **kw):
     return open_runtime(request, model)
 
 
+@needs_export
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_fp32_runtimes_give_torch_depth(loaded, inputs, torch_depths, runtime):
     rt, line = make(loaded, runtime)
@@ -80,6 +87,7 @@ def test_fp32_runtimes_give_torch_depth(loaded, inputs, torch_depths, runtime):
         assert p999 <= 1e-4 and worst <= 5e-4, (p999, worst)
 
 
+@needs_export
 def test_openvino_bf16_is_within_one_percent(loaded, inputs, torch_depths):
     rt, _ = make(loaded, "openvino", "bf16")
     processor = Metric3DProcessor(rt, SIZE)
@@ -88,6 +96,7 @@ def test_openvino_bf16_is_within_one_percent(loaded, inputs, torch_depths):
         assert p999 <= 0.01, p999
 
 
+@needs_export
 def test_batches_run_through_the_one_graph(loaded, inputs):
     rt, _ = make(loaded, "onnxruntime")
     processor = Metric3DProcessor(rt, SIZE)
@@ -96,6 +105,7 @@ def test_batches_run_through_the_one_graph(loaded, inputs):
     torch.testing.assert_close(both[1], one[0], rtol=1e-5, atol=1e-5)
 
 
+@needs_export
 def test_the_exported_graph_is_reused_and_keyed(loaded, monkeypatch):
     model, path = loaded
     first = export_mod.exported_onnx(model, "vit-small", SIZE, path)
@@ -153,6 +163,7 @@ def test_a_missing_or_unfit_runtime_is_one_clear_error(loaded, monkeypatch):
         make(loaded, "openvino")
 
 
+@needs_export
 def test_transcode_records_runtime_and_precision(tmp_path, checkpoint, capsys):
     video = write_video(tmp_path / "in.mp4", frames=3, size=(96, 64))
     out = tmp_path / "out.mkv"
@@ -165,6 +176,7 @@ def test_transcode_records_runtime_and_precision(tmp_path, checkpoint, capsys):
     assert sidecar["frames"] == 3
 
 
+@needs_export
 def test_export_command_fills_the_cache_and_torch_has_nothing_to_export(checkpoint, capsys):
     args = ["export", "--checkpoint", str(checkpoint), "--input-size", "112x196", "--device", "cpu"]
     assert main([*args, "--runtime", "onnxruntime"]) == 0
@@ -192,6 +204,7 @@ def cuda_provider(name: str) -> None:
         pytest.skip(f"ONNX Runtime here has no {name} (pip install 'streamer[tensorrt]')")
 
 
+@needs_export
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "runtime,precision,p999_limit,provider",
@@ -237,6 +250,7 @@ def test_input_size_auto_is_measured_and_said(checkpoint):
     assert "torch fp32" in meta["input_size_choice"]
 
 
+@needs_export
 def test_a_graph_over_the_limit_keeps_its_weights_as_external_data(small_model, tmp_path, monkeypatch, inputs):
     """vit-giant2's graph is over protobuf's 2 GB: its weights go beside it (here forced for vit-small)."""
     import onnxruntime as ort
@@ -254,3 +268,13 @@ def test_a_graph_over_the_limit_keeps_its_weights_as_external_data(small_model, 
     with torch.inference_mode():
         ref = small_model(image)["depth"][-1]
     np.testing.assert_allclose(depth, ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_torch_too_old_to_export_says_so_in_one_line(loaded, monkeypatch):
+    """Where the exporter cannot make a graph the runtimes run, the error names the torch version
+    and the way out, before any time is spent exporting."""
+    monkeypatch.setattr(export_mod, "EXPORT_MIN_TORCH", "99.0")
+    monkeypatch.setattr(export_mod, "export_onnx", lambda *a: pytest.fail("exported anyway"))
+    with pytest.raises(ModelError, match="needs torch >= 99.0") as caught:
+        export_mod.exported_onnx(loaded[0], "vit-small", (84, 196), loaded[1])
+    assert "--runtime torch" in caught.value.hint

@@ -33,6 +33,19 @@ OPSET = 18
 GRAPH_PRECISION = "fp32"  # the graph is fp32; runtimes lower it themselves (OpenVINO bf16, TensorRT fp16)
 MAX_BATCH = 64
 EXTERNAL_DATA_BYTES = 1 << 30  # under protobuf's 2 GB limit with room to spare
+# The oldest torch whose exporter makes a graph of this network the runtimes run (measured: torch 2.4
+# has no dynamo=True export, and 2.6's graph holds a Resize that ONNX Runtime refuses); an older
+# torch says so in one line, and `--runtime auto` then runs torch itself (runtimes/__init__.py)
+EXPORT_MIN_TORCH = "2.14"
+
+
+def export_unsupported() -> str | None:
+    """Why this torch cannot export the network for the runtimes, or None when it can."""
+    if torch.__version__ < EXPORT_MIN_TORCH:  # TorchVersion compares as a version, not as text
+        return f"exporting the network to ONNX needs torch >= {EXPORT_MIN_TORCH} (this is {torch.__version__})"
+    return None
+
+
 OUTPUTS = ("depth", "confidence", "normal")
 
 
@@ -120,6 +133,9 @@ def exported_onnx(
     if path.exists():
         log.info("using the exported graph %s", path)
         return path
+    unsupported = export_unsupported()
+    if unsupported:
+        raise ModelError(unsupported, hint="upgrade torch (pip install -U torch), or use --runtime torch")
     log.info("exporting %s at %dx%d to ONNX (once) into %s", backbone, *input_size, folder)
     export_onnx(model, input_size, folder)
     return path

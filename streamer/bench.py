@@ -22,7 +22,7 @@ import av
 import numpy as np
 import torch
 
-from streamer.api import make_pipeline, picture_settings, read_model
+from streamer.api import fit_threads, make_pipeline, measures_budget, picture_settings, read_model
 from streamer.config import Config
 from streamer.effect_settings import EffectSettings
 from streamer.engine import worker
@@ -260,7 +260,12 @@ def bench_run(
 ) -> dict:
     """Every measurement in one process; the model is built and run on the model thread."""
     threads = ThreadBudget.plan(resolve_device(cfg.model.device).type, cfg.engine.threads)
+    measure = measures_budget(cfg)
+    if measure:  # as a run does: loaded with every core, then the budget timed (engine/threads.py)
+        threads = ThreadBudget(os.cpu_count() or 1, threads.decode, threads.encode)
     stage = worker.on_device_thread(_setup, cfg, threads)
+    if measure:
+        threads = worker.on_device_thread(fit_threads, stage, cfg, source_size)
     device = stage.device
     result = setup_figures(cfg, stage, threads, source_size, frames)
     cfg = cfg.model_copy(deep=True)
@@ -326,6 +331,7 @@ def setup_figures(cfg: Config, stage, threads: ThreadBudget, source_size: tuple[
         "source_size": list(source_size),
         "frames": frames,
         "threads": threads.as_dict(),
+        "threads_reason": threads.reason,
         "pinned_memory": cfg.engine.pinned_memory and device.type == "cuda",
         "cuda_stream": cfg.engine.cuda_stream and device.type == "cuda",
         "compile": cfg.model.compile,
@@ -349,6 +355,7 @@ def table(result: dict) -> str:
             f"{result['backbone']} {result.get('runtime', 'torch')} {result['precision']} input {result['input_size'][0]}x{result['input_size'][1]} batch {result['batch_size']}",
         ),
         ("source", f"{result['source_size'][0]}x{result['source_size'][1]}, {result['frames']} frames"),
+        ("threads", ", ".join(f"{k} {v}" for k, v in result["threads"].items()) + f" ({result['threads_reason']})"),
         ("fps model only", f"{result['fps']['model_only']:.2f}"),
         ("fps serial loop", f"{result['fps']['serial']:.2f}"),
         ("fps pipeline", f"{result['fps']['pipeline']:.2f}"),

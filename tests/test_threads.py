@@ -1,0 +1,46 @@
+"""The thread budget's rule: measured costs in, a split of the cores out (engine/threads.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamer.engine.threads import MODEL_DOMINATES, ThreadBudget, codec_ms, forward_ms
+
+
+def test_a_model_that_dominates_the_codecs_gets_every_core():
+    # the 640x360 / 224x392 operating point: a forward of ~460 ms against ~6 ms of codecs
+    budget = ThreadBudget.plan("cpu", 2, model_ms=460, codec_ms=codec_ms((640, 360)))
+    assert (budget.torch, budget.decode, budget.encode) == (2, 1, 1)
+    assert "every core" in budget.reason
+
+
+def test_codecs_that_are_a_large_share_keep_a_core():
+    # the 1080p / 56x112 operating point: a forward of ~110 ms against ~55 ms of codecs
+    budget = ThreadBudget.plan("cpu", 2, model_ms=110, codec_ms=codec_ms((1920, 1080)))
+    assert (budget.torch, budget.decode, budget.encode) == (1, 1, 1)
+    assert "kept for the codecs" in budget.reason
+
+
+@pytest.mark.parametrize("cores, kept", [(1, 0), (4, 1), (16, 4)])
+def test_the_threshold_splits_at_the_stated_ratio(cores, kept):
+    at = ThreadBudget.plan("cpu", cores, model_ms=MODEL_DOMINATES * 10, codec_ms=10)
+    below = ThreadBudget.plan("cpu", cores, model_ms=MODEL_DOMINATES * 10 - 1, codec_ms=10)
+    assert at.torch == cores
+    assert below.torch == max(1, cores - kept)
+    assert at.decode == below.decode == max(1, cores // 4)  # the codecs' own threads never change
+
+
+def test_without_measurements_the_fixed_split_holds():
+    assert ThreadBudget.plan("cpu", 8).as_dict() == {"torch": 6, "decode": 2, "encode": 2}
+    assert ThreadBudget.plan("cuda", 8, model_ms=1000, codec_ms=1).torch == 2  # a GPU needs host threads only
+
+
+def test_codec_work_grows_with_the_pixels_decoded_and_encoded():
+    assert codec_ms((1920, 1080)) == pytest.approx(2.25 * codec_ms((1280, 720)))
+    assert codec_ms((1920, 1080), (960, 540)) < codec_ms((1920, 1080))
+
+
+def test_forward_ms_keeps_the_fastest_call():
+    calls = []
+    assert forward_ms(lambda: calls.append(1), repeats=3) >= 0
+    assert len(calls) == 3

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from streamer import api
+from streamer.config import load_config
+from streamer.engine import worker
 from streamer.engine.threads import MODEL_DOMINATES, ThreadBudget, codec_ms, forward_ms
+from tests.conftest import TINY_INPUT
 
 
 def test_a_model_that_dominates_the_codecs_gets_every_core():
@@ -44,3 +49,24 @@ def test_forward_ms_keeps_the_fastest_call():
     calls = []
     assert forward_ms(lambda: calls.append(1), repeats=3) >= 0
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_a_cpu_run_times_its_budget_unless_threads_are_given(checkpoint, video, tmp_path, threads):
+    model = {"checkpoint": str(checkpoint), "input_size": list(TINY_INPUT), "device": "cpu", "runtime": "torch"}
+    overrides = {"model": model, "engine": {"threads": threads}, "source": {"uri": str(video)}}
+    cfg = load_config(None, {**overrides, "output": {"path": str(tmp_path / "out.mp4")}})
+    heard: list[str] = []
+    before = worker.on_device_thread(torch.get_num_threads)
+    try:
+        job = api.prepare(cfg, announce=heard.append)
+        job.source.close()
+        assert worker.on_device_thread(torch.get_num_threads) == job.threads.torch
+    finally:
+        worker.on_device_thread(torch.set_num_threads, before)
+    if threads is None:  # a 96x64 source costs the codecs next to nothing: the model takes every core
+        assert "forward" in job.threads.reason and any(
+            line.startswith(f"threads: torch {job.threads.torch},") for line in heard
+        )
+    else:
+        assert job.threads.reason == "fixed split" and not any(line.startswith("threads:") for line in heard)

@@ -59,7 +59,7 @@ class ThreadBudget:
         if model_ms is None or codec_ms is None:
             return cls(torch=max(1, cores - codecs), decode=codecs, encode=codecs)
         ratio = model_ms / max(codec_ms, 1e-3)
-        why = f"forward {model_ms:.0f} ms = {ratio:.1f}x codecs {codec_ms:.0f} ms"
+        why = f"forward {model_ms:.0f} ms = {ratio:.1f}x codecs {codec_ms:.1f} ms"
         if ratio >= MODEL_DOMINATES:
             return cls(torch=cores, decode=codecs, encode=codecs, reason=f"{why}: the model takes every core")
         return cls(max(1, cores - codecs), codecs, codecs, reason=f"{why}: {codecs} kept for the codecs")

@@ -70,8 +70,8 @@ def test_a_cpu_run_times_its_budget_unless_threads_are_given(checkpoint, video, 
         assert worker.on_device_thread(torch.get_num_threads) == job.threads.torch
     finally:
         worker.on_device_thread(torch.set_num_threads, before)
-    if threads is None:  # a 96x64 source costs the codecs next to nothing: the model takes every core
-        assert "forward" in job.threads.reason and any(
+    if threads is None:  # timed (on one core there is nothing to time, and it says so)
+        assert job.threads.reason != "fixed split" and any(
             line.startswith(f"threads: torch {job.threads.torch},") for line in heard
         )
     else:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -100,7 +100,7 @@ def timed_budget(
     cores = os.cpu_count() or 1
     kept = ThreadBudget.plan("cpu", cores).torch
     if kept == cores:  # one core: nothing to choose
-        return ThreadBudget.plan("cpu", cores)
+        return replace(ThreadBudget.plan("cpu", cores), reason="one core: nothing to time")
     with torch.inference_mode():
         torch.set_num_threads(cores)
         all_ms = forward_ms(forward, repeats=2)

@@ -10,6 +10,8 @@ uses the two to report in between. `streamer.estimator.DepthEstimator` is for si
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from streamer.engine.device import resolve_device, resolve_dtype
 from streamer.engine.pipeline import Pipeline
 from streamer.engine.shared import SharedStage
 from streamer.engine.stats import Stats
-from streamer.engine.threads import ThreadBudget
+from streamer.engine.threads import ThreadBudget, timed_budget
 from streamer.errors import ConfigError
 from streamer.focal import Focal, FocalResolver
 from streamer.models.metric3d import Metric3D, build_metric3d
@@ -32,7 +34,7 @@ from streamer.models.metric3d.weights import load_weights, read_checkpoint, reso
 from streamer.outcomes import check_damage, check_range, damage_error, is_folder_output
 from streamer.processors.comfy import COMFY_FOCAL, COMFY_FOCAL_NOTE, COMFY_RESOLUTION
 from streamer.processors.controlnet import AuxStage, load_detector
-from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
+from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage, short_side_size
 from streamer.processors.null import NullStage
 from streamer.processors.stabilize_params import parse_params
 from streamer.processors.stabilize_stage import StabilizeStage
@@ -52,6 +54,8 @@ from streamer.sinks import Sink
 from streamer.sources import Source, open_source
 from streamer.sources.images import ImageSource
 from streamer.types import Result
+
+log = logging.getLogger(__name__)
 
 
 def load_model(
@@ -230,12 +234,19 @@ def prepare(
     length = getattr(source, "duration", None)
     if stage is not None:
         return Job(cfg, source, sinks, stage, threads, length)
+    measure = measures_budget(cfg)
+    if measure:  # loaded with every core, then timed (engine/threads.py); the codecs' threads stay
+        threads = ThreadBudget(os.cpu_count() or 1, threads.decode, threads.encode)
     try:
         stabilize_mode(cfg, source, sinks)  # a wrong mode fails before the model loads
         if announce is not None and model_name(cfg.model):
             announce(f"loading {model_name(cfg.model)} ...")
         comfy = any(need.startswith("comfy") for sink in sinks for need in sink.needs)
         stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch, warn)
+        if measure and isinstance(stage, Metric3DStage):
+            info = source.info
+            threads = worker.on_device_thread(fit_threads, stage, cfg, (info.width, info.height))
+            (announce or log.info)(threads.line())
         if announce is not None and isinstance(stage, Metric3DStage):
             for line in ("runtime_choice", "input_size_choice"):
                 if line in stage.meta:
@@ -244,6 +255,23 @@ def prepare(
         source.close()
         raise
     return Job(cfg, source, sinks, stage, threads, length)
+
+
+def measures_budget(cfg: Config) -> bool:
+    """Whether the thread budget is timed at start-up: Metric3D on the CPU with no `--threads`."""
+    return (
+        cfg.engine.threads is None
+        and cfg.model.processor == "metric3d"
+        and resolve_device(cfg.model.device).type == "cpu"
+    )
+
+
+def fit_threads(stage: Metric3DStage, cfg: Config, source_wh: tuple[int, int]) -> ThreadBudget:
+    """On the model thread, after loading with every core: the budget timed (engine/threads.py)."""
+    proc = stage.processor
+    x = torch.zeros((1, 3, *proc.input_size), dtype=proc.dtype, device=proc.device)
+    out_hw = short_side_size(source_wh[::-1], cfg.model.resolution) if cfg.model.resolution else None
+    return timed_budget(lambda: proc.runtime(x), source_wh, out_hw[::-1] if out_hw else None)
 
 
 def model_name(cfg: ModelConfig) -> str | None:

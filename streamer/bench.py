@@ -22,7 +22,7 @@ import av
 import numpy as np
 import torch
 
-from streamer.api import file_sink, make_pipeline, picture_settings, read_model
+from streamer.api import file_sink, fit_threads, make_pipeline, measures_budget, picture_settings, read_model
 from streamer.config import Config
 from streamer.effect_settings import EffectSettings
 from streamer.engine import worker
@@ -295,7 +295,12 @@ def bench_run(
     fps figures are frames over the wall time of a whole run (start-up and drain included, as in
     a user's run), the best of `repeat`; stage figures are each stage's own time per frame."""
     threads = ThreadBudget.plan(resolve_device(cfg.model.device).type, cfg.engine.threads)
+    measure = measures_budget(cfg)
+    if measure:  # as a run does: loaded with every core, then the budget timed (engine/threads.py)
+        threads = ThreadBudget(os.cpu_count() or 1, threads.decode, threads.encode)
     stage = worker.on_device_thread(_setup, cfg, threads)
+    if measure:
+        threads = worker.on_device_thread(fit_threads, stage, cfg, source_size)
     device = stage.device
     result = setup_figures(cfg, stage, threads, source_size, frames)
     cfg = cfg.model_copy(deep=True)
@@ -374,6 +379,7 @@ def setup_figures(cfg: Config, stage, threads: ThreadBudget, source_size: tuple[
         "source_size": list(source_size),
         "frames": frames,
         "threads": threads.as_dict(),
+        "threads_reason": threads.reason,
         "pinned_memory": cfg.engine.pinned_memory and device.type == "cuda",
         "cuda_stream": cfg.engine.cuda_stream and device.type == "cuda",
         "compile": cfg.model.compile,
@@ -430,7 +436,10 @@ def table(result: dict) -> str:
             "keyed view per frame at 1280x720: key / depth of field",
             "{key:.1f} / {depth_of_field:.1f} ms".format(**result["effects_ms"]),
         ),
-        ("threads torch / decode / encode", "{torch} / {decode} / {encode}".format(**result["threads"])),
+        (
+            "threads torch / decode / encode",
+            "{torch} / {decode} / {encode}".format(**result["threads"]) + f" ({result.get('threads_reason', '')})",
+        ),
         *[(f"{fmt}: fps", f"{r['fps']:.2f}  ({stage_line(r['stage_ms'])})") for fmt, r in result["formats"].items()],
         ("pipeline stages", stage_line(result["stage_ms"])),
         ("peak RSS", f"{result['peak_rss_mb']:.0f} MB" if result["peak_rss_mb"] is not None else "n/a"),

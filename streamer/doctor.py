@@ -192,12 +192,16 @@ def aux_check() -> Check:
 def threads_check() -> Check:
     """How the CPU is shared between decoding, the model and encoding (engine/threads.py)."""
     from streamer.engine.device import resolve_device
-    from streamer.engine.threads import ThreadBudget
+    from streamer.engine.threads import ThreadBudget, rule
 
     device = resolve_device("auto")
-    budget = ThreadBudget.plan(device.type)
-    detail = f"{os.cpu_count()} cores, device {device.type}: torch {budget.torch}, decode {budget.decode}, encode {budget.encode}"
-    return Check("threads", True, detail + " (--threads N caps the total)")
+    if device.type == "cpu":
+        codecs = ThreadBudget.plan("cpu").decode
+        detail = f"{os.cpu_count()} cores, decode {codecs}, encode {codecs}; {rule()}"
+    else:
+        budget = ThreadBudget.plan(device.type)
+        detail = f"{os.cpu_count()} cores, device {device.type}: torch {budget.torch}, decode {budget.decode}, encode {budget.encode}"
+    return Check("threads", True, detail + " (--threads N caps the total, fixed split)")
 
 
 def runtime_checks() -> list[Check]:

@@ -1,19 +1,39 @@
-"""CPU threads for decoding, the model and encoding, sized together for the machine.
+"""CPU threads for decoding, the model and encoding, sized together for the run.
 
 Left alone, the decoder, the encoder and torch each start a thread per core and oversubscribe
 the machine. An OpenMP team is as slow as its slowest thread: when an encoder thread takes a
-core from one of torch's threads, every parallel op waits for it. Measured on 2 cores (vit-small
-at 56x112, 1080p source, `streamer bench`): with torch on both cores the model took 171 ms a
-frame inside the pipeline against 114 ms alone, and the pipeline lost to the serial loop (0.92x);
-with one core kept for the codecs the pipeline ran 1.2x the serial loop. So on the CPU the
-codecs get a quarter of the cores (at least one) and torch the rest; on a GPU the model needs
-one or two host threads and the codecs get the cores.
+core from one of torch's threads, every parallel op waits for it. Which way to share the cores
+depends on what a frame costs and on the machine, so on the CPU the budget is timed at start-up
+(on the model thread, after loading, before the first frame):
+
+    the model takes every core (the codecs share them; the OS schedules) when one forward at the
+    run's input size with every core, plus STALL (2) times the codecs' estimated work per frame
+    (H.264 decode at the source size + encode at the output size), costs no more than one forward
+    with a quarter of the cores (at least one) kept for the codecs; otherwise that quarter is kept.
+
+STALL is fitted to the 2-core CPU: with vit-small at 56x112 on a 1080p source (forward 114 ms on
+2 threads, 172 on 1, codecs ~55 ms) torch on both cores made the pipeline 0.92x the serial loop and
+one core kept 1.2x; at 224x392 on 640x360 (463 ms on 2 threads, 829 on 1, codecs ~6 ms) one torch
+thread made it 0.85x of model-only speed. Timing both splits, not a fixed ratio, also sees a
+loaded machine, where a team of every core can be slower than one thread. With `--threads N`
+nothing is timed: torch gets N less the codecs' quarter. On a GPU the model needs one or two host
+threads and the codecs get the cores.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+STALL = 2.0  # what a frame of codec work costs an OpenMP team it takes a core from, in its own time
+# H.264 per pixel, one thread each, measured at 1080p on the 2-core CPU (benchmarks/README.md):
+# decode 8.9 ms and encode 46 ms a frame.
+DECODE_NS_PER_PIXEL = 4.3
+ENCODE_NS_PER_PIXEL = 22.0
 
 
 @dataclass(frozen=True)
@@ -21,15 +41,79 @@ class ThreadBudget:
     torch: int
     decode: int
     encode: int
+    reason: str = "fixed split"
 
     @classmethod
-    def plan(cls, device_type: str, total: int | None = None) -> ThreadBudget:
+    def plan(
+        cls,
+        device_type: str,
+        total: int | None = None,
+        all_ms: float | None = None,
+        kept_ms: float | None = None,
+        codec_ms: float | None = None,
+    ) -> ThreadBudget:
+        """The split for `total` cores (default: all). On the CPU, given one forward's ms with every
+        core (`all_ms`) and with the codecs' quarter kept (`kept_ms`) and the codecs' ms per frame,
+        torch takes every core when all_ms + STALL * codec_ms <= kept_ms; else the fixed split."""
         cores = max(1, total or os.cpu_count() or 1)
-        if device_type == "cpu":
-            codecs = max(1, cores // 4)
-            return cls(torch=max(1, cores - codecs), decode=codecs, encode=codecs)
-        decode = max(1, cores // 3)
-        return cls(torch=min(2, cores), decode=decode, encode=max(1, cores - decode - 1))
+        if device_type != "cpu":
+            decode = max(1, cores // 3)
+            return cls(torch=min(2, cores), decode=decode, encode=max(1, cores - decode - 1), reason="GPU")
+        codecs = max(1, cores // 4)
+        kept = max(1, cores - codecs)
+        if all_ms is None or kept_ms is None or codec_ms is None:
+            return cls(torch=kept, decode=codecs, encode=codecs)
+        why = f"forward {all_ms:.0f} ms on {cores} threads, {kept_ms:.0f} ms on {kept}, codecs ~{codec_ms:.1f} ms"
+        if all_ms + STALL * codec_ms <= kept_ms:
+            return cls(torch=cores, decode=codecs, encode=codecs, reason=f"{why}: the model takes every core")
+        return cls(torch=kept, decode=codecs, encode=codecs, reason=f"{why}: {cores - kept} kept for the codecs")
 
     def as_dict(self) -> dict[str, int]:
         return {"torch": self.torch, "decode": self.decode, "encode": self.encode}
+
+    def line(self) -> str:
+        return f"threads: torch {self.torch}, decode {self.decode}, encode {self.encode} ({self.reason})"
+
+
+def codec_ms(source_wh: tuple[int, int], output_wh: tuple[int, int] | None = None) -> float:
+    """Estimated CPU ms to decode a frame at the source size and encode one at the output size."""
+    out = output_wh or source_wh
+    return (source_wh[0] * source_wh[1] * DECODE_NS_PER_PIXEL + out[0] * out[1] * ENCODE_NS_PER_PIXEL) / 1e6
+
+
+def forward_ms(forward: Callable[[], object], repeats: int = 2) -> float:
+    """The fastest of `repeats` calls (the first also warms lazy initialisation up), in ms."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward()
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+def timed_budget(
+    forward: Callable[[], object], source_wh: tuple[int, int], output_wh: tuple[int, int] | None = None
+) -> ThreadBudget:
+    """The CPU budget from timing `forward` with every core (twice: the first warms up) and with the
+    codecs' quarter kept (once); sets torch's pool to it. Call on the model thread. ONNX runtimes
+    keep the pool they were loaded with (every core): torch's share then only runs the stage."""
+    cores = os.cpu_count() or 1
+    kept = ThreadBudget.plan("cpu", cores).torch
+    if kept == cores:  # one core: nothing to choose
+        return replace(ThreadBudget.plan("cpu", cores), reason="one core: nothing to time")
+    with torch.inference_mode():
+        torch.set_num_threads(cores)
+        all_ms = forward_ms(forward, repeats=2)
+        torch.set_num_threads(kept)
+        kept_ms = forward_ms(forward, repeats=1)
+    budget = ThreadBudget.plan("cpu", cores, all_ms, kept_ms, codec_ms(source_wh, output_wh))
+    torch.set_num_threads(budget.torch)
+    return budget
+
+
+def rule() -> str:
+    """The rule in one line, for `doctor`."""
+    return (
+        "on the CPU, timed at start-up: the model takes every core when a forward on all of them plus "
+        f"{STALL:g}x the codecs' work per frame beats a forward on the rest, else a quarter stays with the codecs"
+    )

@@ -7,6 +7,7 @@ import cv2  # noqa: F401  (before av: see streamer/__init__.py)
 import json
 import os
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 from streamer.models.metric3d import build_metric3d
 from streamer.models.metric3d.weights import load_weights, rule_weights, save_official_checkpoint, to_model_keys
+from streamer.processors.null import NullStage
 from streamer.sources.testsrc import pattern_image
 
 DATA = Path(__file__).parent / "data"
@@ -175,3 +177,15 @@ def video_timestamps(path: Path) -> list[float]:
 @pytest.fixture
 def video(tmp_path) -> Path:
     return write_video(tmp_path / "in.mp4")
+
+
+class SlowStage(NullStage):
+    """The null stage plus a fixed delay: a model of known speed, that works while settings change."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(torch.device("cpu"))
+        self.seconds = seconds
+
+    def __call__(self, images, wants=frozenset({"depth"}), focal_hint=None):
+        time.sleep(self.seconds)
+        return super().__call__(images, wants, focal_hint)

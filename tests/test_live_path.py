@@ -19,19 +19,9 @@ from streamer.sources import PatternSource
 from streamer.types import Frame, Result
 from streamer.views import PictureSettings
 
+from conftest import SlowStage
+
 CPU = torch.device("cpu")
-
-
-class SlowStage(NullStage):
-    """The null stage plus a fixed delay: a model of known speed."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(CPU)
-        self.seconds = seconds
-
-    def __call__(self, images, wants=frozenset({"depth"}), focal_hint=None):
-        time.sleep(self.seconds)
-        return super().__call__(images, wants, focal_hint)
 
 
 class ThreadNotingSink(Sink):

@@ -13,10 +13,11 @@ import torch
 
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import ConfigError
-from streamer.processors.null import NullStage
 from streamer.sinks import Sink
 from streamer.sources import PatternSource
 from streamer.views import PictureSettings
+
+from conftest import SlowStage
 
 CPU = torch.device("cpu")
 W, H = 64, 48
@@ -25,18 +26,6 @@ RUN_S = 20.0
 
 # the views `view_of` tells apart in the null stage's pictures (keyed shows the camera picture, as color would)
 VIEWS = ("gray", "color", "normal", "side-by-side")
-
-
-class SlowStage(NullStage):
-    """The null stage plus a delay: settings change while it works, between `wants` and the render."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(CPU)
-        self.seconds = seconds
-
-    def __call__(self, images, wants=frozenset({"depth"}), focal_hint=None):
-        time.sleep(self.seconds)
-        return super().__call__(images, wants, focal_hint)
 
 
 def view_of(picture: np.ndarray) -> str:
@@ -48,6 +37,26 @@ def view_of(picture: np.ndarray) -> str:
     if (picture[..., 0] == picture[..., 1]).all() and (picture[..., 1] == picture[..., 2]).all():
         return "gray"
     return "color"
+
+
+def run_while_switching(pipeline: Pipeline, period: float, seconds: float, switch) -> dict:
+    """Run `pipeline` while another thread calls `switch()` every `period` s for `seconds` (a person
+    pressing keys or clicking the page), then stops it; the run's statistics."""
+
+    def switching() -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(period)
+            switch()
+        pipeline.person_stop()
+
+    switcher = threading.Thread(target=switching)
+    switcher.start()
+    try:
+        return pipeline.run()
+    finally:
+        pipeline.person_stop()
+        switcher.join()
 
 
 class ViewRecorder(Sink):
@@ -71,20 +80,10 @@ def test_views_switched_every_100ms_for_20s_keep_frames_coming():
 
     def switch() -> None:
         nonlocal switches
-        end = time.monotonic() + RUN_S
-        while time.monotonic() < end:
-            time.sleep(SWITCH_S)
-            settings.cycle("view", VIEWS)  # what the preview's `v` key does
-            switches += 1
-        pipeline.person_stop()
+        settings.cycle("view", VIEWS)  # what the preview's `v` key does
+        switches += 1
 
-    switcher = threading.Thread(target=switch)
-    switcher.start()
-    try:
-        stats = pipeline.run()
-    finally:
-        pipeline.person_stop()
-        switcher.join()
+    stats = run_while_switching(pipeline, SWITCH_S, RUN_S, switch)
     assert switches >= 100 and stats["frames_out"] == len(recorder.seen)
     last_quarter = recorder.seen[-len(recorder.seen) // 4 :]
     assert all(last_quarter.count(view) >= 3 for view in VIEWS), last_quarter  # every view keeps coming
@@ -140,20 +139,8 @@ def test_keyed_view_and_effect_changes_mid_run_keep_frames_coming():
     bands = [EffectSettings(far=1.0), EffectSettings(far=2.5, background="color:#00ff00")]
 
     def switch() -> None:
-        end = time.monotonic() + 3.0
-        step = 0
-        while time.monotonic() < end:
-            time.sleep(0.05)
-            settings.cycle("view", VIEW_FORMATS)
-            settings.update(effects=bands[step % 2])
-            step += 1
-        pipeline.person_stop()
+        settings.cycle("view", VIEW_FORMATS)
+        settings.update(effects=bands[settings.effects == bands[0]])
 
-    switcher = threading.Thread(target=switch)
-    switcher.start()
-    try:
-        stats = pipeline.run()
-    finally:
-        pipeline.person_stop()
-        switcher.join()
+    stats = run_while_switching(pipeline, 0.05, 3.0, switch)
     assert stats["frames_out"] == len(recorder.seen) >= 20

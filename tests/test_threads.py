@@ -9,7 +9,8 @@ from streamer import api
 from streamer.config import load_config
 from streamer.engine import worker
 from streamer.engine.threads import STALL, ThreadBudget, codec_ms, forward_ms
-from tests.conftest import TINY_INPUT
+
+from conftest import TINY_INPUT
 
 
 def test_a_model_that_dominates_the_codecs_gets_every_core():

@@ -28,6 +28,15 @@ NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "htt
 NETWORK_TIMEOUT_S = 10.0
 
 
+def quiet_ffmpeg_logs() -> None:
+    """FFmpeg's log lines to FFmpeg's own C logger, fatal ones only. PyAV's Python log callback takes
+    the GIL inside FFmpeg's decoder threads: on a damaged file they log while the main thread,
+    holding the GIL, waits for them, and the run hangs for good (seen on fuzzed .mp4s, PyAV 17 and
+    18). Nothing here reads FFmpeg's logs: our errors say what went wrong themselves."""
+    av.logging.restore_default_callback()
+    av.logging.set_libav_level(av.logging.PANIC)
+
+
 def is_network(uri: str) -> bool:
     return uri.lower().startswith(NETWORK_SCHEMES)
 
@@ -75,6 +84,7 @@ class VideoSource(Source):
         threads: int = 0,
     ) -> None:
         self.uri = uri
+        quiet_ffmpeg_logs()
         network = is_network(uri)
         if not network:
             check_input_file(Path(uri))

@@ -144,13 +144,7 @@ def test_quitting_the_preview_with_q_finishes_its_recording(tmp_path, virtual_di
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "streamer", *args], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        found = ""
-        deadline = time.monotonic() + 60
-        while not found and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.3)
-            search = subprocess.run(["xdotool", "search", "--name", window], capture_output=True, text=True)
-            found = search.stdout.split()[0] if search.stdout.strip() else ""
-        assert found, "the preview window did not appear"
+        found = window_of(proc, window)
         time.sleep(1.0)  # a few frames recorded
         subprocess.run(["xdotool", "windowactivate", "--sync", found], capture_output=True)
         subprocess.run(["xdotool", "key", "--window", found, "q"], check=True)
@@ -181,12 +175,7 @@ def test_a_right_click_in_the_real_window_calibrates_the_recording(tmp_path, vir
         return subprocess.run(["xdotool", *words], capture_output=True, text=True).stdout
 
     try:
-        found = ""
-        deadline = time.monotonic() + 60
-        while not found and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.3)
-            found = (xdotool("search", "--name", window).split() or [""])[0]
-        assert found, "the preview window did not appear"
+        found = window_of(proc, window)
         time.sleep(1.0)  # frames shown: the window measures on the newest one
         xdotool("windowactivate", "--sync", found)
         for key in ("2", "period", "5"):
@@ -210,6 +199,17 @@ def test_a_right_click_in_the_real_window_calibrates_the_recording(tmp_path, vir
     assert [c["scale_source"] for c in changes] == ["none", "click"], err
     saved = json.loads((tmp_path / "config" / "streamer" / "calibration.json").read_text())
     assert saved["testsrc:96x64@15"]["scale"] == pytest.approx(changes[-1]["scale"], rel=1e-5) != 1.0
+
+
+def window_of(proc: subprocess.Popen, window: str) -> str:
+    """The X window id of the preview named `window`, once `proc` has opened it (within 60 s)."""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.3)
+        search = subprocess.run(["xdotool", "search", "--name", window], capture_output=True, text=True)
+        if search.stdout.split():
+            return search.stdout.split()[0]
+    raise AssertionError("the preview window did not appear")
 
 
 def write_window_config(tmp_path, window: str):

@@ -49,6 +49,7 @@ from streamer.sink_setup import (
     picture_settings,
     ply_sink,
     rerun_sink,
+    still_image_sinks,
 )
 from streamer.sinks import Sink
 from streamer.sources import Source, open_source
@@ -367,4 +368,5 @@ __all__ = [
     "run",
     "run_pipeline",
     "stabilize_mode",
+    "still_image_sinks",
 ]

@@ -38,6 +38,34 @@ def ply_sink(cfg: Config, directory: str | Path) -> PlySink:
     return PlySink(directory, out.overwrite, out.ply_stride, out.min_confidence, out.ply_normals)
 
 
+def still_image_sinks(cfg: Config, directory: str | Path, comfy: bool = False) -> list[Sink]:
+    """The sinks of `depth`: one picture (or point cloud) per image, and with Metric3D NAME.npz too.
+
+    Exactly one sink writes metadata.json and the per-image NAME.json: the NPZ one when there is one
+    (its metres are the metric result), else the picture sink. Two writers of one file race in their
+    sink threads (each renames its own temporary file over it)."""
+    out = Path(directory)
+    overwrite = cfg.output.overwrite
+    picture = picture_settings(cfg)
+    if comfy:
+        sinks: list[Sink] = [
+            ImageSequenceSink(out, "comfy-depth", picture, overwrite, write_metadata=False),
+            ImageSequenceSink(out, "comfy-normal", picture, overwrite, name_suffix="_normal", write_metadata=False),
+        ]
+    elif cfg.output.format == "ply":
+        sinks = [ply_sink(cfg, out)]  # its metadata.json says the convention, the intrinsics and the focal
+    else:
+        sinks = [ImageSequenceSink(out, cfg.output.format, picture, overwrite, write_metadata=False)]
+    if cfg.model.processor == "metric3d":
+        metadata = cfg.output.format != "ply" or comfy  # the point clouds' sink writes its own
+        sinks.append(ImageSequenceSink(out, "npz", picture, overwrite, write_metadata=metadata, image_sidecars=True))
+    elif not isinstance(sinks[0], ImageSequenceSink):
+        raise ConfigError("point clouds need Metric3D's metric depth", hint="drop --processor, or use a picture format")
+    else:
+        sinks[0].write_metadata = sinks[0].image_sidecars = True
+    return sinks
+
+
 def file_sink(
     cfg: Config,
     path: str | Path,

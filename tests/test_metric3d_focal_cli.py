@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL.TiffImagePlugin import IFDRational
 
-from streamer.api import build_sinks, file_sink
+from streamer.api import build_sinks, file_sink, still_image_sinks
 from streamer.cli.main import main
 from streamer.config import load_config
 from streamer.errors import SinkError
@@ -137,6 +137,26 @@ def test_comfy_mode_keeps_the_nodes_1000_px(tmp_path, checkpoint, capsys):
     meta = json.loads((out / "metadata.json").read_text())
     assert (meta["fx"], meta["fy"], meta["focal_source"]) == (1000.0, 1000.0, "given")
     assert "ComfyUI" in meta["focal_note"]
+    assert meta["format"] == "npz" and meta["units"] == "metres"  # the metric sink owns the sidecar
+
+
+@pytest.mark.parametrize(
+    ("comfy", "fmt", "processor"),
+    [
+        (True, "color", "metric3d"),
+        (False, "color", "metric3d"),
+        (False, "ply", "metric3d"),
+        (False, "npz", "metric3d"),
+        (False, "gray", "canny"),
+        (True, "color", "canny"),
+    ],
+)
+def test_one_sink_writes_each_sidecar_of_depth(tmp_path, comfy, fmt, processor):
+    """Two sinks writing metadata.json raced in their threads (a rename of one's temporary file failed)."""
+    cfg = load_config(None, {"model": {"processor": processor}, "output": {"format": fmt}})
+    sinks = still_image_sinks(cfg, tmp_path, comfy=comfy)
+    assert len([s for s in sinks if s.metadata_path is not None]) == 1
+    assert len([s for s in sinks if getattr(s, "image_sidecars", False)]) == 1  # NAME.json beside each image
 
 
 def video_with_focal_metadata(path: Path, frames: int = 3) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from streamer.cli.options import (
@@ -213,29 +211,10 @@ def depth(cfg: Config, flags: dict) -> None:
     Images are read upright (EXIF orientation); NAME.json records each image's focal length and its
     source, metadata.json the format.
     """
-    from streamer.api import picture_settings, ply_sink  # torch, PyAV: not for --help
-    from streamer.sinks import ImageSequenceSink
+    from streamer.api import still_image_sinks  # torch, PyAV: not for --help
     from streamer.sources import ImageSource
 
-    out = Path(flags["output"])
-    overwrite = cfg.output.overwrite
-    picture = picture_settings(cfg)
-    if flags["comfy"]:
-        sinks = [
-            ImageSequenceSink(out, "comfy-depth", picture, overwrite),
-            ImageSequenceSink(out, "comfy-normal", picture, overwrite, name_suffix="_normal", write_metadata=False),
-        ]
-    elif cfg.output.format == "ply":
-        sinks = [ply_sink(cfg, out)]  # its metadata.json says the convention, the intrinsics and the focal
-    else:
-        sinks = [ImageSequenceSink(out, cfg.output.format, picture, overwrite, write_metadata=False)]
-    if cfg.model.processor == "metric3d":
-        metadata = cfg.output.format != "ply"  # NAME.json beside each image: its own focal
-        sinks.append(ImageSequenceSink(out, "npz", picture, overwrite, write_metadata=metadata, image_sidecars=True))
-    elif not isinstance(sinks[0], ImageSequenceSink):
-        raise ConfigError("point clouds need Metric3D's metric depth", hint="drop --processor, or use a picture format")
-    else:
-        sinks[0].write_metadata = sinks[0].image_sidecars = True
+    sinks = still_image_sinks(cfg, flags["output"], comfy=flags["comfy"])
     run(cfg, sinks, ImageSource(list(flags["images"])), unit="image")
 
 

@@ -150,6 +150,11 @@ class ImageSequenceSink(Sink):
             return encode_png(result.maps[self.fmt.replace("-", "_")])
         return encode_png(result.maps["picture"])
 
+    @property
+    def metadata_path(self) -> Path | None:
+        """The sequence's sidecar, or None when another sink of the run writes it."""
+        return self.directory / f"metadata{self.name_suffix}.json" if self.write_metadata else None
+
     def write(self, result: Result) -> None:
         path = self.path_for(result)
         own = path.with_suffix(".json") if self.image_sidecars else None
@@ -198,4 +203,4 @@ class ImageSequenceSink(Sink):
         extra.update(self.sidecar_extra)
         extra.update(self.focals.extra())
         extra.update(self.scales.extra())
-        write_json(self.directory / f"metadata{self.name_suffix}.json", sidecar(self.meta, extra, self.stats))
+        write_json(self.metadata_path, sidecar(self.meta, extra, self.stats))

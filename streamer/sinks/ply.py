@@ -174,6 +174,10 @@ class PlySink(Sink):
         self.stats = stats  # the scene cuts for metadata.json, read at close
         prepare_directory(self.directory)
 
+    @property
+    def metadata_path(self) -> Path:
+        return self.directory / "metadata.json"
+
     def path_for(self, result: Result) -> Path:
         stem = result.frame.name or f"frame_{result.frame.index:06d}"
         return self.directory / f"{stem}.ply"
@@ -230,4 +234,4 @@ class PlySink(Sink):
             extra["focal_note"] = self.meta["focal_note"]
         extra.update(self.focals.extra())
         extra.update(self.scales.extra())
-        write_json(self.directory / "metadata.json", sidecar(self.meta, extra, self.stats))
+        write_json(self.metadata_path, sidecar(self.meta, extra, self.stats))

@@ -26,7 +26,7 @@ from streamer.engine.device import resolve_device, resolve_dtype
 from streamer.engine.pipeline import Pipeline
 from streamer.engine.shared import SharedStage
 from streamer.engine.stats import Stats
-from streamer.engine.threads import ThreadBudget, timed_budget
+from streamer.engine.threads import ThreadBudget, own_pool_budget, timed_budget
 from streamer.errors import ConfigError
 from streamer.focal import Focal, FocalResolver
 from streamer.models.metric3d import Metric3D, build_metric3d
@@ -270,6 +270,10 @@ def measures_budget(cfg: Config) -> bool:
 def fit_threads(stage: Metric3DStage, cfg: Config, source_wh: tuple[int, int]) -> ThreadBudget:
     """On the model thread, after loading with every core: the budget timed (engine/threads.py)."""
     proc = stage.processor
+    if proc.runtime.name != "torch":
+        budget = own_pool_budget(proc.runtime.name)
+        torch.set_num_threads(budget.torch)
+        return budget
     x = torch.zeros((1, 3, *proc.input_size), dtype=proc.dtype, device=proc.device)
     out_hw = short_side_size(source_wh[::-1], cfg.model.resolution) if cfg.model.resolution else None
     return timed_budget(lambda: proc.runtime(x), source_wh, out_hw[::-1] if out_hw else None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from streamer.processors.outputs import Outputs, to_millimetres
-from streamer.processors.render import Renderer, rgb_to_yuv
+from streamer.processors.render import Renderer, block_mean_u8, rgb_to_yuv, valid_quantiles
 from streamer.sinks import VideoSink
 from streamer.views import PictureSettings
 
@@ -111,3 +111,24 @@ def test_side_by_side_planes_match_the_rgb_path(depths):
         slow[0, 48:].reshape(-1)[: 24 * 64].reshape(24, 64),
     )
     assert (u_fast[:, :32].int() - u_slow[:, :32].int()).abs().max() <= 1
+
+
+def test_block_means_round_as_float_pooling_did():
+    """The 4:2:0 chroma's integer 2x2 means equal avg_pool2d + round (halves to even)."""
+    levels = torch.randint(0, 256, (2, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    levels[0, :2, :2] = torch.tensor([[1, 2], [2, 1]], dtype=torch.uint8)  # a mean of 1.5: rounds to 2
+    levels[0, :2, 2:4] = torch.tensor([[2, 3], [3, 2]], dtype=torch.uint8)  # 2.5: rounds to 2
+    pooled = torch.nn.functional.avg_pool2d(levels[:, None].float(), 2)[:, 0].round_().int()
+    assert torch.equal(block_mean_u8(levels), pooled)
+
+
+@pytest.mark.parametrize("invalid", [0.0, 0.3, 1.0])
+def test_cpu_quantiles_by_selection_equal_nanquantile(invalid):
+    sample = torch.rand(5000, generator=torch.Generator().manual_seed(1)) * 10
+    valid = torch.rand(5000, generator=torch.Generator().manual_seed(2)) >= invalid
+    q = torch.tensor([0.02, 0.98], dtype=sample.dtype)
+    ours = valid_quantiles(sample, valid, q)
+    if invalid == 1.0:  # nothing valid: not a number, which the display range ignores (as with a sort)
+        assert not torch.isfinite(ours).any()
+    else:
+        assert torch.equal(ours, torch.nanquantile(torch.where(valid, sample, torch.nan), q))

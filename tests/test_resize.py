@@ -18,6 +18,7 @@ from streamer.processors.resize import LinearResizeU8
         ((37, 53), (30, 40)),
         ((480, 640), (616, 821)),
         ((720, 1280), (308, 547)),
+        ((1080, 1920), (56, 100)),  # a steep shrink reads only some rows
     ],
 )
 def test_matches_opencv_exactly(src, dst):

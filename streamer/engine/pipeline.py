@@ -29,12 +29,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, wait
+from functools import partial
 from typing import Protocol, TypeVar
 
 import torch
 
 from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, PendingDownload
+from streamer.engine.finish import Finisher
 from streamer.engine.intake import Intake
 from streamer.engine.queues import END, StageQueue
 from streamer.engine.shared import SharedStage
@@ -53,6 +55,7 @@ MAIN_POLL_S = 0.01  # how often the main thread looks at its sinks (GUI events s
 TICK_S = 0.25
 SERVICE_START_S = 10.0
 STOP_WAIT_S = 0.5  # after a stop, how long the outputs wait for the model's batch in flight
+MapsOrLater = dict[str, torch.Tensor] | Callable[[], dict[str, torch.Tensor]]
 LOOKS = "_picture_settings"  # a batch's snapshot of the live settings, carried in its meta to the render
 
 
@@ -267,18 +270,28 @@ class Pipeline:
     # -- stages ----------------------------------------------------------------------------
 
     def _inference(self) -> None:
+        finisher = Finisher(self._stop, self._finish_failed) if self._finishes_apart() else None
         try:
-            self._inference_loop()
+            self._inference_loop(finisher)
         except StopRequested:
             self.person_stop()
         except BaseException as exc:  # recorded with its stage like the other threads' errors
             self.fail("inference", exc)
         finally:
+            if finisher is not None:
+                finisher.close()  # its batches reach the queues before the end does
             for queue in self.queues:
                 queue.put_end(END)
 
-    def _inference_loop(self) -> None:
-        pending: deque = deque()  # downloads under way, oldest first
+    def _finishes_apart(self) -> bool:
+        """On the CPU, with torch's pool at one thread (a runtime with its own pool, or a budget that
+        keeps cores for the codecs): the finisher's torch work then starts no second pool. Beside a
+        torch model on every core a second pool competes with it (bench, vit-small 224x392 on 2
+        cores: the forward 326-350 ms alone, 393-401 ms beside the finisher), so batches finish inline."""
+        return self.transfer.device.type == "cpu" and torch.get_num_threads() == 1
+
+    def _inference_loop(self, finisher: Finisher | None) -> None:
+        pending: deque = deque()  # on a GPU: downloads under way, oldest first
         carry: list[Frame] = []
         self.stabilizer.start()
         warm_up = getattr(self.processor, "warm_up", None)  # --compile: compile before the first frame
@@ -289,11 +302,13 @@ class Pipeline:
             if batch is None:
                 break
             started = time.perf_counter()
-            for group, download in self._on_model_thread(self._compute, batch):
-                self._queue(pending, group, download, started)
+            computed = self._on_model_thread(self._compute, batch, finisher is not None)
+            self._finish(finisher, pending, started, self._stabilize_and_render, batch, *computed)
         if not self._stop.is_set():  # the end of the input: the frames the stabiliser still holds
-            for group, download in self._on_model_thread(self._flush_stabilizer):
-                self._queue(pending, group, download, time.perf_counter())
+            self._finish(finisher, pending, time.perf_counter(), self._flush_stabilizer)
+        if finisher is not None:
+            finisher.submit(self._record_cuts, True)  # after the last batch's own
+            return
         self._record_cuts(wait=True)
         while pending and not self._stop.is_set():
             self._emit(*pending.popleft())
@@ -302,42 +317,75 @@ class Pipeline:
         """Device work runs on the model thread: here already, or sent there for a shared stage."""
         return self.processor.call(fn, *args) if isinstance(self.processor, SharedStage) else fn(*args)
 
-    def _compute(self, batch: list[Frame]) -> list[tuple[Ready, PendingDownload]]:
-        """A batch's device work: upload, forward pass, stabiliser, pictures, download start."""
+    def _finish_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, StopRequested):
+            self.person_stop()
+        else:
+            self.fail("render", exc)
+
+    def _compute(self, batch: list[Frame], deferred: bool) -> tuple[MapsOrLater, torch.Tensor, dict]:
+        """A batch's upload and forward pass, on the model thread. `deferred`: a stage that can
+        (Metric3DStage.infer) leaves its per-pixel maps to the finisher's thread, as a call."""
         started = time.perf_counter()
         looks = self.outputs.snapshot()  # the live settings, read once: maps and pictures follow them
         images = self.transfer.upload([f.image for f in batch])
         uploaded = time.perf_counter()
         wants = self.outputs.stage_wants(looks) | self.stabilizer.needs
-        maps, meta = self.processor(images, wants, batch[0].focal)
+        if deferred and hasattr(self.processor, "infer"):
+            inferred, meta = self.processor.infer(images, batch[0].focal)
+            maps: MapsOrLater = partial(self.processor.maps, inferred, wants)
+        else:
+            maps, meta = self.processor(images, wants, batch[0].focal)
         computed = time.perf_counter()
+        self.stats.stage("upload", uploaded - started, len(batch))
+        self.stats.stage("model", computed - uploaded, len(batch))
         # the snapshot rides in the meta: the stabiliser never groups frames made with two of them
-        meta = {**meta, "stabilize": self.stabilizer.describe(), LOOKS: looks}
+        return maps, images, {**meta, "stabilize": self.stabilizer.describe(), LOOKS: looks}
+
+    def _finish(self, finisher: Finisher | None, pending: deque, started: float, make: Callable, *args) -> None:
+        """Stabiliser, pictures and download of a batch (`make(*args)`). On the CPU the finisher's
+        thread does them and hands the results out while the model computes the next batch; on a
+        GPU the model thread queues them on the device, and files keep one batch in flight so the
+        next computes while this one downloads."""
+        if finisher is not None:
+            finisher.submit(self._emit_all, make, args, started)
+            return
+        for group, download in self._on_model_thread(make, *args):
+            pending.append((group.frames, download, group.meta, started))
+            if self.live or len(pending) > 1:
+                self._emit(*pending.popleft())
+
+    def _emit_all(self, make: Callable, args: tuple, started: float) -> None:
+        for group, download in make(*args):
+            self._emit(group.frames, download, group.meta, started)
+
+    @torch.inference_mode()  # also on the finisher's thread: grad mode is per thread
+    def _stabilize_and_render(
+        self, batch: list[Frame], maps: MapsOrLater, images: torch.Tensor, meta: dict
+    ) -> list[tuple[Ready, PendingDownload]]:
+        if callable(maps):  # the stage's maps at the output size, made here
+            making = time.perf_counter()
+            maps = maps()
+            self.stats.stage("maps", time.perf_counter() - making, len(batch))
+        started = time.perf_counter()
         ready = self.stabilizer(batch, maps, images, meta)
-        n = len(batch)
-        self.stats.stage("upload", uploaded - started, n)
-        self.stats.stage("model", computed - uploaded, n)
         if self.stabilizer.mode != "off":
-            self.stats.stage("stabilize", time.perf_counter() - computed, n)
+            self.stats.stage("stabilize", time.perf_counter() - started, len(batch))
         self._record_cuts(wait=False)
         return [(group, self._render(group)) for group in ready]  # lookahead: earlier frames, or none yet
 
+    @torch.inference_mode()
     def _flush_stabilizer(self) -> list[tuple[Ready, PendingDownload]]:
         return [(group, self._render(group)) for group in self.stabilizer.flush()]
 
     def _render(self, group: Ready) -> PendingDownload:
-        """Outputs of frames whose maps are final, made on the device; their download starts."""
+        """Outputs of frames whose maps are final; their download starts."""
         rendering = time.perf_counter()
         group.meta = dict(group.meta)
         looks = group.meta.pop(LOOKS)  # the settings these frames' maps were made for; sinks never see it
         download = self.transfer.download(self.outputs(group.maps, group.images, looks, group.meta))
         self.stats.stage("render", time.perf_counter() - rendering, len(group.frames))
         return download
-
-    def _queue(self, pending: deque, group: Ready, download: PendingDownload, started: float) -> None:
-        pending.append((group.frames, download, group.meta, started))
-        if self.live or len(pending) > 1:  # live: at once; files: one batch in flight
-            self._emit(*pending.popleft())
 
     def _record_cuts(self, wait: bool) -> None:
         for cut in self.stabilizer.new_cuts(wait):

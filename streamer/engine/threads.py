@@ -95,8 +95,8 @@ def timed_budget(
     forward: Callable[[], object], source_wh: tuple[int, int], output_wh: tuple[int, int] | None = None
 ) -> ThreadBudget:
     """The CPU budget from timing `forward` with every core (twice: the first warms up) and with the
-    codecs' quarter kept (once); sets torch's pool to it. Call on the model thread. ONNX runtimes
-    keep the pool they were loaded with (every core): torch's share then only runs the stage."""
+    codecs' quarter kept (once); sets torch's pool to it. Call on the model thread, for the torch
+    runtime (the others: `own_pool_budget`)."""
     cores = os.cpu_count() or 1
     kept = ThreadBudget.plan("cpu", cores).torch
     if kept == cores:  # one core: nothing to choose
@@ -109,6 +109,14 @@ def timed_budget(
     budget = ThreadBudget.plan("cpu", cores, all_ms, kept_ms, codec_ms(source_wh, output_wh))
     torch.set_num_threads(budget.torch)
     return budget
+
+
+def own_pool_budget(runtime: str, cores: int | None = None) -> ThreadBudget:
+    """A runtime with its own thread pool (OpenVINO, ONNX Runtime) runs the network on every core
+    whatever torch's pool is; torch runs only the stage's per-pixel work, on one thread, which lets
+    the engine finish each batch on a thread of its own beside the model (engine/finish.py)."""
+    plan = ThreadBudget.plan("cpu", cores)
+    return replace(plan, torch=1, reason=f"{runtime} runs the network on its own threads; torch 1 for the rest")
 
 
 def rule() -> str:

@@ -167,6 +167,17 @@ def short_side_size(src_hw: tuple[int, int], resolution: int) -> tuple[int, int]
     return max(1, round(src_hw[0] * k)), max(1, round(src_hw[1] * k))
 
 
+@dataclass
+class Inferred:
+    """A batch's raw network outputs and what its maps are made with (Metric3DStage.infer)."""
+
+    out: dict
+    box: Letterbox
+    fx: float
+    fy: float
+    out_hw: tuple[int, int] | None
+
+
 class Metric3DStage:
     """The engine's inference stage for Metric3D: frames -> metric maps, plus what to record.
 
@@ -199,20 +210,29 @@ class Metric3DStage:
         if hasattr(model, "warm_up"):
             model.warm_up(batch, self.processor.input_size, all_iterations=self.comfy_resolution is not None)
 
+    def infer(self, images: torch.Tensor, focal_hint: Focal | None = None) -> tuple[Inferred, dict]:
+        """The forward pass only (the model thread's part): the maps at the output size come from
+        `maps`, which an engine on the CPU runs on another thread while the next batch computes."""
+        src_hw = (images.shape[1], images.shape[2])
+        focal = self.focal(src_hw[1], src_hw[0], focal_hint)
+        out_hw = short_side_size(src_hw, self.resolution) if self.resolution else None
+        meta = {**self.meta, **focal.as_meta(), "intrinsics": intrinsics_at(focal, src_hw, out_hw)}
+        out, box = self.processor.forward(images, all_iterations=self.comfy_resolution is not None)
+        return Inferred(out, box, focal.fx, focal.fy, out_hw), meta
+
+    def maps(self, inferred: Inferred, wants: set[str] | frozenset[str] = ALL_MAPS) -> dict[str, torch.Tensor]:
+        """The maps asked for, at the output size, on the device (and the ComfyUI pictures in that mode)."""
+        i = inferred
+        maps = self.processor.metric_maps(i.out, i.box, i.fx, i.fy, i.out_hw, wants)
+        if self.comfy_resolution is not None:
+            maps["comfy_depth"], maps["comfy_normal"] = comfy_maps(i.out, i.box, self.comfy_resolution)
+        return maps
+
     def __call__(
         self,
         images: torch.Tensor,
         wants: set[str] | frozenset[str] = ALL_MAPS,
         focal_hint: Focal | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict]:
-        src_hw = (images.shape[1], images.shape[2])
-        focal = self.focal(src_hw[1], src_hw[0], focal_hint)
-        fx, fy = focal.fx, focal.fy
-        out_hw = short_side_size(src_hw, self.resolution) if self.resolution else None
-        meta = {**self.meta, **focal.as_meta(), "intrinsics": intrinsics_at(focal, src_hw, out_hw)}
-        if self.comfy_resolution is None:
-            return self.processor(images, fx, fy, out_hw, wants), meta
-        out, box = self.processor.forward(images, all_iterations=True)
-        maps = self.processor.metric_maps(out, box, fx, fy, out_hw, wants)
-        maps["comfy_depth"], maps["comfy_normal"] = comfy_maps(out, box, self.comfy_resolution)  # on the device
-        return maps, meta
+        inferred, meta = self.infer(images, focal_hint)
+        return self.maps(inferred, wants), meta

@@ -56,11 +56,22 @@ def constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device
 
 def valid_quantiles(sample: torch.Tensor, valid: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """torch.nanquantile of the valid values (linear interpolation), without its check of `q`
-    on the host: a wait for the device on CUDA. Invalid values sort last, as NaN would."""
-    ordered = torch.where(valid, sample, torch.inf).sort().values
+    on the host: a wait for the device on CUDA. Invalid values sort last, as NaN would.
+
+    On the CPU the ranks are picked by selection (kthvalue, linear time) instead of a full sort:
+    numpy's partition at all the ranks in one pass, the same values in a sixth of the time for a
+    1080p frame's sample."""
+    marked = torch.where(valid, sample, torch.inf)
     rank = (valid.sum() - 1).clamp_(min=0).to(q.dtype) * q
-    below = rank.floor()
-    low, high = ordered.take(below.long()), ordered.take(rank.ceil().long())
+    below, above = rank.floor(), rank.ceil()
+    if sample.device.type == "cpu":
+        ranks = sorted({int(v) for v in (*below, *above)})
+        picked = dict(zip(ranks, np.partition(marked.numpy(), ranks)[ranks].tolist(), strict=True))
+        low = torch.tensor([picked[int(v)] for v in below], dtype=sample.dtype)
+        high = torch.tensor([picked[int(v)] for v in above], dtype=sample.dtype)
+    else:
+        ordered = marked.sort().values
+        low, high = ordered.take(below.long()), ordered.take(above.long())
     return torch.lerp(low, high, rank - below)
 
 
@@ -183,13 +194,27 @@ def levels_to_yuv(levels: torch.Tensor, lut: torch.Tensor, pixel_format: str) ->
 
     4:2:0 chroma takes the colour of each 2x2 block's mean level."""
     n, h, w = levels.shape
-    y = torch.take(lut[:, 0].contiguous(), levels.long())
+
+    def look_up(channel: int, index: torch.Tensor) -> torch.Tensor:  # index_select: 3x torch.take on a CPU
+        return lut[:, channel].contiguous().index_select(0, index.reshape(-1)).view(index.shape)
+
+    index = levels.int()
+    y = look_up(0, index)
     if pixel_format == "yuv444p" or h % 2 or w % 2:
-        uv = torch.stack([torch.take(lut[:, c].contiguous(), levels.long()) for c in (1, 2)], dim=1)
-        return torch.cat((y[:, None], uv), dim=1)
-    block = F.avg_pool2d(levels[:, None].float(), 2)[:, 0].round_().long()
-    uv = torch.cat([torch.take(lut[:, c].contiguous(), block).reshape(n, -1) for c in (1, 2)], dim=1)
+        return torch.cat((y[:, None], torch.stack([look_up(c, index) for c in (1, 2)], dim=1)), dim=1)
+    block = block_mean_u8(levels)
+    uv = torch.cat([look_up(c, block).reshape(n, -1) for c in (1, 2)], dim=1)
     return torch.cat((y.reshape(n, -1), uv), dim=1).reshape(n, h * 3 // 2, w)
+
+
+def block_mean_u8(levels: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) uint8 -> the rounded mean of each 2x2 block (halves to even, as torch.round), int32:
+    integer sums, three times faster on a CPU than avg_pool2d in float."""
+    n, h, w = levels.shape
+    x = levels.view(n, h // 2, 2, w // 2, 2).to(torch.int16)  # sums to 1020 at most
+    total = x[:, :, 0, :, 0] + x[:, :, 0, :, 1] + x[:, :, 1, :, 0] + x[:, :, 1, :, 1]
+    mean, rest = total >> 2, total & 3
+    return (mean + ((rest > 2) | ((rest == 2) & (mean & 1 == 1))).to(torch.int16)).int()
 
 
 def side_by_side_yuv420(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -251,7 +276,7 @@ class Renderer:
             picture = (
                 u8[..., None].expand(-1, -1, -1, 3)
                 if s.view == "gray"
-                else colormap_lut(s.colormap, u8.device)[u8.long()]
+                else colormap_lut(s.colormap, u8.device).index_select(0, u8.reshape(-1).int()).view(*u8.shape, 3)
             )
         if s.legend and s.view in ("gray", "color", "side-by-side") and "picture" not in maps:
             picture = self.burn_legend(picture, s)

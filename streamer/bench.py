@@ -22,7 +22,16 @@ import av
 import numpy as np
 import torch
 
-from streamer.api import file_sink, fit_threads, make_pipeline, measures_budget, picture_settings, read_model
+from streamer.api import (
+    file_sink,
+    fit_batch,
+    fit_threads,
+    make_pipeline,
+    measures_budget,
+    picture_settings,
+    read_model,
+    times_batch,
+)
 from streamer.config import Config
 from streamer.effect_settings import EffectSettings
 from streamer.engine import worker
@@ -302,7 +311,14 @@ def bench_run(
     if measure:
         threads = worker.on_device_thread(fit_threads, stage, cfg, source_size)
     device = stage.device
+    batch_reason = "given"
+    if cfg.engine.batch_size == "auto":  # as a run on a file decides it
+        cfg = cfg.model_copy(deep=True)
+        cfg.engine.batch_size, batch_reason = (
+            worker.on_device_thread(fit_batch, stage) if times_batch(stage, live=False) else (1, "one frame")
+        )
     result = setup_figures(cfg, stage, threads, source_size, frames)
+    result["batch_reason"] = batch_reason
     cfg = cfg.model_copy(deep=True)
     cfg.model.stabilize = "off"  # the engine comparisons do the same work; the stabiliser is timed alone
     images = [pattern_image(*source_size, i / 30) for i in range(frames)]
@@ -436,6 +452,7 @@ def table(result: dict) -> str:
             "keyed view per frame at 1280x720: key / depth of field",
             "{key:.1f} / {depth_of_field:.1f} ms".format(**result["effects_ms"]),
         ),
+        ("batch (files)", f"{result['batch_size']} ({result.get('batch_reason', '')})"),
         (
             "threads torch / decode / encode",
             "{torch} / {decode} / {encode}".format(**result["threads"]) + f" ({result.get('threads_reason', '')})",

@@ -161,12 +161,26 @@ def whole_number(value: Any) -> int | None:
     return None
 
 
+MAX_BATCH = 64  # frames per forward pass at most (the exported graphs' batch axis goes as far)
+
+
 class EngineConfig(Section):
-    batch_size: int = Field(1, ge=1, le=64, description="frames per forward pass (file sources)")
+    # auto: timed at start-up for files on the CPU (engine/threads.py), else 1
+    batch_size: int | Literal["auto"] = Field("auto", description="frames per forward pass (file sources)")
     queue_size: int = Field(4, ge=1, le=256, description="frames buffered between stages")
     pinned_memory: bool = True
     cuda_stream: bool = True
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads in all (default: every core)")
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> int | str:
+        if v == "auto":
+            return v
+        size = whole_number(v)
+        if size is None or not 1 <= size <= MAX_BATCH:
+            raise ValueError(f"must be auto or a whole number from 1 to {MAX_BATCH}")
+        return size
 
 
 class OutputConfig(Section):

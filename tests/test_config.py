@@ -73,6 +73,8 @@ def test_unknown_section_is_rejected(tmp_path: Path):
         ({"model": {"device": "tpu"}}, "auto, cpu, cuda"),
         ({"model": {"precision": "int8"}}, "model.precision"),
         ({"engine": {"batch_size": 0}}, "engine.batch_size"),
+        ({"engine": {"batch_size": "many"}}, "must be auto or a whole number from 1 to 64"),
+        ({"engine": {"batch_size": 65}}, "engine.batch_size"),
         ({"output": {"format": "jpeg"}}, "output.format"),
     ],
 )
@@ -177,3 +179,9 @@ def test_presets_ship_inside_the_wheel(tmp_path: Path):
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "4"
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "auto"), ("auto", "auto"), ("4", 4), (2, 2)])
+def test_batch_size_is_auto_or_a_number(given, expected):
+    overrides = {} if given is None else {"engine": {"batch_size": given}}
+    assert load_config(None, overrides).engine.batch_size == expected

@@ -196,7 +196,12 @@ model_options = stack(
         "[default: auto]",
     ),
     click.option("--offline", is_flag=True, default=None, help="Use only cached weights; never download."),
-    click.option("--batch-size", type=int, help="Frames per forward pass for files.  [default: 1]"),
+    click.option(
+        "--batch-size",
+        metavar="N|auto",
+        help="Frames per forward pass for files. auto: on the CPU, timed at start (a batch when it makes "
+        "each frame cheaper, as at small inputs); 1 elsewhere.  [default: auto]",
+    ),
     click.option(
         "--threads",
         type=int,

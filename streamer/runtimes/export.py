@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
+from streamer.config import MAX_BATCH
 from streamer.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
 GRAPH_PRECISION = "fp32"  # the graph is fp32; runtimes lower it themselves (OpenVINO bf16, TensorRT fp16)
-MAX_BATCH = 64
 EXTERNAL_DATA_BYTES = 1 << 30  # under protobuf's 2 GB limit with room to spare
 # The oldest torch whose exporter makes a graph of this network the runtimes run (measured: torch 2.4
 # has no dynamo=True export, and 2.6's graph holds a Resize that ONNX Runtime refuses); an older

@@ -26,7 +26,7 @@ from streamer.engine.device import resolve_device, resolve_dtype
 from streamer.engine.pipeline import Pipeline
 from streamer.engine.shared import SharedStage
 from streamer.engine.stats import Stats
-from streamer.engine.threads import ThreadBudget, own_pool_budget, timed_batch, timed_budget
+from streamer.engine.threads import ThreadBudget, file_batch, own_pool_budget, timed_budget
 from streamer.errors import ConfigError
 from streamer.focal import Focal, FocalResolver
 from streamer.models.metric3d import Metric3D, build_metric3d
@@ -248,11 +248,9 @@ def prepare(
             info = source.info
             threads = worker.on_device_thread(fit_threads, stage, cfg, (info.width, info.height))
             (announce or log.info)(threads.line())
-        if cfg.engine.batch_size == "auto" and times_batch(stage, source.info.live):
-            size, why = worker.on_device_thread(fit_batch, stage)
+        size, why = batch_size(cfg, stage, source.info.live)
+        if why is not None:
             (announce or log.info)(f"batch: {size} frame{'s' * (size > 1)} per forward pass ({why})")
-            cfg = cfg.model_copy(deep=True)
-            cfg.engine.batch_size = size
         if announce is not None and isinstance(stage, Metric3DStage):
             for line in ("runtime_choice", "input_size_choice"):
                 if line in stage.meta:
@@ -284,16 +282,15 @@ def fit_threads(stage: Metric3DStage, cfg: Config, source_wh: tuple[int, int]) -
     return timed_budget(lambda: proc.runtime(x), source_wh, out_hw[::-1] if out_hw else None)
 
 
-def times_batch(stage, live: bool) -> bool:
-    """Whether `batch_size: auto` is timed: Metric3D on the CPU reading a file (live sources take
-    frames one at a time; elsewhere auto is 1)."""
-    return isinstance(stage, Metric3DStage) and stage.device.type == "cpu" and not live
-
-
-def fit_batch(stage: Metric3DStage) -> tuple[int, str]:
-    """On the model thread: the frames per forward pass for a file (engine/threads.py)."""
-    proc = stage.processor
-    return timed_batch(lambda n: proc.runtime(torch.zeros((n, 3, *proc.input_size), dtype=proc.dtype)))
+def batch_size(cfg: Config, stage, live: bool) -> tuple[int, str | None]:
+    """Frames per forward pass, and why when `auto` chose: for files on the CPU by the input's
+    size (engine/threads.py), else one. Live sources take frames one at a time whatever is set."""
+    if cfg.engine.batch_size != "auto":
+        return cfg.engine.batch_size, None
+    inner = stage.stage if isinstance(stage, SharedStage) else stage
+    if isinstance(inner, Metric3DStage) and inner.device.type == "cpu" and not live:
+        return file_batch(inner.processor.input_size)
+    return 1, None
 
 
 def model_name(cfg: ModelConfig) -> str | None:
@@ -314,7 +311,7 @@ def make_pipeline(source, stage, sinks: list, config: Config | None = None, stat
         source,
         stage,
         sinks,
-        1 if e.batch_size == "auto" else e.batch_size,  # auto not timed (engine/threads.py): one frame
+        batch_size(cfg, stage, source.info.live)[0],
         e.queue_size,
         e.pinned_memory,
         e.cuda_stream,

@@ -23,14 +23,13 @@ import numpy as np
 import torch
 
 from streamer.api import (
+    batch_size,
     file_sink,
-    fit_batch,
     fit_threads,
     make_pipeline,
     measures_budget,
     picture_settings,
     read_model,
-    times_batch,
 )
 from streamer.config import Config
 from streamer.effect_settings import EffectSettings
@@ -311,14 +310,12 @@ def bench_run(
     if measure:
         threads = worker.on_device_thread(fit_threads, stage, cfg, source_size)
     device = stage.device
-    batch_reason = "given"
-    if cfg.engine.batch_size == "auto":  # as a run on a file decides it
-        cfg = cfg.model_copy(deep=True)
-        cfg.engine.batch_size, batch_reason = (
-            worker.on_device_thread(fit_batch, stage) if times_batch(stage, live=False) else (1, "one frame")
-        )
+    size, why = batch_size(cfg, stage, live=False)  # as a run on a file decides it
+    why = why or ("given" if cfg.engine.batch_size != "auto" else "auto: one frame off the CPU")
+    cfg = cfg.model_copy(deep=True)
+    cfg.engine.batch_size = size
     result = setup_figures(cfg, stage, threads, source_size, frames)
-    result["batch_reason"] = batch_reason
+    result["batch_reason"] = why
     cfg = cfg.model_copy(deep=True)
     cfg.model.stabilize = "off"  # the engine comparisons do the same work; the stabiliser is timed alone
     images = [pattern_image(*source_size, i / 30) for i in range(frames)]

@@ -9,6 +9,8 @@ import av
 import pytest
 import torch
 
+from streamer.api import make_pipeline
+from streamer.config import load_config
 from streamer.engine import worker
 from streamer.engine.finish import Finisher
 from streamer.engine.pipeline import Pipeline
@@ -133,3 +135,11 @@ def test_errors_go_to_the_owner():
     finisher.submit(lambda: 1 / 0)
     finisher.close()
     assert len(errors) == 1 and isinstance(errors[0], ZeroDivisionError)
+
+
+@pytest.mark.parametrize(("given", "live", "expected"), [("auto", False, 4), ("auto", True, 1), (2, False, 2)])
+def test_the_pipeline_takes_the_configs_batch(stage, given, live, expected):
+    """auto: four frames per pass for a file at a small input on the CPU (engine/threads.py)."""
+    cfg = load_config(None, {"engine": {"batch_size": given}})
+    source = PatternSource("testsrc:96x64@30", frames=3, live=live)
+    assert make_pipeline(source, stage, [], cfg).batch_size == expected

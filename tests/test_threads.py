@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
 from streamer import api
 from streamer.config import load_config
 from streamer.engine import worker
-from streamer.engine.threads import STALL, ThreadBudget, codec_ms, forward_ms, own_pool_budget, timed_batch
+from streamer.engine.threads import STALL, ThreadBudget, codec_ms, file_batch, forward_ms, own_pool_budget
 
 from conftest import TINY_INPUT
 
@@ -54,25 +52,10 @@ def test_codec_work_grows_with_the_pixels_decoded_and_encoded():
     assert codec_ms((1920, 1080), (960, 540)) < codec_ms((1920, 1080))
 
 
-def sleeps(ms_for_batch):
-    """A forward whose batch of n takes ms_for_batch(n) milliseconds."""
-    return lambda n: time.sleep(ms_for_batch(n) / 1000)
-
-
-def test_a_batch_is_taken_when_it_makes_each_frame_cheaper():
-    size, why = timed_batch(sleeps(lambda n: 30 + 5 * n))  # mostly fixed cost: a batch shares it
-    assert size == 4 and "batches of 4" in why
-
-
-def test_no_batch_when_frames_cost_the_same_in_one():
-    size, why = timed_batch(sleeps(lambda n: 30 * n))
-    assert size == 1 and "in batches of 4" in why
-
-
-def test_a_long_forward_is_not_tried_in_a_batch():
-    tried = []
-    size, why = timed_batch(lambda n: (tried.append(n), time.sleep(0.45)))
-    assert size == 1 and set(tried) == {1} and "gains little" in why
+@pytest.mark.parametrize(("size", "batch"), [((56, 112), 4), ((112, 224), 4), ((224, 392), 1), ((616, 1064), 1)])
+def test_files_on_the_cpu_batch_small_inputs(size, batch):
+    chosen, why = file_batch(size)
+    assert chosen == batch and f"{size[0]}x{size[1]} is" in why
 
 
 def test_runtimes_with_their_own_pool_leave_torch_one_thread():
@@ -105,6 +88,5 @@ def test_a_cpu_run_times_its_budget_unless_threads_are_given(checkpoint, video, 
         )
     else:
         assert job.threads.reason == "fixed split" and not any(line.startswith("threads:") for line in heard)
-    # a file on the CPU: the batch timed too, said in one line, and used by the run
-    assert isinstance(job.config.engine.batch_size, int) and cfg.engine.batch_size == "auto"
-    assert any(line.startswith(f"batch: {job.config.engine.batch_size} frame") for line in heard)
+    # a file on the CPU at a small input: four frames per forward pass, said in one line
+    assert any(line.startswith("batch: 4 frames per forward pass") for line in heard), heard

@@ -17,8 +17,19 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
+
 POLL_S = 0.1
 DEPTH = 2  # batches submitted and not yet finished: one finishing, one waiting
+
+
+def finishes_apart(device: torch.device) -> bool:
+    """Whether a run finishes batches here: on the CPU, with torch's pool at one thread (a runtime
+    with its own pool, or a budget that keeps cores for the codecs), so the finisher's torch work
+    starts no second pool. Beside a torch model on every core a second pool competes with it
+    (bench, vit-small 224x392 on 2 cores: the forward 326-350 ms alone, 393-401 ms beside the
+    finisher); there batches finish on the model thread. Call on the model thread."""
+    return device.type == "cpu" and torch.get_num_threads() == 1
 
 
 class Finisher:

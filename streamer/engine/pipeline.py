@@ -12,7 +12,9 @@ exception recorded with its stage, the others stopped through an Event plus end-
 sentinels, all joined, the error re-raised in the caller's thread. `stop()` is idempotent.
 
 Live sources hand each result to the sinks as soon as its download is complete; files keep one
-batch in flight so the next batch computes while the last one downloads. A person's stop (a
+batch in flight so the next batch computes while the last one downloads. On the CPU, when torch's
+pool is one thread, the finisher's thread (engine/finish.py) makes each batch's maps, stabiliser
+and pictures while the model computes the next, and hands the results out itself. A person's stop (a
 quit key, Ctrl-C, SIGTERM) ends a live run normally; for a file it is an interruption.
 
 Between the model and the outputs runs the depth stabiliser (processors/stabilize_stage.py). In
@@ -36,7 +38,7 @@ import torch
 
 from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, PendingDownload
-from streamer.engine.finish import Finisher
+from streamer.engine.finish import Finisher, finishes_apart
 from streamer.engine.intake import Intake
 from streamer.engine.queues import END, StageQueue
 from streamer.engine.shared import SharedStage
@@ -270,7 +272,7 @@ class Pipeline:
     # -- stages ----------------------------------------------------------------------------
 
     def _inference(self) -> None:
-        finisher = Finisher(self._stop, self._finish_failed) if self._finishes_apart() else None
+        finisher = Finisher(self._stop, self._finish_failed) if finishes_apart(self.transfer.device) else None
         try:
             self._inference_loop(finisher)
         except StopRequested:
@@ -282,13 +284,6 @@ class Pipeline:
                 finisher.close()  # its batches reach the queues before the end does
             for queue in self.queues:
                 queue.put_end(END)
-
-    def _finishes_apart(self) -> bool:
-        """On the CPU, with torch's pool at one thread (a runtime with its own pool, or a budget that
-        keeps cores for the codecs): the finisher's torch work then starts no second pool. Beside a
-        torch model on every core a second pool competes with it (bench, vit-small 224x392 on 2
-        cores: the forward 326-350 ms alone, 393-401 ms beside the finisher), so batches finish inline."""
-        return self.transfer.device.type == "cpu" and torch.get_num_threads() == 1
 
     def _inference_loop(self, finisher: Finisher | None) -> None:
         pending: deque = deque()  # on a GPU: downloads under way, oldest first

@@ -19,8 +19,7 @@ loaded machine, where a team of every core can be slower than one thread. With `
 nothing is timed: torch gets N less the codecs' quarter. On a GPU the model needs one or two host
 threads and the codecs get the cores.
 
-Files on the CPU are also batched where that makes a frame cheaper (`timed_batch`): one frame and
-a batch are timed after the budget, only for forwards short enough that the trial costs little.
+Files on the CPU are also batched where that makes a frame cheaper: small inputs (`file_batch`).
 """
 
 from __future__ import annotations
@@ -114,28 +113,25 @@ def timed_budget(
     return budget
 
 
-# (a single frame's forward at most this many ms, the batch tried): small inputs spend their time
-# reading weights and starting ops, which a batch shares; a forward of seconds gains little, and
-# timing a batch of it would cost seconds at start-up
-BATCH_TRIALS = ((100.0, 4), (400.0, 2))
-BATCH_GAIN = 0.95  # a batch is taken when its frames cost at most this fraction of one frame alone
+PATCH = 14  # pixels per side of a ViT patch: an input of HxW is (H/14)*(W/14) tokens
+BATCH_TOKENS = 128  # files on the CPU batch inputs of at most this many tokens...
+CPU_BATCH = 4  # ...this many frames per forward pass
 
 
-def timed_batch(forward: Callable[[int], object]) -> tuple[int, str]:
-    """Frames per forward pass for a file on the CPU: `forward(n)` runs the network on n frames.
+def file_batch(input_size: tuple[int, int]) -> tuple[int, str]:
+    """Frames per forward pass for a file on the CPU, by the input's token count: a fixed rule, so
+    a file gives the same numbers in every run (a batch sums in another order than single frames).
 
-    Measured on the 2-core CPU, ms a frame at batch 1 / 2 / 4: vit-small 56x112 with OpenVINO bf16
-    13.2 / 11.2 / 9.3, ONNX Runtime 31 / 22 / 20; at 224x392 torch fp32 341 / 312 (batch 2) and
-    OpenVINO 104 / 112 / 110, which a fixed batch would have made slower."""
-    single = forward_ms(lambda: forward(1), repeats=2)
-    size = next((b for limit, b in BATCH_TRIALS if single <= limit), 1)
-    if size == 1:
-        return 1, f"one frame takes {single:.0f} ms: a batch gains little"
-    forward(size)  # a new shape: the first call may prepare it
-    per_frame = forward_ms(lambda: forward(size), repeats=1) / size
-    if per_frame <= BATCH_GAIN * single:
-        return size, f"{per_frame:.0f} ms a frame in batches of {size}, {single:.0f} ms one at a time"
-    return 1, f"{single:.0f} ms a frame, {per_frame:.0f} ms in batches of {size}"
+    A small input's forward is mostly reading weights and starting ops, which a batch shares;
+    a larger one is arithmetic, which it does not. Measured on the 2-core CPU, ms a frame at
+    batch 1 / 2 / 4: vit-small 56x112 (32 tokens) with torch 73 / - / 48, OpenVINO bf16
+    13.2 / 11.2 / 9.3, ONNX Runtime 31 / 22 / 20; 224x392 (448 tokens) with OpenVINO
+    104 / 112 / 110 and torch 341 / 312 / -: batching there gains little or loses."""
+    h, w = input_size
+    tokens = (h // PATCH) * (w // PATCH)
+    if tokens <= BATCH_TOKENS:
+        return CPU_BATCH, f"{h}x{w} is {tokens} tokens: a forward mostly reads weights, which a batch shares"
+    return 1, f"{h}x{w} is {tokens} tokens: a batch gains little"
 
 
 def own_pool_budget(runtime: str, cores: int | None = None) -> ThreadBudget:

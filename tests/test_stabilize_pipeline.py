@@ -18,6 +18,7 @@ import torch
 from streamer.cli.main import main
 from streamer.cli.options import build_config
 from streamer.config import load_config
+from streamer.engine import worker
 from streamer.engine.pipeline import Pipeline
 from streamer.errors import ConfigError
 from streamer.focal import FocalResolver
@@ -113,13 +114,19 @@ def test_causal_metric16_records_mode_params_and_cuts(tmp_path, checkpoint, caps
 def test_off_reproduces_the_raw_depth_and_the_default_stabilises(tmp_path, checkpoint, stage):
     src = write_video(tmp_path / "in.mp4", frames=6)
     collect = Collect()
-    Pipeline(VideoSource(str(src)), stage, [collect]).run()
+    # the same sums on both sides: one torch thread (the CLI's `--threads 1`) and one frame per pass
+    # (a team of two, or a batch, adds in another order: the last bits differ)
+    before = worker.on_device_thread(torch.get_num_threads)
+    worker.on_device_thread(torch.set_num_threads, 1)
+    try:
+        Pipeline(VideoSource(str(src)), stage, [collect]).run()
+    finally:
+        worker.on_device_thread(torch.set_num_threads, before)
     raw = [maps["depth"] for _, _, maps in collect.items]
     written = {}
     for name, args in (("off", ("--stabilize", "off")), ("default", ())):
         out = tmp_path / name
-        # one frame per pass as the raw run: a batch sums in another order (the last bits differ)
-        args = (*args, "--batch-size", "1")
+        args = (*args, "--batch-size", "1", "--threads", "1")
         assert transcode(checkpoint, str(src), "-o", str(out), "--format", "exr", "--fx", "1000", *args) == 0
         depths = [decode_exr(p.read_bytes()) for p in sorted(out.glob("frame_*.exr"))]
         written[name] = depths, json.loads((out / "metadata.json").read_text())["stabilize"]

@@ -106,6 +106,19 @@ def test_batches_run_through_the_one_graph(loaded, inputs):
 
 
 @needs_export
+def test_openvino_compiles_a_static_graph_per_batch_and_splits_a_short_last_batch(loaded, inputs):
+    rt, _ = make(loaded, "openvino")
+    processor = Metric3DProcessor(rt, SIZE)
+    frame = inputs[0]
+    one = processor(frame, 500.0, 500.0)["depth"]
+    three = processor(torch.cat([frame] * 3), 500.0, 500.0)["depth"]  # the run's batch: compiled for 3
+    two = processor(torch.cat([frame] * 2), 500.0, 500.0)["depth"]  # a file's last: one frame at a time
+    assert sorted(rt._compiled) == [1, 3]
+    torch.testing.assert_close(three[2], one[0], rtol=1e-4, atol=1e-4)
+    assert torch.equal(two[1], one[0])  # the same batch-1 graph
+
+
+@needs_export
 def test_the_exported_graph_is_reused_and_keyed(loaded, monkeypatch):
     model, path = loaded
     first = export_mod.exported_onnx(model, "vit-small", SIZE, path)

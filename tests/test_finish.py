@@ -143,3 +143,13 @@ def test_the_pipeline_takes_the_configs_batch(stage, given, live, expected):
     cfg = load_config(None, {"engine": {"batch_size": given}})
     source = PatternSource("testsrc:96x64@30", frames=3, live=live)
     assert make_pipeline(source, stage, [], cfg).batch_size == expected
+
+
+def test_a_live_run_finishing_apart_stays_in_order_and_ends_on_a_persons_stop(stage, model_threads):
+    source = PatternSource("testsrc:96x64@200", frames=400)  # live, faster than the model: frames drop
+    sink = RecordingSink(live=True, stop_at=6)  # a quit key after six frames
+    started = time.monotonic()
+    stats = Pipeline(source, stage, [sink], queue_size=2).run()
+    indices = [i for i, _, _ in sink.items]
+    assert len(indices) == 6 and indices == sorted(indices) and stats["stopped_by_person"]
+    assert sink.closed is True and time.monotonic() - started < 30

@@ -165,7 +165,7 @@ MAX_BATCH = 64  # frames per forward pass at most (the exported graphs' batch ax
 
 
 class EngineConfig(Section):
-    # auto: timed at start-up for files on the CPU (engine/threads.py), else 1
+    # auto: 4 for files on the CPU at inputs of at most 128 tokens (engine/threads.py), else 1
     batch_size: int | Literal["auto"] = Field("auto", description="frames per forward pass (file sources)")
     queue_size: int = Field(4, ge=1, le=256, description="frames buffered between stages")
     pinned_memory: bool = True

@@ -11,9 +11,11 @@ import torch
 
 from streamer.api import make_pipeline
 from streamer.config import load_config
+from streamer.engine import pipeline as pipeline_module
 from streamer.engine import worker
 from streamer.engine.finish import Finisher
 from streamer.engine.pipeline import Pipeline
+from streamer.engine.shared import SharedStage
 from streamer.errors import PipelineError
 from streamer.focal import FocalResolver
 from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
@@ -153,3 +155,33 @@ def test_a_live_run_finishing_apart_stays_in_order_and_ends_on_a_persons_stop(st
     indices = [i for i, _, _ in sink.items]
     assert len(indices) == 6 and indices == sorted(indices) and stats["stopped_by_person"]
     assert sink.closed is True and time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_live_runs_keep_one_batch_unfinished_files_two(monkeypatch, stage, live):
+    """A live frame never waits behind two others' pictures (latency); files buffer one more."""
+    depths: list[int] = []
+
+    class Recorded(Finisher):
+        def __init__(self, stop, on_error, depth=2):
+            depths.append(depth)
+            super().__init__(stop, on_error, depth)
+
+    monkeypatch.setattr(pipeline_module, "Finisher", Recorded)
+    before = worker.on_device_thread(torch.get_num_threads)
+    worker.on_device_thread(torch.set_num_threads, 1)
+    try:
+        source = PatternSource("testsrc:96x64@30", frames=4, live=live)
+        Pipeline(source, stage, [RecordingSink(live=live)]).run()
+    finally:
+        worker.on_device_thread(torch.set_num_threads, before)
+    assert depths == [1 if live else 2]
+
+
+def test_a_shared_stage_finishes_apart_too(tmp_path, stage, model_threads):
+    """Pipelines of one shared model (`batch`): the maps and pictures leave the model thread as well."""
+    path = write_video(tmp_path / "v.mp4", frames=7)
+    sink = RecordingSink()
+    stats = Pipeline(VideoSource(str(path)), SharedStage(stage), [sink], batch_size=2).run()
+    assert [i for i, _, _ in sink.items] == list(range(7))
+    assert ("maps" in stats["stage_ms"]) == (model_threads == 1)

@@ -106,16 +106,18 @@ def test_batches_run_through_the_one_graph(loaded, inputs):
 
 
 @needs_export
-def test_openvino_compiles_a_static_graph_per_batch_and_splits_a_short_last_batch(loaded, inputs):
+def test_openvino_compiles_two_static_batch_sizes_at_most_and_runs_others_in_pieces(loaded, inputs):
     rt, _ = make(loaded, "openvino")
     processor = Metric3DProcessor(rt, SIZE)
     frame = inputs[0]
     one = processor(frame, 500.0, 500.0)["depth"]
     three = processor(torch.cat([frame] * 3), 500.0, 500.0)["depth"]  # the run's batch: compiled for 3
     two = processor(torch.cat([frame] * 2), 500.0, 500.0)["depth"]  # a file's last: one frame at a time
+    four = processor(torch.cat([frame] * 4), 500.0, 500.0)["depth"]  # pieces of 3 and 1: no third compile
     assert sorted(rt._compiled) == [1, 3]
     torch.testing.assert_close(three[2], one[0], rtol=1e-4, atol=1e-4)
-    assert torch.equal(two[1], one[0])  # the same batch-1 graph
+    assert torch.equal(two[1], one[0]) and torch.equal(four[3], one[0])  # the same batch-1 graph
+    assert torch.equal(four[2], three[2])
 
 
 @needs_export

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 POLL_S = 0.1
-DEPTH = 2  # batches submitted and not yet finished: one finishing, one waiting
+DEPTH = 2  # batches submitted and not yet finished (files): one finishing, one waiting
 
 
 def finishes_apart(device: torch.device) -> bool:

@@ -38,6 +38,7 @@ import torch
 
 from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, PendingDownload
+from streamer.engine.finish import DEPTH as FINISH_DEPTH
 from streamer.engine.finish import Finisher, finishes_apart
 from streamer.engine.intake import Intake
 from streamer.engine.queues import END, StageQueue
@@ -272,7 +273,9 @@ class Pipeline:
     # -- stages ----------------------------------------------------------------------------
 
     def _inference(self) -> None:
-        finisher = Finisher(self._stop, self._finish_failed) if finishes_apart(self.transfer.device) else None
+        # live: one batch unfinished at most, so a frame never waits behind two others' pictures
+        depth = 1 if self.live else FINISH_DEPTH
+        finisher = Finisher(self._stop, self._finish_failed, depth) if finishes_apart(self.transfer.device) else None
         try:
             self._inference_loop(finisher)
         except StopRequested:

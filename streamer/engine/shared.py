@@ -2,10 +2,12 @@
 
 A batch of videos keeps one model per GPU (or one on the CPU) busy by feeding it from several file
 pipelines: while one file's frames are on the model, the others decode and encode. Each pipeline
-of a `SharedStage` runs its inference loop on a thread of its own and hands every batch (upload,
-forward pass, pictures, download start) to the stage's model thread as one call; the model
-thread's queue serialises the calls, first come first served, so the files take turns batch by
-batch and every torch call still happens on the thread that loaded the model (engine/worker.py).
+of a `SharedStage` runs its inference loop on a thread of its own and hands every batch's device
+work to the stage's model thread: the upload and forward pass as one call, then (on a GPU) the
+pictures and download start as another; the model thread's queue serialises the calls, first come
+first served, so the files take turns batch by batch and the model runs only on the thread that
+loaded it (engine/worker.py). On the CPU each pipeline's own finisher thread makes its maps,
+stabiliser and pictures (engine/finish.py), as in a run of its own.
 
 `run_concurrently` runs the file jobs themselves, a few at a time, on named engine threads,
 while the caller's thread waits for outcomes, ticks progress, and turns Ctrl-C into a stop.
@@ -37,6 +39,8 @@ class SharedStage:
         self.key = key
         self.device: torch.device = stage.device
         self.meta: dict = getattr(stage, "meta", {})
+        if hasattr(stage, "infer"):  # a stage whose per-pixel maps can be made off the model thread
+            self.infer, self.maps = stage.infer, stage.maps
 
     def __call__(self, images: torch.Tensor, wants: set[str], focal_hint=None) -> tuple[dict[str, torch.Tensor], dict]:
         return self.stage(images, wants, focal_hint)

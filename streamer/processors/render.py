@@ -47,11 +47,12 @@ def constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device
     """A small tensor of Python numbers, made on the device once: made per frame it would be a
     host-to-device copy, and on CUDA a wait for the host."""
     key = (values, dtype, device)
-    if key not in _CONSTANTS:
+    made = _CONSTANTS.get(key)  # one lookup: another renderer's thread may clear the table meanwhile
+    if made is None:
         if len(_CONSTANTS) > 64:  # ranges a person typed in: keep only recent ones
             _CONSTANTS.clear()
-        _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
-    return _CONSTANTS[key]
+        made = _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return made
 
 
 def valid_quantiles(sample: torch.Tensor, valid: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -209,7 +210,10 @@ def levels_to_yuv(levels: torch.Tensor, lut: torch.Tensor, pixel_format: str) ->
 
 def block_mean_u8(levels: torch.Tensor) -> torch.Tensor:
     """(N, H, W) uint8 -> the rounded mean of each 2x2 block (halves to even, as torch.round), int32:
-    integer sums, three times faster on a CPU than avg_pool2d in float."""
+    on the CPU by integer sums, three times faster there than avg_pool2d in float, which other
+    devices keep (the same numbers)."""
+    if levels.device.type != "cpu":
+        return F.avg_pool2d(levels[:, None].float(), 2)[:, 0].round_().int()
     n, h, w = levels.shape
     x = levels.view(n, h // 2, 2, w // 2, 2).to(torch.int16)  # sums to 1020 at most
     total = x[:, :, 0, :, 0] + x[:, :, 0, :, 1] + x[:, :, 1, :, 0] + x[:, :, 1, :, 1]

@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import test_stabilize as gt  # noqa: E402  (the ground-truth generator lives with the tests)
-
 from streamer.bench import stabilizer_cost  # noqa: E402
+
+import test_stabilize as gt  # noqa: E402  (the ground-truth generator lives with the tests)
 
 
 def quality() -> None:

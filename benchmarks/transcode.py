@@ -14,6 +14,8 @@ usage (repository root):
 
 from __future__ import annotations
 
+import cv2
+
 import argparse
 import os
 import statistics
@@ -24,7 +26,6 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import av
-import cv2
 import numpy as np
 import torch
 
@@ -109,15 +110,23 @@ def main() -> None:
         seconds["plain PyAV loop, torch"] = []
         for _ in range(args.rounds):  # round-robin: a load that comes and goes hits them alike
             for name, tree in trees.items():
-                seconds[f"transcode ({name})"].append(run_command(tree, clip, folder / "out.mp4", checkpoint, args.input_size))
-            seconds["plain PyAV loop, torch"].append(run_plain_loop(clip, folder / "loop.mp4", checkpoint, args.input_size))
+                seconds[f"transcode ({name})"].append(
+                    run_command(tree, clip, folder / "out.mp4", checkpoint, args.input_size)
+                )
+            seconds["plain PyAV loop, torch"].append(
+                run_plain_loop(clip, folder / "loop.mp4", checkpoint, args.input_size)
+            )
     loop = min(seconds["plain PyAV loop, torch"])
-    print(f"{args.frames} frames of {SIZE[0]}x{SIZE[1]}, input {args.input_size}, {args.rounds} rounds, {os.cpu_count()} cores")
+    print(
+        f"{args.frames} frames of {SIZE[0]}x{SIZE[1]}, input {args.input_size}, {args.rounds} rounds, {os.cpu_count()} cores"
+    )
     print("| run | s (median) | fastest s | fps (fastest) | vs plain loop |")
     print("|---|---|---|---|---|")
     for name, times in seconds.items():
         best = min(times)
-        print(f"| {name} | {statistics.median(times):.1f} | {best:.1f} | {args.frames / best:.2f} | {loop / best:.2f}x |")
+        print(
+            f"| {name} | {statistics.median(times):.1f} | {best:.1f} | {args.frames / best:.2f} | {loop / best:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -314,10 +314,9 @@ def bench_run(
     why = why or ("given" if cfg.engine.batch_size != "auto" else "auto: one frame off the CPU")
     cfg = cfg.model_copy(deep=True)
     cfg.engine.batch_size = size
+    cfg.model.stabilize = "off"  # the engine comparisons do the same work; the stabiliser is timed alone
     result = setup_figures(cfg, stage, threads, source_size, frames)
     result["batch_reason"] = why
-    cfg = cfg.model_copy(deep=True)
-    cfg.model.stabilize = "off"  # the engine comparisons do the same work; the stabiliser is timed alone
     images = [pattern_image(*source_size, i / 30) for i in range(frames)]
     run_model_only(stage, images[: max(2, cfg.engine.batch_size * 2)], cfg)  # lazy inits, compilation
     if device.type == "cuda":

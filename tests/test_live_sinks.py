@@ -133,16 +133,24 @@ def test_preview_keys_switch_view_colormap_and_quit():
         sink.handle_key(ord("q"))
 
 
-def test_quitting_the_preview_with_q_finishes_its_recording(tmp_path, virtual_display):
-    """A person's q on a live preview ends the recording completely (not .partial), exit 0."""
+def launch_preview(tmp_path, window: str, record, **env: str) -> subprocess.Popen:
+    """`streamer preview` of a test pattern (null stage) in the named window, recording to `record`,
+    in a process of its own that xdotool can drive; `env` adds to its environment."""
     if shutil.which("xdotool") is None:
         missing_tool("xdotool is not installed (apt-get install xdotool)")
+    args = ["preview", "--source", "testsrc:96x64@15", "--record", str(record), "--processor", "null"]
+    args += ["--device", "cpu", "--config", str(write_window_config(tmp_path, window))]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamer", *args], env=environment, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_quitting_the_preview_with_q_finishes_its_recording(tmp_path, virtual_display):
+    """A person's q on a live preview ends the recording completely (not .partial), exit 0."""
     rec = tmp_path / "rec.mp4"
     window = "streamer-quit-test"
-    args = ["preview", "--source", "testsrc:96x64@15", "--record", str(rec), "--processor", "null"]
-    args += ["--device", "cpu", "--config", str(write_window_config(tmp_path, window))]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "streamer", *args], env=env, stderr=subprocess.PIPE, text=True)
+    proc = launch_preview(tmp_path, window, rec)
     try:
         found = window_of(proc, window)
         time.sleep(1.0)  # a few frames recorded
@@ -162,14 +170,9 @@ def test_a_right_click_in_the_real_window_calibrates_the_recording(tmp_path, vir
     """In a real window under Xvfb, driven by xdotool: metres typed, a right click on the picture,
     and every later metre is scaled; the recording's sidecar says from which frame a click's factor
     applies, and the factor is saved for this camera (streamer/calibration.py)."""
-    if shutil.which("xdotool") is None:
-        missing_tool("xdotool is not installed (apt-get install xdotool)")
     rec = tmp_path / "rec.mkv"
     window = "streamer-calibrate-test"
-    args = ["preview", "--source", "testsrc:96x64@15", "--record", str(rec), "--processor", "null"]
-    args += ["--device", "cpu", "--config", str(write_window_config(tmp_path, window))]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "STREAMER_CONFIG_DIR": str(tmp_path / "config")}
-    proc = subprocess.Popen([sys.executable, "-m", "streamer", *args], env=env, stderr=subprocess.PIPE, text=True)
+    proc = launch_preview(tmp_path, window, rec, STREAMER_CONFIG_DIR=str(tmp_path / "config"))
 
     def xdotool(*words: str) -> str:
         return subprocess.run(["xdotool", *words], capture_output=True, text=True).stdout

@@ -31,6 +31,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from streamer.runtimes.sizing import tokens
+
 STALL = 2.0  # what a frame of codec work costs an OpenMP team it takes a core from, in its own time
 # H.264 per pixel, one thread each, measured at 1080p on the 2-core CPU (benchmarks/README.md):
 # decode 8.9 ms and encode 46 ms a frame.
@@ -113,7 +115,6 @@ def timed_budget(
     return budget
 
 
-PATCH = 14  # pixels per side of a ViT patch: an input of HxW is (H/14)*(W/14) tokens
 BATCH_TOKENS = 128  # files on the CPU batch inputs of at most this many tokens...
 CPU_BATCH = 4  # ...this many frames per forward pass
 
@@ -128,10 +129,10 @@ def file_batch(input_size: tuple[int, int]) -> tuple[int, str]:
     13.2 / 11.2 / 9.3, ONNX Runtime 31 / 22 / 20; 224x392 (448 tokens) with OpenVINO
     104 / 112 / 110 and torch 341 / 312 / -: batching there gains little or loses."""
     h, w = input_size
-    tokens = (h // PATCH) * (w // PATCH)
-    if tokens <= BATCH_TOKENS:
-        return CPU_BATCH, f"{h}x{w} is {tokens} tokens: a forward mostly reads weights, which a batch shares"
-    return 1, f"{h}x{w} is {tokens} tokens: a batch gains little"
+    count = tokens(input_size)
+    if count <= BATCH_TOKENS:
+        return CPU_BATCH, f"{h}x{w} is {count} tokens: a forward mostly reads weights, which a batch shares"
+    return 1, f"{h}x{w} is {count} tokens: a batch gains little"
 
 
 def own_pool_budget(runtime: str, cores: int | None = None) -> ThreadBudget:

@@ -59,9 +59,8 @@ def valid_quantiles(sample: torch.Tensor, valid: torch.Tensor, q: torch.Tensor) 
     """torch.nanquantile of the valid values (linear interpolation), without its check of `q`
     on the host: a wait for the device on CUDA. Invalid values sort last, as NaN would.
 
-    On the CPU the ranks are picked by selection (kthvalue, linear time) instead of a full sort:
-    numpy's partition at all the ranks in one pass, the same values in a sixth of the time for a
-    1080p frame's sample."""
+    On the CPU the ranks are picked by selection instead of a full sort: numpy's partition at all
+    the ranks in one pass, the same values in a sixth of the time for a 1080p frame's sample."""
     marked = torch.where(valid, sample, torch.inf)
     rank = (valid.sum() - 1).clamp_(min=0).to(q.dtype) * q
     below, above = rank.floor(), rank.ceil()
@@ -195,17 +194,20 @@ def levels_to_yuv(levels: torch.Tensor, lut: torch.Tensor, pixel_format: str) ->
 
     4:2:0 chroma takes the colour of each 2x2 block's mean level."""
     n, h, w = levels.shape
-
-    def look_up(channel: int, index: torch.Tensor) -> torch.Tensor:  # index_select: 3x torch.take on a CPU
-        return lut[:, channel].contiguous().index_select(0, index.reshape(-1)).view(index.shape)
-
-    index = levels.int()
-    y = look_up(0, index)
+    y_of, u_of, v_of = (lut[:, c].contiguous() for c in range(3))
     if pixel_format == "yuv444p" or h % 2 or w % 2:
-        return torch.cat((y[:, None], torch.stack([look_up(c, index) for c in (1, 2)], dim=1)), dim=1)
+        return torch.stack([look_up(table, levels) for table in (y_of, u_of, v_of)], dim=1)
     block = block_mean_u8(levels)
-    uv = torch.cat([look_up(c, block).reshape(n, -1) for c in (1, 2)], dim=1)
+    uv = torch.cat([look_up(table, block).reshape(n, -1) for table in (u_of, v_of)], dim=1)
+    y = look_up(y_of, levels)
     return torch.cat((y.reshape(n, -1), uv), dim=1).reshape(n, h * 3 // 2, w)
+
+
+def look_up(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] for integer levels, shaped index.shape + the table's rows: `index_select` on
+    int32, three times faster on a CPU than advanced indexing or `torch.take` with int64."""
+    picked = table.index_select(0, index.reshape(-1).int())
+    return picked.view(*index.shape, *table.shape[1:])
 
 
 def block_mean_u8(levels: torch.Tensor) -> torch.Tensor:
@@ -280,7 +282,7 @@ class Renderer:
             picture = (
                 u8[..., None].expand(-1, -1, -1, 3)
                 if s.view == "gray"
-                else colormap_lut(s.colormap, u8.device).index_select(0, u8.reshape(-1).int()).view(*u8.shape, 3)
+                else look_up(colormap_lut(s.colormap, u8.device), u8)
             )
         if s.legend and s.view in ("gray", "color", "side-by-side") and "picture" not in maps:
             picture = self.burn_legend(picture, s)

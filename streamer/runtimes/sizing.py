@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from streamer.models.metric3d.vit import PATCH_SIZE
+
 CANONICAL = (616, 1064)
 CANDIDATES = ((616, 1064), (448, 784), (308, 532), (224, 392), (168, 294), (112, 196))  # aspect ~ 16:9
 PROBE = (224, 392)
@@ -21,7 +23,8 @@ GROWTH = 1.1
 
 
 def tokens(size: tuple[int, int]) -> int:
-    return (size[0] // 14) * (size[1] // 14)
+    """The ViT's tokens for an input of HxW: one per patch."""
+    return (size[0] // PATCH_SIZE) * (size[1] // PATCH_SIZE)
 
 
 def estimate_ms(probe_ms: float, size: tuple[int, int]) -> float:

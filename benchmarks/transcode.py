@@ -5,11 +5,13 @@ on the weights) are made in a temporary folder. Each round runs, in turn: the co
 defaults (a new process, start-up included, as a person waits for it), and the plain loop
 (decode, `DepthEstimator.predict`, colour picture, encode, one after another, torch on every
 core: what a user's own script does). `--tree NAME=PATH` adds the command from another checkout
-of this repository (e.g. an older commit in a git worktree), so old and new are timed in one run.
+of this repository (e.g. an older commit in a git worktree), so old and new are timed in one run;
+`--variant NAME="FLAGS"` adds the command from this checkout with extra flags (e.g. --lanes 1).
 
 usage (repository root):
   python benchmarks/transcode.py --frames 40 --input-size 224x392 --rounds 3
   python benchmarks/transcode.py --tree before=/tmp/streamer-before --rounds 3
+  python benchmarks/transcode.py --variant "one lane=--lanes 1" --rounds 3
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import cv2
 
 import argparse
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -59,11 +62,13 @@ def make_checkpoint(path: Path) -> Path:
     return path
 
 
-def run_command(tree: Path, clip: Path, out: Path, checkpoint: Path, input_size: str) -> float:
+def run_command(
+    tree: Path, clip: Path, out: Path, checkpoint: Path, input_size: str, flags: tuple[str, ...] = ()
+) -> float:
     """Seconds for the whole command, start-up included."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     args = [sys.executable, "-m", "streamer", "transcode", str(clip), "-o", str(out), "--overwrite"]
-    args += ["--checkpoint", str(checkpoint), "--input-size", input_size, "--device", "cpu"]
+    args += ["--checkpoint", str(checkpoint), "--input-size", input_size, "--device", "cpu", *flags]
     started = time.perf_counter()
     done = subprocess.run(args, env=env, cwd=tree, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
@@ -99,9 +104,12 @@ def main() -> None:
     parser.add_argument("--input-size", default="224x392")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS")
     args = parser.parse_args()
-    trees = {"this": Path(__file__).resolve().parents[1]}
-    trees.update((name, Path(path).resolve()) for name, path in (t.split("=", 1) for t in args.tree))
+    here = Path(__file__).resolve().parents[1]
+    trees: dict[str, tuple[Path, tuple[str, ...]]] = {"this": (here, ())}
+    trees.update((name, (Path(path).resolve(), ())) for name, path in (t.split("=", 1) for t in args.tree))
+    trees.update((name, (here, tuple(shlex.split(flags)))) for name, flags in (v.split("=", 1) for v in args.variant))
     with TemporaryDirectory() as tmp:
         folder = Path(tmp)
         clip = make_clip(folder / "clip.mp4", args.frames)
@@ -109,9 +117,9 @@ def main() -> None:
         seconds: dict[str, list[float]] = {f"transcode ({name})": [] for name in trees}
         seconds["plain PyAV loop, torch"] = []
         for _ in range(args.rounds):  # round-robin: a load that comes and goes hits them alike
-            for name, tree in trees.items():
+            for name, (tree, flags) in trees.items():
                 seconds[f"transcode ({name})"].append(
-                    run_command(tree, clip, folder / "out.mp4", checkpoint, args.input_size)
+                    run_command(tree, clip, folder / "out.mp4", checkpoint, args.input_size, flags)
                 )
             seconds["plain PyAV loop, torch"].append(
                 run_plain_loop(clip, folder / "loop.mp4", checkpoint, args.input_size)

@@ -26,7 +26,14 @@ from streamer.engine.device import resolve_device, resolve_dtype
 from streamer.engine.pipeline import Pipeline
 from streamer.engine.shared import SharedStage
 from streamer.engine.stats import Stats
-from streamer.engine.threads import ThreadBudget, file_batch, own_pool_budget, timed_budget
+from streamer.engine.threads import (
+    ThreadBudget,
+    file_batch,
+    file_lanes,
+    lanes_budget,
+    own_pool_budget,
+    timed_budget,
+)
 from streamer.errors import ConfigError
 from streamer.focal import Focal, FocalResolver
 from streamer.models.metric3d import Metric3D, build_metric3d
@@ -244,7 +251,12 @@ def prepare(
             announce(f"loading {model_name(cfg.model)} ...")
         comfy = any(need.startswith("comfy") for sink in sinks for need in sink.needs)
         stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch, warn)
-        if measure and isinstance(stage, Metric3DStage):
+        lanes, lanes_why = run_lanes(cfg, stage, source.info.live)
+        if lanes > 1:
+            threads = worker.on_device_thread(use_lanes, stage, lanes, cfg.engine.threads)
+            (announce or log.info)(f"lanes: {lanes_why}")
+            (announce or log.info)(threads.line())
+        elif measure and isinstance(stage, Metric3DStage):
             info = source.info
             threads = worker.on_device_thread(fit_threads, stage, cfg, (info.width, info.height))
             (announce or log.info)(threads.line())
@@ -280,6 +292,35 @@ def fit_threads(stage: Metric3DStage, cfg: Config, source_wh: tuple[int, int]) -
     x = torch.zeros((1, 3, *proc.input_size), dtype=proc.dtype, device=proc.device)
     out_hw = short_side_size(source_wh[::-1], cfg.model.resolution) if cfg.model.resolution else None
     return timed_budget(lambda: proc.runtime(x), source_wh, out_hw[::-1] if out_hw else None)
+
+
+def run_lanes(cfg: Config, stage, live: bool) -> tuple[int, str]:
+    """Forward passes side by side, and why: for files on the CPU (engine/threads.py, auto), given
+    or auto; live sources and stages shared by several pipelines run one pass at a time."""
+    if live or isinstance(stage, SharedStage) or not isinstance(stage, Metric3DStage) or stage.device.type != "cpu":
+        return 1, "one forward pass at a time"
+    if cfg.model.compile:
+        return 1, "one forward pass at a time (a torch.compile'd model runs on the model thread only)"
+    if cfg.engine.lanes != "auto":
+        given = cfg.engine.lanes
+        return given, (
+            f"{given} forward passes side by side" if given > 1 else "one forward pass at a time"
+        ) + " (given)"
+    return file_lanes(stage.processor.input_size, cfg.engine.threads)
+
+
+def use_lanes(stage: Metric3DStage, lanes: int, total: int | None = None) -> ThreadBudget:
+    """On the model thread: the stage's runtime set up for `lanes` passes side by side on `total`
+    cores (default: all), torch's pool sized to match; the split. make_pipeline reads `stage.lanes`.
+    One lane puts the runtime back as it loaded (the caller sizes torch's pool again)."""
+    runtime = stage.processor.runtime
+    budget = lanes_budget(runtime.name, lanes, total)
+    if hasattr(runtime, "use_lanes"):
+        runtime.use_lanes(lanes, max(1, (total or os.cpu_count() or 1) // lanes))
+    stage.lanes = lanes
+    if lanes > 1:
+        torch.set_num_threads(budget.torch)
+    return budget
 
 
 def batch_size(cfg: Config, stage, live: bool) -> tuple[int, str | None]:
@@ -319,6 +360,7 @@ def make_pipeline(source, stage, sinks: list, config: Config | None = None, stat
         pace,
         stabilizer,
         run_calibration(cfg, source, sinks),
+        1 if source.info.live else getattr(stage, "lanes", 1),
     )
 
 

@@ -30,6 +30,8 @@ from streamer.api import (
     measures_budget,
     picture_settings,
     read_model,
+    run_lanes,
+    use_lanes,
 )
 from streamer.config import Config
 from streamer.effect_settings import EffectSettings
@@ -309,6 +311,10 @@ def bench_run(
     stage = worker.on_device_thread(_setup, cfg, threads)
     if measure:
         threads = worker.on_device_thread(fit_threads, stage, cfg, source_size)
+    live_threads = threads  # a live run keeps this split and one forward pass at a time
+    lanes, lanes_why = run_lanes(cfg, stage, live=False)  # as a run on a file decides them
+    if lanes > 1:
+        threads = worker.on_device_thread(use_lanes, stage, lanes, cfg.engine.threads)
     device = stage.device
     size, why = batch_size(cfg, stage, live=False)  # as a run on a file decides it
     why = why or ("given" if cfg.engine.batch_size != "auto" else "auto: one frame off the CPU")
@@ -317,6 +323,7 @@ def bench_run(
     cfg.model.stabilize = "off"  # the engine comparisons do the same work; the stabiliser is timed alone
     result = setup_figures(cfg, stage, threads, source_size, frames)
     result["batch_reason"] = why
+    result["lanes"], result["lanes_reason"] = lanes, lanes_why
     images = [pattern_image(*source_size, i / 30) for i in range(frames)]
     run_model_only(stage, images[: max(2, cfg.engine.batch_size * 2)], cfg)  # lazy inits, compilation
     if device.type == "cuda":
@@ -337,13 +344,15 @@ def bench_run(
         model_only, serial, pipeline = best["model_only"]["fps"], best["serial"]["fps"], best["pipeline"]
         per_format = {fmt: run_pipeline(stage, video, format_output(Path(tmp), fmt), cfg, fmt) for fmt in formats}
         rss_n = peak_rss_mb()
-        live = run_live(stage, source_size, live_fps, frames)
         memory: dict = {"frames": frames, "peak_rss_mb": rss_n}
         if memory_factor > 1 and rss_n is not None:
             long_video = synthetic_video(Path(tmp) / "long.mp4", frames * memory_factor, source_size)
             run_pipeline(stage, long_video, Path(tmp) / "long_out.mp4", cfg, threads=threads.encode)
             memory.update(frames_long=frames * memory_factor, peak_rss_mb_long=peak_rss_mb())
             memory["rss_growth_pct"] = 100 * (memory["peak_rss_mb_long"] / rss_n - 1)
+        if lanes > 1:
+            worker.on_device_thread(one_lane, stage, live_threads)
+        live = run_live(stage, source_size, live_fps, frames)
     result["fps"] = {"model_only": model_only, "serial": serial, "pipeline": pipeline["fps"], "live_out": live["fps"]}
     if cfg.model.compile:  # the same measurement with the eager model, for the ratio
         eager = worker.on_device_thread(build_stage, cfg, False)
@@ -398,6 +407,12 @@ def setup_figures(cfg: Config, stage, threads: ThreadBudget, source_size: tuple[
     }
 
 
+def one_lane(stage, threads: ThreadBudget) -> None:
+    """Back to one forward pass at a time on `threads`' split (the live measurement)."""
+    use_lanes(stage, 1)
+    torch.set_num_threads(threads.torch)
+
+
 def _setup(cfg: Config, threads: ThreadBudget):
     torch.set_num_threads(threads.torch)
     return build_stage(cfg, cfg.model.compile, threads.torch)
@@ -449,6 +464,7 @@ def table(result: dict) -> str:
             "{key:.1f} / {depth_of_field:.1f} ms".format(**result["effects_ms"]),
         ),
         ("batch (files)", f"{result['batch_size']} ({result.get('batch_reason', '')})"),
+        ("lanes (files)", f"{result.get('lanes', 1)} ({result.get('lanes_reason', '')})"),
         (
             "threads torch / decode / encode",
             "{torch} / {decode} / {encode}".format(**result["threads"]) + f" ({result.get('threads_reason', '')})",

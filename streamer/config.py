@@ -162,11 +162,14 @@ def whole_number(value: Any) -> int | None:
 
 
 MAX_BATCH = 64  # frames per forward pass at most (the exported graphs' batch axis goes as far)
+MAX_LANES = 16  # forward passes side by side at most
 
 
 class EngineConfig(Section):
     # auto: 4 for files on the CPU at inputs of at most 128 tokens (engine/threads.py), else 1
     batch_size: int | Literal["auto"] = Field("auto", description="frames per forward pass (file sources)")
+    # auto: 2 for files on the CPU with at least 2 cores at inputs over 128 tokens (engine/threads.py), else 1
+    lanes: int | Literal["auto"] = Field("auto", description="forward passes side by side (files on the CPU)")
     queue_size: int = Field(4, ge=1, le=256, description="frames buffered between stages")
     pinned_memory: bool = True
     cuda_stream: bool = True
@@ -181,6 +184,16 @@ class EngineConfig(Section):
         if size is None or not 1 <= size <= MAX_BATCH:
             raise ValueError(f"must be auto or a whole number from 1 to {MAX_BATCH}")
         return size
+
+    @field_validator("lanes", mode="before")
+    @classmethod
+    def _lanes(cls, v: Any) -> int | str:
+        if v == "auto":
+            return v
+        count = whole_number(v)
+        if count is None or not 1 <= count <= MAX_LANES:
+            raise ValueError(f"must be auto or a whole number from 1 to {MAX_LANES}")
+        return count
 
 
 class OutputConfig(Section):

@@ -185,3 +185,15 @@ def test_presets_ship_inside_the_wheel(tmp_path: Path):
 def test_batch_size_is_auto_or_a_number(given, expected):
     overrides = {} if given is None else {"engine": {"batch_size": given}}
     assert load_config(None, overrides).engine.batch_size == expected
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "auto"), ("auto", "auto"), ("1", 1), (3, 3)])
+def test_lanes_are_auto_or_a_number(given, expected):
+    overrides = {} if given is None else {"engine": {"lanes": given}}
+    assert load_config(None, overrides).engine.lanes == expected
+
+
+@pytest.mark.parametrize("given", [0, 17, "two", True])
+def test_lanes_out_of_range_are_refused(given):
+    with pytest.raises(ConfigError, match="engine.lanes"):
+        load_config(None, {"engine": {"lanes": given}})

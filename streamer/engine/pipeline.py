@@ -14,7 +14,9 @@ sentinels, all joined, the error re-raised in the caller's thread. `stop()` is i
 Live sources hand each result to the sinks as soon as its download is complete; files keep one
 batch in flight so the next batch computes while the last one downloads. On the CPU, when torch's
 pool is one thread, the finisher's thread (engine/finish.py) makes each batch's maps, stabiliser
-and pictures while the model computes the next, and hands the results out itself. A person's stop (a
+and pictures while the model computes the next, and hands the results out itself. A file on the
+CPU may run its forward passes in lanes (engine/worker.py): the next batches start while the oldest
+computes, and batches are finished in order as the oldest completes. A person's stop (a
 quit key, Ctrl-C, SIGTERM) ends a live run normally; for a file it is an interruption.
 
 Between the model and the outputs runs the depth stabiliser (processors/stabilize_stage.py). In
@@ -90,6 +92,7 @@ class Pipeline:
         pace: bool = False,
         stabilizer: StabilizeStage | None = None,
         calibration=None,
+        lanes: int = 1,
     ) -> None:
         self.source = source
         self.processor = processor
@@ -101,6 +104,7 @@ class Pipeline:
                 "stabilize lookahead holds frames back, which a live source cannot wait for",
                 hint="use --stabilize causal (no added latency) for cameras and streams",
             )
+        self.lanes = 1 if isinstance(processor, SharedStage) else lanes  # forward passes at once
         self.stats = stats or Stats()
         self.stats.detects_cuts = self.stabilizer.mode != "off"
         self.transfer = DeviceTransfer(processor.device, pinned_memory, cuda_stream)
@@ -290,18 +294,28 @@ class Pipeline:
 
     def _inference_loop(self, finisher: Finisher | None) -> None:
         pending: deque = deque()  # on a GPU: downloads under way, oldest first
+        computing: deque = deque()  # with lanes: batches whose forward pass runs, oldest first
         carry: list[Frame] = []
         self.stabilizer.start()
         warm_up = getattr(self.processor, "warm_up", None)  # --compile: compile before the first frame
         if warm_up is not None:
             self._on_model_thread(warm_up, self.batch_size)
+        deferred = finisher is not None
         while not self._stop.is_set():
             batch = self.intake.next_batch(carry, POLL_S)
             if batch is None:
                 break
             started = time.perf_counter()
-            computed = self._on_model_thread(self._compute, batch, finisher is not None)
-            self._finish(finisher, pending, started, self._stabilize_and_render, batch, *computed)
+            if self.lanes == 1:
+                computed = self._on_model_thread(self._compute, batch, deferred)
+                self._finish(finisher, pending, started, self._stabilize_and_render, batch, *computed)
+                continue
+            computing.append((batch, started, worker.in_lane(self.lanes, self._compute_in_lane, batch, deferred)))
+            if len(computing) == self.lanes and not self._finish_oldest(finisher, pending, computing):
+                return
+        while computing:  # the end of the input (or a stop: then nothing waits for the lanes)
+            if not self._finish_oldest(finisher, pending, computing):
+                return
         if not self._stop.is_set():  # the end of the input: the frames the stabiliser still holds
             self._finish(finisher, pending, time.perf_counter(), self._flush_stabilizer)
         if finisher is not None:
@@ -310,6 +324,21 @@ class Pipeline:
         self._record_cuts(wait=True)
         while pending and not self._stop.is_set():
             self._emit(*pending.popleft())
+
+    def _finish_oldest(self, finisher: Finisher | None, pending: deque, computing: deque) -> bool:
+        """Finish the oldest batch in the lanes once its forward pass is done, so batches leave in
+        order; False when the run stopped meanwhile (the lanes end their passes on their own)."""
+        batch, started, future = computing.popleft()
+        while not future.done():
+            if self._stop.is_set():
+                return False
+            wait([future], timeout=POLL_S)
+        self._finish(finisher, pending, started, self._stabilize_and_render, batch, *future.result())
+        return True
+
+    @torch.inference_mode()  # grad mode is per thread
+    def _compute_in_lane(self, batch: list[Frame], deferred: bool) -> tuple[MapsOrLater, torch.Tensor, dict]:
+        return self._compute(batch, deferred)
 
     def _on_model_thread(self, fn: Callable[..., T], *args) -> T:
         """Device work runs on the model thread: here already, or sent there for a shared stage."""
@@ -322,7 +351,7 @@ class Pipeline:
             self.fail("render", exc)
 
     def _compute(self, batch: list[Frame], deferred: bool) -> tuple[MapsOrLater, torch.Tensor, dict]:
-        """A batch's upload and forward pass, on the model thread. `deferred`: a stage that can
+        """A batch's upload and forward pass, on the model thread or a lane. `deferred`: a stage that can
         (Metric3DStage.infer) leaves its per-pixel maps to the finisher's thread, as a call."""
         started = time.perf_counter()
         looks = self.outputs.snapshot()  # the live settings, read once: maps and pictures follow them

@@ -19,7 +19,8 @@ loaded machine, where a team of every core can be slower than one thread. With `
 nothing is timed: torch gets N less the codecs' quarter. On a GPU the model needs one or two host
 threads and the codecs get the cores.
 
-Files on the CPU are also batched where that makes a frame cheaper: small inputs (`file_batch`).
+Files on the CPU are also batched where that makes a frame cheaper: small inputs (`file_batch`),
+and larger inputs run in lanes: two forward passes side by side, each on half the cores (`file_lanes`).
 """
 
 from __future__ import annotations
@@ -135,6 +136,42 @@ def file_batch(input_size: tuple[int, int]) -> tuple[int, str]:
     return 1, f"{h}x{w} is {count} tokens: a batch gains little"
 
 
+LANES = 2  # forward passes side by side for a file on the CPU
+
+
+def file_lanes(input_size: tuple[int, int], cores: int | None = None) -> tuple[int, str]:
+    """Forward passes a file runs side by side on the CPU, and why: LANES for inputs too large to
+    batch (`file_batch`) when there are as many cores, each pass on its share of them.
+
+    One pass on every core waits at each op for its slowest thread (and for any core a codec
+    thread holds); passes side by side on a core each never wait for each other. Measured on the
+    2-core CPU, vit-small, ms a frame one pass on both cores / two passes on one core each: 224x392
+    torch fp32 429 / 362, ONNX Runtime 258 / 230, OpenVINO bf16 96-107 / 88; 616x1064 OpenVINO
+    1051 / 1019. A small input is batched instead: there the codecs are most of the work (`bench`
+    at 1080p / 56x112, OpenVINO batch 4: pipeline 18.5 fps in lanes, 19.8 without). A live source
+    runs one pass at a time: a frame would wait for two."""
+    cores = max(1, cores or os.cpu_count() or 1)
+    if tokens(input_size) <= BATCH_TOKENS:
+        return 1, "one forward pass at a time (a small input is batched instead)"
+    if cores < LANES:
+        return 1, "one core: one forward pass at a time"
+    each = cores // LANES
+    return LANES, f"{LANES} forward passes side by side, {each} core{'s' * (each > 1)} each"
+
+
+def lanes_budget(runtime: str, lanes: int, cores: int | None = None) -> ThreadBudget:
+    """The split with `lanes` passes side by side: torch's pool is one lane's share of the cores
+    (its passes) or one thread (a runtime with its own pool, which splits its cores by lanes itself)."""
+    plan = ThreadBudget.plan("cpu", cores)
+    total = max(1, cores or os.cpu_count() or 1)
+    each = max(1, total // lanes)
+    own = runtime != "torch"
+    why = f"{lanes} forward passes side by side on {each} thread{'s' * (each > 1)} each" + (
+        f" ({runtime}'s own pool); torch 1 for the rest" if own else ""
+    )
+    return replace(plan, torch=1 if own else each, reason=why)
+
+
 def own_pool_budget(runtime: str, cores: int | None = None) -> ThreadBudget:
     """A runtime with its own thread pool (OpenVINO, ONNX Runtime) runs the network on every core
     whatever torch's pool is; torch runs only the stage's per-pixel work, on one thread, which lets
@@ -148,5 +185,6 @@ def rule() -> str:
     return (
         "on the CPU, timed at start-up: the model takes every core when a forward on all of them plus "
         f"{STALL:g}x the codecs' work per frame beats a forward on the rest, else a quarter stays with the codecs; "
-        "OpenVINO and ONNX Runtime run on their own pool of every core, torch on one thread beside them"
+        "OpenVINO and ONNX Runtime run on their own pool of every core, torch on one thread beside them; "
+        f"a file at inputs over {BATCH_TOKENS} tokens runs {LANES} forward passes side by side, each on its share of the cores"
     )

@@ -8,6 +8,10 @@ allows them only on the main thread) and signal handling.
 
 A batch run with several GPUs in one process holds one model per GPU: each gets a model thread
 of its own, named by a key (the default key "" is the process-wide one every command uses).
+
+A file on the CPU may also run forward passes in lanes (`lanes`): threads that each run one
+batch's forward at a time on a share of the cores (engine/threads.py says when and why). They
+count as the model thread's work for `busy`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,20 @@ def device_executor(key: str = "") -> ThreadPoolExecutor:
             suffix = f"-{key.replace(':', '')}" if key else ""
             _executors[key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"device-worker{suffix}")
         return _executors[key]
+
+
+def lanes(count: int) -> ThreadPoolExecutor:
+    """`count` lane threads for forward passes side by side (created on first use, kept)."""
+    key = f"lanes-{count}"
+    with _lock:
+        if key not in _executors:
+            _executors[key] = ThreadPoolExecutor(max_workers=count, thread_name_prefix="device-lane")
+        return _executors[key]
+
+
+def in_lane(count: int, fn: Callable[..., T], *args) -> Future[T]:
+    """Start `fn(*args)` on one of `count` lanes; its future."""
+    return lanes(count).submit(_counted(fn), *args)
 
 
 def busy() -> bool:

@@ -203,6 +203,7 @@ class Metric3DStage:
         self.resolution = resolution
         self.meta = meta or {}
         self.device = processor.device
+        self.lanes = 1  # forward passes a file runs side by side (api.use_lanes)
 
     def warm_up(self, batch: int) -> None:
         """Compile a `--compile` model now, on the model thread, for the run's batch size."""

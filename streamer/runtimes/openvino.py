@@ -10,6 +10,8 @@ else fp32. Compiled blobs are cached beside the graph (OpenVINO's CACHE_DIR) per
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,11 @@ class OpenVINORuntime:
     frame static, 102 ms with the dynamic batch axis), for two batch sizes at most, each compiled
     model holding its own weights: 1 at load, and the first larger batch that comes (a file's
     engine batch size). Any other batch runs in pieces of those sizes: nothing compiles mid-run
-    after the first batch."""
+    after the first batch.
+
+    In lanes (`use_lanes`, the engine's forward passes side by side) the graph is compiled for
+    throughput instead: one OpenVINO stream per lane on its share of the cores, and an infer
+    request per lane (88 ms a frame against 96-107 for one pass on both cores)."""
 
     name = "openvino"
     input_dtype = torch.float32
@@ -63,34 +69,56 @@ class OpenVINORuntime:
             self.config["INFERENCE_NUM_THREADS"] = threads
         self.device = device
         self.graph = onnx_path
-        self._compiled: dict[int, tuple] = {}  # batch size -> (compiled model, its infer request)
+        self.lanes = 1
+        self._compiling = threading.Lock()
+        # lanes -> batch size -> (compiled model, its idle infer requests: one per lane)
+        self._compiled: dict[int, dict[int, tuple[object, queue.SimpleQueue]]] = {}
         compiled, _ = self._for_batch(1)
         effective = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(effective, precision)
         if self.precision != precision:
             log.warning("OpenVINO runs in %s on this CPU (%s asked for)", self.precision, precision)
 
-    def _for_batch(self, batch: int) -> tuple:
-        if batch not in self._compiled:
-            model = self.core.read_model(str(self.graph))
-            shape = model.input(0).get_partial_shape()
-            model.reshape([batch, *(shape[i].get_length() for i in range(1, 4))])
-            compiled = self.core.compile_model(model, "CPU", self.config)
-            self._compiled[batch] = compiled, compiled.create_infer_request()
-        return self._compiled[batch]
+    def use_lanes(self, lanes: int, threads: int = 0) -> None:
+        """Run the next calls `lanes` at a time (from that many threads); compiles batch 1 for them
+        now, so a short last batch has its size ready. OpenVINO splits its cores by streams."""
+        self.lanes = lanes
+        self._for_batch(1)
+
+    def _for_batch(self, batch: int) -> tuple[object, queue.SimpleQueue]:
+        with self._compiling:  # lanes may meet a new size together: it compiles once
+            sizes = self._compiled.setdefault(self.lanes, {})
+            if batch not in sizes:
+                model = self.core.read_model(str(self.graph))
+                shape = model.input(0).get_partial_shape()
+                model.reshape([batch, *(shape[i].get_length() for i in range(1, 4))])
+                config = dict(self.config)
+                if self.lanes > 1:
+                    config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=self.lanes)
+                compiled = self.core.compile_model(model, "CPU", config)
+                idle: queue.SimpleQueue = queue.SimpleQueue()
+                for _ in range(self.lanes):
+                    idle.put(compiled.create_infer_request())
+                sizes[batch] = compiled, idle
+            return sizes[batch]
 
     def _infer(self, image: np.ndarray) -> list[np.ndarray]:
-        compiled, request = self._for_batch(len(image))
-        result = request.infer({0: image})  # copies the outputs: the request's buffers are reused
+        compiled, idle = self._for_batch(len(image))
+        request = idle.get()  # a lane's own request (never more callers than lanes)
+        try:
+            result = request.infer({0: image})  # copies the outputs: the request's buffers are reused
+        finally:
+            idle.put(request)
         return [result[compiled.output(i)] for i in range(len(OUTPUTS))]
 
     def __call__(self, x: torch.Tensor, all_iterations: bool = False) -> dict[str, list[torch.Tensor]]:
         image = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        if len(image) in self._compiled or len(self._compiled) == 1:
+        sizes = self._compiled[self.lanes]
+        if len(image) in sizes or len(sizes) == 1:
             outputs = self._infer(image)
         else:  # pieces of the compiled sizes, largest first
             pieces, start = [], 0
-            for size in sorted(self._compiled, reverse=True):
+            for size in sorted(sizes, reverse=True):
                 while len(image) - start >= size:
                     pieces.append(self._infer(image[start : start + size]))
                     start += size

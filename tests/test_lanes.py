@@ -1,0 +1,195 @@
+"""Forward passes side by side for files on the CPU (engine lanes): order, every frame, errors, stops, the rule."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import av
+import pytest
+import torch
+
+from streamer.api import make_pipeline, run_lanes, use_lanes
+from streamer.config import Config
+from streamer.engine import worker
+from streamer.engine.pipeline import Pipeline
+from streamer.engine.shared import SharedStage
+from streamer.engine.threads import file_lanes, lanes_budget
+from streamer.errors import Interrupted, PipelineError
+from streamer.focal import FocalResolver
+from streamer.processors.metric3d import Metric3DProcessor, Metric3DStage
+from streamer.sources import PatternSource, VideoSource
+
+from conftest import TINY_INPUT, write_video
+from test_pipeline import RecordingSink
+
+
+class TimedStage(Metric3DStage):
+    """The real stage; each forward pass waits `delay(batch number)` first and records its thread
+    and how many passes ran at once, so lanes finish out of order and their overlap shows."""
+
+    def __init__(self, model, delay=lambda n: 0.0, fail_at: int | None = None, hold: threading.Event | None = None):
+        super().__init__(Metric3DProcessor(model, TINY_INPUT), FocalResolver(1000.0, 1000.0))
+        self.delay, self.fail_at, self.hold = delay, fail_at, hold
+        self.threads: list[str] = []
+        self.running = self.most = self.calls = 0
+        self.lock = threading.Lock()
+
+    def infer(self, images, focal_hint=None):
+        with self.lock:
+            number, self.calls = self.calls, self.calls + 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.threads.append(threading.current_thread().name)
+        try:
+            if self.hold is not None:
+                self.hold.wait(30)
+            if number == self.fail_at:
+                raise RuntimeError("forward broke")
+            time.sleep(self.delay(number))
+            return super().infer(images, focal_hint)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Lanes run with torch's pool at one thread each (as api.use_lanes sets it on 2 cores)."""
+    before = worker.on_device_thread(torch.get_num_threads)
+    worker.on_device_thread(torch.set_num_threads, 1)
+    yield
+    worker.on_device_thread(torch.set_num_threads, before)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_lanes_keep_every_frame_in_order_when_passes_end_out_of_order(
+    tmp_path, small_model, one_torch_thread, batch_size
+):
+    path = write_video(tmp_path / "v.mp4", frames=13)
+    stage = TimedStage(small_model, delay=lambda n: 0.15 if n % 2 == 0 else 0.0)  # even batches end last
+    sink = RecordingSink()
+    stats = Pipeline(VideoSource(str(path)), stage, [sink], batch_size=batch_size, lanes=2).run()
+    with av.open(str(path)) as c:
+        pts = [f.pts for f in c.decode(video=0)]
+    assert [(i, p) for i, p, _ in sink.items] == list(enumerate(pts))
+    assert stats["frames_out"] == 13 and sink.closed is True
+    assert all(name.startswith("device-lane") for name in stage.threads), stage.threads
+    assert stage.most == 2  # two passes ran at once
+
+
+def test_lanes_give_the_depth_one_pass_at_a_time_gives(tmp_path, small_model, one_torch_thread):
+    path = write_video(tmp_path / "v.mp4", frames=6)
+    depths = {}
+    for lanes in (1, 2):
+        sink = RecordingSink()
+        sink.write = lambda result, sink=sink: sink.items.append(result.depth.copy())
+        Pipeline(VideoSource(str(path)), TimedStage(small_model), [sink], lanes=lanes).run()
+        depths[lanes] = sink.items
+    assert len(depths[2]) == 6
+    for one, two in zip(depths[1], depths[2], strict=True):
+        assert (one == two).all()  # one torch thread either way: the same sums
+
+
+def test_a_failure_in_a_lane_stops_the_run(tmp_path, small_model, one_torch_thread):
+    path = write_video(tmp_path / "v.mp4", frames=12)
+    sink = RecordingSink()
+    stage = TimedStage(small_model, delay=lambda n: 0.05, fail_at=3)
+    with pytest.raises(PipelineError) as info:
+        Pipeline(VideoSource(str(path)), stage, [sink], lanes=2).run()
+    assert info.value.stage == "inference" and "forward broke" in str(info.value)
+    assert sink.closed is False and [i for i, _, _ in sink.items] == list(range(len(sink.items)))
+    assert len(sink.items) <= 3
+
+
+def test_a_stop_does_not_wait_for_the_passes_in_the_lanes(tmp_path, small_model, one_torch_thread):
+    path = write_video(tmp_path / "v.mp4", frames=12)
+    hold = threading.Event()  # both lanes sit in a long forward pass
+    stage = TimedStage(small_model, hold=hold)
+    sink = RecordingSink()
+    pipeline = Pipeline(VideoSource(str(path)), stage, [sink], lanes=2)
+    threading.Timer(0.5, pipeline.person_stop).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Interrupted):
+            pipeline.run()
+        assert time.monotonic() - started < 3.0
+        assert stage.most == 2 and sink.items == [] and sink.closed is False
+    finally:
+        hold.set()  # the passes end on their own; the lanes are free for the next run
+    deadline = time.monotonic() + 10
+    while worker.busy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not worker.busy()
+
+
+def test_make_pipeline_runs_lanes_for_files_only(tmp_path, small_model):
+    stage = TimedStage(small_model)
+    stage.lanes = 2  # as api.use_lanes leaves it
+    path = write_video(tmp_path / "v.mp4", frames=2)
+    assert make_pipeline(VideoSource(str(path)), stage, [RecordingSink()]).lanes == 2
+    assert make_pipeline(PatternSource("testsrc:96x64@30"), stage, [RecordingSink()]).lanes == 1
+    assert Pipeline(VideoSource(str(path)), SharedStage(stage), [], lanes=2).lanes == 1
+
+
+@pytest.mark.parametrize(
+    ("input_size", "cores", "expected"),
+    [((224, 392), 2, 2), ((616, 1064), 16, 2), ((224, 392), 1, 1), ((56, 112), 2, 1), ((56, 84), 8, 1)],
+)
+def test_the_lanes_rule(input_size, cores, expected):
+    count, why = file_lanes(input_size, cores)
+    assert count == expected and why
+
+
+def test_run_lanes_follows_the_source_the_setting_and_compile(small_model):
+    stage = TimedStage(small_model, delay=lambda n: 0.0)
+    stage.processor.input_size = (224, 392)  # the rule reads the input's tokens
+    cfg = Config()
+    assert run_lanes(cfg, stage, live=False)[0] == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    assert run_lanes(cfg, stage, live=True) == (1, "one forward pass at a time")
+    cfg.engine.lanes = 3
+    assert run_lanes(cfg, stage, live=False) == (3, "3 forward passes side by side (given)")
+    cfg.model.compile = True
+    assert run_lanes(cfg, stage, live=False)[0] == 1
+
+
+def test_lanes_budget_splits_the_cores():
+    torch_budget = lanes_budget("torch", 2, 8)
+    assert torch_budget.torch == 4 and "2 forward passes side by side on 4 threads each" in torch_budget.reason
+    own = lanes_budget("openvino", 2, 2)
+    assert own.torch == 1 and "openvino's own pool" in own.reason
+
+
+def test_use_lanes_sets_the_stage_and_torch_pool(small_model):
+    stage = TimedStage(small_model)
+    before = worker.on_device_thread(torch.get_num_threads)
+    try:
+        budget = worker.on_device_thread(use_lanes, stage, 2, 4)
+        assert stage.lanes == 2 and budget.torch == 2
+        assert worker.on_device_thread(torch.get_num_threads) == 2
+        worker.on_device_thread(use_lanes, stage, 1)
+        assert stage.lanes == 1
+    finally:
+        worker.on_device_thread(torch.set_num_threads, before)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="lanes need two cores")
+def test_a_transcode_says_its_lanes_and_keeps_every_frame(tmp_path, checkpoint, capsys):
+    """The command as a person runs it, on an input over 128 tokens (168x196: 168), torch on the
+    CPU: lanes chosen and said in one line, every frame written; `--lanes 1` runs without them."""
+    from streamer.cli.main import main
+
+    path = write_video(tmp_path / "in.mp4", frames=7)
+    before = worker.on_device_thread(torch.get_num_threads)
+    try:
+        for lanes in ("auto", "1"):
+            out = tmp_path / f"out-{lanes}.mp4"
+            args = ["transcode", str(path), "-o", str(out), "--checkpoint", str(checkpoint), "--runtime", "torch"]
+            assert main([*args, "--input-size", "168x196", "--device", "cpu", "--lanes", lanes]) == 0
+            said = capsys.readouterr().err
+            assert ("lanes: 2 forward passes side by side" in said) == (lanes == "auto"), said
+            with av.open(str(out)) as c:
+                assert sum(1 for _ in c.decode(video=0)) == 7
+    finally:
+        worker.on_device_thread(torch.set_num_threads, before)

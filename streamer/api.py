@@ -317,7 +317,7 @@ def use_lanes(stage: Metric3DStage, lanes: int, total: int | None = None) -> Thr
     budget = lanes_budget(runtime.name, lanes, total)
     if hasattr(runtime, "use_lanes"):
         runtime.use_lanes(lanes, max(1, (total or os.cpu_count() or 1) // lanes))
-    stage.lanes = lanes
+    stage.lanes, stage.lane_threads = lanes, budget.torch
     if lanes > 1:
         torch.set_num_threads(budget.torch)
     return budget
@@ -361,6 +361,7 @@ def make_pipeline(source, stage, sinks: list, config: Config | None = None, stat
         stabilizer,
         run_calibration(cfg, source, sinks),
         1 if source.info.live else getattr(stage, "lanes", 1),
+        getattr(stage, "lane_threads", 1),
     )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -289,7 +290,8 @@ class FocalResolver:
     user, e.g. the ComfyUI mode's fixed 1000 px). A frame's `hint` is what its source knows (EXIF of
     that image, the video's metadata), in pixels of that frame. The stage calls this per batch and
     the CLI once for its source line, so results are cached and the assumed-focal warning goes out
-    once: to `warn` when given (the CLI prints it), else to the log. Calls come from one thread at a time.
+    once: to `warn` when given (the CLI prints it), else to the log. The engine's lanes call it from
+    two threads at once: a lock keeps the cache and the one warning whole.
     """
 
     MAX_KNOWN = 1024  # distinct (size, hint) pairs kept; a folder of photos from many cameras stays small
@@ -307,15 +309,17 @@ class FocalResolver:
         self.warn = warn
         self.warned = False
         self._known: dict[tuple[int, int, Focal | None], Focal] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, width: int, height: int, hint: Focal | None = None) -> Focal:
         key = (width, height, hint)
-        focal = self._known.get(key)
-        if focal is None:
-            if len(self._known) >= self.MAX_KNOWN:
-                self._known.clear()
-            focal = self._known[key] = self._resolve(width, height, hint)
-        return focal
+        with self._lock:
+            focal = self._known.get(key)
+            if focal is None:
+                if len(self._known) >= self.MAX_KNOWN:
+                    self._known.clear()
+                focal = self._known[key] = self._resolve(width, height, hint)
+            return focal
 
     def _resolve(self, width: int, height: int, hint: Focal | None) -> Focal:
         given = given_focal(self.fx, self.fy, self.hfov, width)

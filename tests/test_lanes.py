@@ -12,6 +12,7 @@ import torch
 
 from streamer.api import make_pipeline, run_lanes, use_lanes
 from streamer.config import Config
+from streamer.engine import pipeline as pipeline_module
 from streamer.engine import worker
 from streamer.engine.pipeline import Pipeline
 from streamer.engine.shared import SharedStage
@@ -33,6 +34,7 @@ class TimedStage(Metric3DStage):
         super().__init__(Metric3DProcessor(model, TINY_INPUT), FocalResolver(1000.0, 1000.0))
         self.delay, self.fail_at, self.hold = delay, fail_at, hold
         self.threads: list[str] = []
+        self.pools: list[int] = []  # torch's pool size in each pass
         self.running = self.most = self.calls = 0
         self.lock = threading.Lock()
 
@@ -42,6 +44,7 @@ class TimedStage(Metric3DStage):
             self.running += 1
             self.most = max(self.most, self.running)
             self.threads.append(threading.current_thread().name)
+            self.pools.append(torch.get_num_threads())
         try:
             if self.hold is not None:
                 self.hold.wait(30)
@@ -83,10 +86,11 @@ def test_lanes_give_the_depth_one_pass_at_a_time_gives(tmp_path, small_model, on
     path = write_video(tmp_path / "v.mp4", frames=6)
     depths = {}
     for lanes in (1, 2):
-        sink = RecordingSink()
+        sink, stage = RecordingSink(), TimedStage(small_model)
         sink.write = lambda result, sink=sink: sink.items.append(result.depth.copy())
-        Pipeline(VideoSource(str(path)), TimedStage(small_model), [sink], lanes=lanes).run()
+        Pipeline(VideoSource(str(path)), stage, [sink], lanes=lanes).run()
         depths[lanes] = sink.items
+        assert all(name.startswith("device-lane") == (lanes == 2) for name in stage.threads)
     assert len(depths[2]) == 6
     for one, two in zip(depths[1], depths[2], strict=True):
         assert (one == two).all()  # one torch thread either way: the same sums
@@ -99,6 +103,7 @@ def test_a_failure_in_a_lane_stops_the_run(tmp_path, small_model, one_torch_thre
     with pytest.raises(PipelineError) as info:
         Pipeline(VideoSource(str(path)), stage, [sink], lanes=2).run()
     assert info.value.stage == "inference" and "forward broke" in str(info.value)
+    assert all(name.startswith("device-lane") for name in stage.threads)
     assert sink.closed is False and [i for i, _, _ in sink.items] == list(range(len(sink.items)))
     assert len(sink.items) <= 3
 
@@ -122,6 +127,48 @@ def test_a_stop_does_not_wait_for_the_passes_in_the_lanes(tmp_path, small_model,
     while worker.busy() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not worker.busy()
+
+
+def test_each_lane_runs_torch_on_the_runs_share_of_threads(tmp_path, small_model):
+    """A lane thread keeps the pool size it first ran with and outlives the run: each run sets it."""
+    path = write_video(tmp_path / "v.mp4", frames=6)
+    for threads in (2, 1):
+        stage = TimedStage(small_model)
+        Pipeline(VideoSource(str(path)), stage, [RecordingSink()], lanes=2, lane_threads=threads).run()
+        assert stage.pools and set(stage.pools) == {threads}, (threads, stage.pools)
+
+
+def test_live_settings_are_read_in_batch_order_with_lanes(tmp_path, small_model, one_torch_thread):
+    """Each batch's settings are read on the inference thread as it is sent to a lane, so a later
+    batch never carries an older setting than an earlier one."""
+    path = write_video(tmp_path / "v.mp4", frames=10)
+    stage = TimedStage(small_model, delay=lambda n: 0.1 if n % 2 == 0 else 0.0)
+    sink = RecordingSink()
+    pipeline = Pipeline(VideoSource(str(path)), stage, [sink], lanes=2)
+    taken, read_on = [], []
+    snapshot = pipeline.outputs.snapshot
+
+    class Read(tuple):  # the snapshot as it is, an object of its own per read (an empty tuple is shared)
+        pass
+
+    def recorded():
+        read_on.append(threading.current_thread().name)
+        taken.append(Read(snapshot()))
+        return taken[-1]
+
+    pipeline.outputs.snapshot = recorded
+    order = []
+    render = pipeline._render
+
+    def rendered(group):
+        looks = group.meta[pipeline_module.LOOKS]
+        order.append(next(i for i, t in enumerate(taken) if t is looks))  # which read this batch carries
+        return render(group)
+
+    pipeline._render = rendered
+    pipeline.run()
+    assert order == list(range(10)) and len(sink.items) == 10
+    assert not any(name.startswith("device-lane") for name in read_on)
 
 
 def test_make_pipeline_runs_lanes_for_files_only(tmp_path, small_model):

@@ -208,7 +208,8 @@ model_options = stack(
         metavar="N|auto",
         help="Forward passes side by side for files on the CPU, each on its share of the cores. auto: 2 "
         "with 2 or more cores for inputs over 128 tokens (more frames a second than one pass on every "
-        "core; smaller inputs are batched); live sources run 1.  [default: auto]",
+        "core; smaller inputs are batched); live sources and `batch` (one model shared by its files) run 1.  "
+        "[default: auto]",
     ),
     click.option(
         "--threads",

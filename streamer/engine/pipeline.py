@@ -3,7 +3,7 @@
 The capture side and the frames queue are engine/intake.py's; this module starts the threads.
 
 The model runs on the process's one model thread (engine/worker.py), where it was loaded, so
-the CPU keeps a single OpenMP pool. (A `SharedStage` is fed by several pipelines at once: each
+the CPU keeps a single OpenMP pool (a file's lanes, below, each have one of their share). (A `SharedStage` is fed by several pipelines at once: each
 pipeline's loop runs on a thread of its own and sends only each batch's device work to the model
 thread.) The main thread, which calls `run()`, handles signals and
 runs the sinks that must live on it (GUI windows: macOS allows them only there). Ownership
@@ -49,7 +49,7 @@ from streamer.engine.sink_runner import SinkRunner, open_sinks
 from streamer.engine.stats import Stats
 from streamer.errors import ConfigError, Interrupted, PipelineError, StopRequested
 from streamer.focal import Focal
-from streamer.processors.outputs import Outputs
+from streamer.processors.outputs import Looks, Outputs
 from streamer.processors.stabilize_stage import Ready, StabilizeStage
 from streamer.types import Frame, Result
 
@@ -93,6 +93,7 @@ class Pipeline:
         stabilizer: StabilizeStage | None = None,
         calibration=None,
         lanes: int = 1,
+        lane_threads: int = 1,
     ) -> None:
         self.source = source
         self.processor = processor
@@ -105,6 +106,7 @@ class Pipeline:
                 hint="use --stabilize causal (no added latency) for cameras and streams",
             )
         self.lanes = 1 if isinstance(processor, SharedStage) else lanes  # forward passes at once
+        self.lane_threads = lane_threads  # torch's pool in each lane
         self.stats = stats or Stats()
         self.stats.detects_cuts = self.stabilizer.mode != "off"
         self.transfer = DeviceTransfer(processor.device, pinned_memory, cuda_stream)
@@ -306,16 +308,16 @@ class Pipeline:
             if batch is None:
                 break
             started = time.perf_counter()
+            looks = self.outputs.snapshot()  # the live settings, read once per batch, in order
             if self.lanes == 1:
-                computed = self._on_model_thread(self._compute, batch, deferred)
+                computed = self._on_model_thread(self._compute, batch, deferred, looks)
                 self._finish(finisher, pending, started, self._stabilize_and_render, batch, *computed)
                 continue
-            computing.append((batch, started, worker.in_lane(self.lanes, self._compute_in_lane, batch, deferred)))
-            if len(computing) == self.lanes and not self._finish_oldest(finisher, pending, computing):
-                return
-        while computing:  # the end of the input (or a stop: then nothing waits for the lanes)
-            if not self._finish_oldest(finisher, pending, computing):
-                return
+            computing.append((batch, started, worker.in_lane(self.lanes, self._in_lane, batch, deferred, looks)))
+            if len(computing) == self.lanes:
+                self._finish_oldest(finisher, pending, computing)
+        while computing and not self._stop.is_set():  # the end of the input: the lanes' last batches
+            self._finish_oldest(finisher, pending, computing)
         if not self._stop.is_set():  # the end of the input: the frames the stabiliser still holds
             self._finish(finisher, pending, time.perf_counter(), self._flush_stabilizer)
         if finisher is not None:
@@ -325,20 +327,23 @@ class Pipeline:
         while pending and not self._stop.is_set():
             self._emit(*pending.popleft())
 
-    def _finish_oldest(self, finisher: Finisher | None, pending: deque, computing: deque) -> bool:
+    def _finish_oldest(self, finisher: Finisher | None, pending: deque, computing: deque) -> None:
         """Finish the oldest batch in the lanes once its forward pass is done, so batches leave in
-        order; False when the run stopped meanwhile (the lanes end their passes on their own)."""
+        order. After a stop nothing waits: the lanes end their passes on their own."""
         batch, started, future = computing.popleft()
         while not future.done():
             if self._stop.is_set():
-                return False
+                return
             wait([future], timeout=POLL_S)
         self._finish(finisher, pending, started, self._stabilize_and_render, batch, *future.result())
-        return True
 
     @torch.inference_mode()  # grad mode is per thread
-    def _compute_in_lane(self, batch: list[Frame], deferred: bool) -> tuple[MapsOrLater, torch.Tensor, dict]:
-        return self._compute(batch, deferred)
+    def _in_lane(self, batch: list[Frame], deferred: bool, looks: Looks) -> tuple[MapsOrLater, torch.Tensor, dict]:
+        """`_compute` on a lane thread, whose torch pool is sized for this run's lanes: a thread keeps
+        the pool size it first ran with, and the lane threads outlive a run."""
+        if torch.get_num_threads() != self.lane_threads:
+            torch.set_num_threads(self.lane_threads)
+        return self._compute(batch, deferred, looks)
 
     def _on_model_thread(self, fn: Callable[..., T], *args) -> T:
         """Device work runs on the model thread: here already, or sent there for a shared stage."""
@@ -350,11 +355,11 @@ class Pipeline:
         else:
             self.fail("render", exc)
 
-    def _compute(self, batch: list[Frame], deferred: bool) -> tuple[MapsOrLater, torch.Tensor, dict]:
-        """A batch's upload and forward pass, on the model thread or a lane. `deferred`: a stage that can
-        (Metric3DStage.infer) leaves its per-pixel maps to the finisher's thread, as a call."""
+    def _compute(self, batch: list[Frame], deferred: bool, looks: Looks) -> tuple[MapsOrLater, torch.Tensor, dict]:
+        """A batch's upload and forward pass, on the model thread or a lane; its maps and pictures follow
+        `looks`, the live settings read for it. `deferred`: a stage that can (Metric3DStage.infer)
+        leaves its per-pixel maps to the finisher's thread, as a call."""
         started = time.perf_counter()
-        looks = self.outputs.snapshot()  # the live settings, read once: maps and pictures follow them
         images = self.transfer.upload([f.image for f in batch])
         uploaded = time.perf_counter()
         wants = self.outputs.stage_wants(looks) | self.stabilizer.needs

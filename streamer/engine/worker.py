@@ -1,4 +1,5 @@
-"""The one thread that runs the model: loading, warm-up and inference all happen on it.
+"""The one thread that runs the model: loading, warm-up and inference happen on it (a file's
+forward passes may also run in lanes, below).
 
 On the CPU, PyTorch's OpenMP pool belongs to the thread that first runs parallel work; a model
 loaded on one thread and run on another gets a second pool that competes with the first

@@ -203,7 +203,10 @@ class Metric3DStage:
         self.resolution = resolution
         self.meta = meta or {}
         self.device = processor.device
-        self.lanes = 1  # forward passes a file runs side by side (api.use_lanes)
+        self.lanes, self.lane_threads = (
+            1,
+            1,
+        )  # forward passes a file runs side by side, torch's pool in each (api.use_lanes)
 
     def warm_up(self, batch: int) -> None:
         """Compile a `--compile` model now, on the model thread, for the run's batch size."""
@@ -212,8 +215,8 @@ class Metric3DStage:
             model.warm_up(batch, self.processor.input_size, all_iterations=self.comfy_resolution is not None)
 
     def infer(self, images: torch.Tensor, focal_hint: Focal | None = None) -> tuple[Inferred, dict]:
-        """The forward pass only (the model thread's part): the maps at the output size come from
-        `maps`, which an engine on the CPU runs on another thread while the next batch computes."""
+        """The forward pass only (on the model thread, or a lane): the maps at the output size come
+        from `maps`, which an engine on the CPU runs on another thread while the next batch computes."""
         src_hw = (images.shape[1], images.shape[2])
         focal = self.focal(src_hw[1], src_hw[0], focal_hint)
         out_hw = short_side_size(src_hw, self.resolution) if self.resolution else None

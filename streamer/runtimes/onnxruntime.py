@@ -14,6 +14,7 @@ a provider cannot load; that is checked and raised, so `auto` falls back to torc
 
 from __future__ import annotations
 
+import queue
 import sys
 from pathlib import Path
 
@@ -78,8 +79,10 @@ class OnnxRuntime:
         self.device = device
         self.graph = onnx_path
         self._providers = self.providers(onnx_path, ort.__version__) if device.type == "cuda" else cpu_providers()
+        self.threads = threads
         self.session = self.open_session(threads)
-        self._sessions = {1: self.session}  # lanes -> the session they share
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()  # lanes: a session each, handed out per call
+        self._idle.put(self.session)
         wanted = self._providers[0][0] if isinstance(self._providers[0], tuple) else self._providers[0]
         if wanted not in self.session.get_providers():
             raise RuntimeError(f"ONNX Runtime could not load {wanted}")
@@ -94,13 +97,15 @@ class OnnxRuntime:
         return ort.InferenceSession(str(self.graph), options, providers=self._providers)
 
     def use_lanes(self, lanes: int, threads: int = 0) -> None:
-        """Run the next calls `lanes` at a time on a session whose pool is one lane's `threads`
-        (a session runs calls from several threads at once; its pool is fixed when it opens):
-        vit-small 224x392 on 2 cores, 230 ms a frame two at a time on one thread each, 258 one at
-        a time on both."""
-        if lanes not in self._sessions:
-            self._sessions[lanes] = self.open_session(threads)
-        self.session = self._sessions[lanes]
+        """Run the next calls `lanes` at a time, each on a session of its own whose pool is one
+        lane's `threads` (calls on one session share its one pool, fixed when it opens): vit-small
+        224x392 on 2 cores, 230 ms a frame two at a time on one thread each, 258 one at a time on
+        both. Each session holds its weights, so the sessions of the last setting are let go (one
+        lane opens a session as at load again)."""
+        sessions = [self.open_session(threads if lanes > 1 else self.threads) for _ in range(lanes)]
+        self.session, self._idle = sessions[0], queue.SimpleQueue()
+        for session in sessions:
+            self._idle.put(session)
 
     def providers(self, onnx_path: Path, version: str) -> list:
         cuda = ("CUDAExecutionProvider", {"device_id": self.device.index or 0})
@@ -126,7 +131,12 @@ class OnnxRuntime:
     def __call__(self, x: torch.Tensor, all_iterations: bool = False) -> dict[str, list[torch.Tensor]]:
         if self.device.type == "cuda":
             return self.run_on_gpu(x)
-        outputs = self.session.run(None, {"image": np.ascontiguousarray(x.detach().float().numpy())})
+        idle = self._idle
+        session = idle.get()  # a lane's own session (never more callers than lanes)
+        try:
+            outputs = session.run(None, {"image": np.ascontiguousarray(x.detach().float().numpy())})
+        finally:
+            idle.put(session)
         return {name: [torch.from_numpy(out)] for name, out in zip(OUTPUTS, outputs, strict=True)}
 
     def run_on_gpu(self, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:

@@ -81,26 +81,49 @@ class OpenVINORuntime:
 
     def use_lanes(self, lanes: int, threads: int = 0) -> None:
         """Run the next calls `lanes` at a time (from that many threads); compiles batch 1 for them
-        now, so a short last batch has its size ready. OpenVINO splits its cores by streams."""
+        now, so a short last batch has its size ready. OpenVINO splits its cores by streams. The
+        models compiled for another setting are let go (each holds its weights; the cache makes
+        compiling them again quick)."""
         self.lanes = lanes
+        self._compiled = {lanes: self._compiled.get(lanes, {})}
         self._for_batch(1)
 
     def _for_batch(self, batch: int) -> tuple[object, queue.SimpleQueue]:
         with self._compiling:  # lanes may meet a new size together: it compiles once
             sizes = self._compiled.setdefault(self.lanes, {})
             if batch not in sizes:
-                model = self.core.read_model(str(self.graph))
-                shape = model.input(0).get_partial_shape()
-                model.reshape([batch, *(shape[i].get_length() for i in range(1, 4))])
-                config = dict(self.config)
-                if self.lanes > 1:
-                    config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=self.lanes)
-                compiled = self.core.compile_model(model, "CPU", config)
-                idle: queue.SimpleQueue = queue.SimpleQueue()
-                for _ in range(self.lanes):
-                    idle.put(compiled.create_infer_request())
-                sizes[batch] = compiled, idle
+                sizes[batch] = self._compile(batch)
             return sizes[batch]
+
+    def _pieces(self, batch: int) -> list[int]:
+        """The compiled sizes a batch runs in: its own (compiled now while only batch 1 is there),
+        else pieces of the compiled sizes, largest first. Decided under the lock, so two lanes that
+        meet new sizes at once never compile a third."""
+        with self._compiling:
+            sizes = self._compiled.setdefault(self.lanes, {})
+            if batch not in sizes and len(sizes) <= 1:
+                sizes[batch] = self._compile(batch)
+            if batch in sizes:
+                return [batch]
+            pieces, left = [], batch
+            for size in sorted(sizes, reverse=True):
+                pieces += [size] * (left // size)
+                left %= size
+            return pieces
+
+    def _compile(self, batch: int) -> tuple[object, queue.SimpleQueue]:
+        """The graph compiled for `batch` frames and this setting of lanes, with a request per lane."""
+        model = self.core.read_model(str(self.graph))
+        shape = model.input(0).get_partial_shape()
+        model.reshape([batch, *(shape[i].get_length() for i in range(1, 4))])
+        config = dict(self.config)
+        if self.lanes > 1:
+            config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=self.lanes)
+        compiled = self.core.compile_model(model, "CPU", config)
+        idle: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.lanes):
+            idle.put(compiled.create_infer_request())
+        return compiled, idle
 
     def _infer(self, image: np.ndarray) -> list[np.ndarray]:
         compiled, idle = self._for_batch(len(image))
@@ -113,14 +136,9 @@ class OpenVINORuntime:
 
     def __call__(self, x: torch.Tensor, all_iterations: bool = False) -> dict[str, list[torch.Tensor]]:
         image = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        sizes = self._compiled[self.lanes]
-        if len(image) in sizes or len(sizes) == 1:
-            outputs = self._infer(image)
-        else:  # pieces of the compiled sizes, largest first
-            pieces, start = [], 0
-            for size in sorted(sizes, reverse=True):
-                while len(image) - start >= size:
-                    pieces.append(self._infer(image[start : start + size]))
-                    start += size
-            outputs = [np.concatenate(parts) for parts in zip(*pieces, strict=True)]
+        pieces, start = [], 0
+        for size in self._pieces(len(image)):
+            pieces.append(self._infer(image[start : start + size]))
+            start += size
+        outputs = pieces[0] if len(pieces) == 1 else [np.concatenate(parts) for parts in zip(*pieces, strict=True)]
         return {name: [torch.from_numpy(out)] for name, out in zip(OUTPUTS, outputs, strict=True)}

@@ -1,5 +1,3 @@
-import sys
+from streamer.cli.entry import run
 
-from streamer.cli.main import main
-
-sys.exit(main())
+run()

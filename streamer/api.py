@@ -94,16 +94,19 @@ def read_model(backbone: str, checkpoint: str | Path | None, local_files_only: b
     return model.eval(), path
 
 
-def load_processor(cfg: ModelConfig, threads: int = 0, comfy: bool = False) -> tuple[Metric3DProcessor, dict]:
+def load_processor(
+    cfg: ModelConfig, threads: int = 0, comfy: bool = False, lanes: int = 1
+) -> tuple[Metric3DProcessor, dict]:
     """The model behind the runtime `cfg.runtime` resolves to; `meta["runtime_choice"]` says which and
-    why, and with `input_size: auto` `meta["input_size_choice"]` says which size (runtimes/sizing.py)."""
+    why, and with `input_size: auto` `meta["input_size_choice"]` says which size (runtimes/sizing.py).
+    `lanes`: the forward passes side by side a file run will make, so the runtime builds for them once."""
     model, path = read_model(cfg.backbone, cfg.checkpoint, cfg.local_files_only)
     device = resolve_device(cfg.device)
     choices = {}
 
     def make(size: tuple[int, int]) -> Metric3DProcessor:
         request = RuntimeRequest(
-            cfg.runtime, device, cfg.precision, size, cfg.backbone, path, threads, cfg.compile, all_iterations=comfy
+            cfg.runtime, device, cfg.precision, size, cfg.backbone, path, threads, cfg.compile, comfy, lanes
         )
         runtime, choices["runtime_choice"] = open_runtime(request, model)
         return Metric3DProcessor(runtime, size, cfg.focal_mode)
@@ -143,6 +146,7 @@ def load_stage(
     comfy: bool = False,
     threads: int | None = None,
     warn: Callable[[str], None] | None = None,
+    lanes: int = 1,
 ) -> Metric3DStage | AuxStage | NullStage:
     """The inference stage the pipeline runs, with the model loaded once.
 
@@ -159,7 +163,7 @@ def load_stage(
         weights = str(cfg.processor_weights) if cfg.processor_weights else None
         detector = load_detector(cfg.processor, weights, cfg.local_files_only)
         return AuxStage(detector, cfg.processor, cfg.processor_args, resolve_device(cfg.device), cfg.resolution)
-    processor, meta = load_processor(cfg, threads or 0, comfy)
+    processor, meta = load_processor(cfg, threads or 0, comfy, lanes)
     comfy_resolution = (cfg.resolution or COMFY_RESOLUTION) if comfy else None
     resolution = None if comfy else cfg.resolution
     return Metric3DStage(processor, focal_resolver(cfg, comfy, warn), resolution, meta, comfy_resolution)
@@ -250,7 +254,8 @@ def prepare(
         if announce is not None and model_name(cfg.model):
             announce(f"loading {model_name(cfg.model)} ...")
         comfy = any(need.startswith("comfy") for sink in sinks for need in sink.needs)
-        stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch, warn)
+        planned = planned_lanes(cfg, source.info.live)[0]  # the runtime builds for them at load
+        stage = worker.on_device_thread(load_stage, cfg.model, comfy, threads.torch, warn, planned)
         lanes, lanes_why = run_lanes(cfg, stage, source.info.live)
         if lanes > 1:
             threads = worker.on_device_thread(use_lanes, stage, lanes, cfg.engine.threads)
@@ -295,9 +300,22 @@ def fit_threads(stage: Metric3DStage, cfg: Config, source_wh: tuple[int, int]) -
 
 
 def run_lanes(cfg: Config, stage, live: bool) -> tuple[int, str]:
-    """Forward passes side by side, and why: for files on the CPU (engine/threads.py, auto), given
-    or auto; live sources and stages shared by several pipelines run one pass at a time."""
-    if live or isinstance(stage, SharedStage) or not isinstance(stage, Metric3DStage) or stage.device.type != "cpu":
+    """Forward passes side by side for a loaded stage, and why (`planned_lanes`); stages shared by
+    several pipelines run one pass at a time."""
+    if isinstance(stage, SharedStage) or not isinstance(stage, Metric3DStage):
+        return 1, "one forward pass at a time"
+    return planned_lanes(cfg, live, stage.processor.input_size, stage.device.type)
+
+
+def planned_lanes(
+    cfg: Config, live: bool, input_size: tuple[int, int] | str | None = None, device_type: str | None = None
+) -> tuple[int, str]:
+    """Forward passes side by side, and why: for Metric3D files on the CPU (engine/threads.py, auto),
+    given or auto; live sources run one pass at a time. Before loading, from the config (an input
+    size of auto is known only after: one pass until then)."""
+    input_size = input_size or cfg.model.input_size
+    device_type = device_type or resolve_device(cfg.model.device).type
+    if live or cfg.model.processor != "metric3d" or device_type != "cpu" or input_size == "auto":
         return 1, "one forward pass at a time"
     if cfg.model.compile:
         return 1, "one forward pass at a time (a torch.compile'd model runs on the model thread only)"
@@ -306,7 +324,7 @@ def run_lanes(cfg: Config, stage, live: bool) -> tuple[int, str]:
         return given, (
             f"{given} forward passes side by side" if given > 1 else "one forward pass at a time"
         ) + " (given)"
-    return file_lanes(stage.processor.input_size, cfg.engine.threads)
+    return file_lanes(input_size, cfg.engine.threads)
 
 
 def use_lanes(stage: Metric3DStage, lanes: int, total: int | None = None) -> ThreadBudget:

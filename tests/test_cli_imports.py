@@ -77,3 +77,30 @@ print(len(names), all(callable(getattr(streamer, n)) for n in names), streamer._
 """
     count, resolved, version = python(code).split()
     assert int(count) >= 12 and resolved == "True" and version.count(".") == 2
+
+
+def test_the_command_leaves_after_the_exit_handlers_without_tearing_modules_down():
+    """streamer/cli/entry.py: the command's exit code and output stay; a handler registered while it
+    ran (a temporary folder's removal, Ray's shutdown) still runs; module teardown is skipped."""
+    code = """
+import atexit, os, sys
+import streamer.cli.main as cli_main
+from streamer.cli import entry
+
+class Teardown:
+    def __del__(self, write=os.write):  # late in teardown sys.stdout is gone: the file descriptor
+        write(1, b" modules torn down")
+
+kept = Teardown()  # a module global: the interpreter's teardown would delete it
+
+def command():
+    atexit.register(print, "late handler ran")
+    print("command ran", end=" ")
+    return 3
+
+cli_main.main = command
+entry.run()
+"""
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 3, run.stderr[-2000:]
+    assert run.stdout.split() == ["command", "ran", "late", "handler", "ran"], run.stdout

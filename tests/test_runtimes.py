@@ -154,6 +154,45 @@ def test_lanes_run_side_by_side_and_give_each_frame_its_own_depth(loaded, inputs
 
 
 @needs_export
+def test_openvino_saves_each_static_graph_once_and_compiles_from_it(loaded):
+    rt, _ = make(loaded, "openvino")
+    xml = rt.cache / "static-batch1.xml"
+    assert xml.exists() and xml.with_suffix(".bin").stat().st_size > 1e6
+    written = xml.stat().st_mtime_ns
+    again, _ = make(loaded, "openvino")  # another start: the saved graph, not the ONNX read again
+    assert xml.stat().st_mtime_ns == written and not list(rt.cache.glob(".static-*"))
+    assert again.precision == rt.precision
+
+
+@needs_export
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_a_file_run_in_lanes_builds_its_runtime_for_them_at_load(loaded, tmp_path, monkeypatch, runtime):
+    """A file known to run in lanes gets them at load: OpenVINO compiles the throughput graph only
+    (one compile at start, not two), ONNX Runtime opens a session per lane (and no other)."""
+    from streamer import api
+    from streamer.config import load_config
+    from streamer.runtimes.onnxruntime import OnnxRuntime
+    from streamer.runtimes.openvino import OpenVINORuntime
+
+    built = []
+    cls, method = (OpenVINORuntime, "_compile") if runtime == "openvino" else (OnnxRuntime, "open_session")
+    original = getattr(cls, method)
+    monkeypatch.setattr(cls, method, lambda self, *a: (built.append(self.lanes), original(self, *a))[1])
+
+    model = {"checkpoint": str(loaded[1]), "input_size": list(SIZE), "device": "cpu", "runtime": runtime}
+    overrides = {"model": model, "engine": {"lanes": 2}, "source": {"uri": str(write_video(tmp_path / "in.mp4"))}}
+    cfg = load_config(None, {**overrides, "output": {"path": str(tmp_path / "out.mp4")}})
+    job = api.prepare(cfg)
+    job.source.close()
+    rt = job.stage.processor.runtime
+    assert job.stage.lanes == 2 and rt.lanes == 2
+    if runtime == "openvino":
+        assert set(rt._compiled) == {2} and built == [2]  # batch 1 for two lanes, compiled once
+    else:
+        assert rt._idle.qsize() == 2 and built == [0, 0]  # one session per lane, no other
+
+
+@needs_export
 def test_the_exported_graph_is_reused_and_keyed(loaded, monkeypatch):
     model, path = loaded
     first = export_mod.exported_onnx(model, "vit-small", SIZE, path)

@@ -64,6 +64,7 @@ class Request:
     threads: int = 0  # CPU threads for the network; 0: the runtime's default
     compile: bool = False
     all_iterations: bool = False  # the ComfyUI mode: every GRU iteration, only the torch module has them
+    lanes: int = 1  # forward passes side by side the run will make (engine/threads.py file_lanes)
 
 
 def installed(name: str) -> bool:
@@ -143,11 +144,13 @@ def build(name: str, request: Request, model: torch.nn.Module) -> Runtime:
     if name == "openvino":
         from streamer.runtimes.openvino import OpenVINORuntime
 
-        return OpenVINORuntime(onnx_path, request.device, request.precision, request.threads)
+        return OpenVINORuntime(onnx_path, request.device, request.precision, request.threads, request.lanes)
     from streamer.runtimes.onnxruntime import OnnxRuntime
 
     tensorrt = name == "tensorrt"
-    return OnnxRuntime(onnx_path, request.device, request.precision, request.threads, tensorrt=tensorrt)
+    return OnnxRuntime(
+        onnx_path, request.device, request.precision, request.threads, tensorrt=tensorrt, lanes=request.lanes
+    )
 
 
 def dtype_name(dtype: torch.dtype) -> str:

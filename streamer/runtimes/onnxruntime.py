@@ -14,6 +14,7 @@ a provider cannot load; that is checked and raised, so `auto` falls back to torc
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 from pathlib import Path
@@ -66,7 +67,13 @@ class OnnxRuntime:
     input_dtype = torch.float32
 
     def __init__(
-        self, onnx_path: Path, device: torch.device, precision: str = "auto", threads: int = 0, tensorrt: bool = False
+        self,
+        onnx_path: Path,
+        device: torch.device,
+        precision: str = "auto",
+        threads: int = 0,
+        tensorrt: bool = False,
+        lanes: int = 1,
     ) -> None:
         import onnxruntime as ort
 
@@ -79,10 +86,10 @@ class OnnxRuntime:
         self.device = device
         self.graph = onnx_path
         self._providers = self.providers(onnx_path, ort.__version__) if device.type == "cuda" else cpu_providers()
-        self.threads = threads
-        self.session = self.open_session(threads)
+        self.threads, self.lanes = threads, 0  # 0: no session open yet
         self._idle: queue.SimpleQueue = queue.SimpleQueue()  # lanes: a session each, handed out per call
-        self._idle.put(self.session)
+        lanes = lanes if device.type == "cpu" else 1
+        self.use_lanes(lanes, max(1, (threads or os.cpu_count() or 1) // lanes))
         wanted = self._providers[0][0] if isinstance(self._providers[0], tuple) else self._providers[0]
         if wanted not in self.session.get_providers():
             raise RuntimeError(f"ONNX Runtime could not load {wanted}")
@@ -102,8 +109,10 @@ class OnnxRuntime:
         224x392 on 2 cores, 230 ms a frame two at a time on one thread each, 258 one at a time on
         both. Each session holds its weights, so the sessions of the last setting are let go (one
         lane opens a session as at load again)."""
+        if lanes == self.lanes:
+            return
         sessions = [self.open_session(threads if lanes > 1 else self.threads) for _ in range(lanes)]
-        self.session, self._idle = sessions[0], queue.SimpleQueue()
+        self.lanes, self.session, self._idle = lanes, sessions[0], queue.SimpleQueue()
         for session in sessions:
             self._idle.put(session)
 

@@ -302,7 +302,7 @@ class Pipeline:
         warm_up = getattr(self.processor, "warm_up", None)  # --compile: compile before the first frame
         if warm_up is not None:
             self._on_model_thread(warm_up, self.batch_size)
-        deferred = finisher is not None
+        deferred, first = finisher is not None, True
         while not self._stop.is_set():
             batch = self.intake.next_batch(carry, POLL_S)
             if batch is None:
@@ -316,6 +316,9 @@ class Pipeline:
             computing.append((batch, started, worker.in_lane(self.lanes, self._in_lane, batch, deferred, looks)))
             if len(computing) == self.lanes:
                 self._finish_oldest(finisher, pending, computing)
+            elif first:  # a runtime's first call initialises it: never two at once
+                self._wait_for(computing[0][2])
+            first = False
         while computing and not self._stop.is_set():  # the end of the input: the lanes' last batches
             self._finish_oldest(finisher, pending, computing)
         if not self._stop.is_set():  # the end of the input: the frames the stabiliser still holds
@@ -331,11 +334,16 @@ class Pipeline:
         """Finish the oldest batch in the lanes once its forward pass is done, so batches leave in
         order. After a stop nothing waits: the lanes end their passes on their own."""
         batch, started, future = computing.popleft()
+        if self._wait_for(future):
+            self._finish(finisher, pending, started, self._stabilize_and_render, batch, *future.result())
+
+    def _wait_for(self, future: Future) -> bool:
+        """Whether `future` is done; False when the run stopped first."""
         while not future.done():
             if self._stop.is_set():
-                return
+                return False
             wait([future], timeout=POLL_S)
-        self._finish(finisher, pending, started, self._stabilize_and_render, batch, *future.result())
+        return True
 
     @torch.inference_mode()  # grad mode is per thread
     def _in_lane(self, batch: list[Frame], deferred: bool, looks: Looks) -> tuple[MapsOrLater, torch.Tensor, dict]:

@@ -123,6 +123,11 @@ class OpenVINORuntime:
         idle: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(self.lanes):
             idle.put(compiled.create_infer_request())
+        # A tensor's first `.data` in a process builds the binding's dtype table, which lets the GIL
+        # go while it holds a C++ static's guard: two lanes making their first call together
+        # deadlocked there (seen once, in a transcode's first batches). Built here, on one thread.
+        request = compiled.create_infer_request()
+        _ = request.get_input_tensor(0).data, request.get_output_tensor(0).data
         return compiled, idle
 
     def _static_graph(self, batch: int) -> Path:

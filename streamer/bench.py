@@ -22,22 +22,13 @@ import av
 import numpy as np
 import torch
 
-from streamer.api import (
-    batch_size,
-    file_sink,
-    fit_threads,
-    make_pipeline,
-    measures_budget,
-    picture_settings,
-    read_model,
-    run_lanes,
-    use_lanes,
-)
+from streamer.api import file_sink, make_pipeline, picture_settings, read_model
 from streamer.config import Config
 from streamer.effect_settings import EffectSettings
 from streamer.engine import worker
 from streamer.engine.device import DeviceTransfer, resolve_device
 from streamer.engine.pipeline import Pipeline
+from streamer.engine.plan import batch_size, fit_threads, measures_budget, run_lanes, use_lanes
 from streamer.engine.threads import ThreadBudget
 from streamer.errors import ConfigError
 from streamer.focal import FocalResolver

@@ -10,11 +10,12 @@ import av
 import pytest
 import torch
 
-from streamer.api import make_pipeline, run_lanes, use_lanes
+from streamer.api import make_pipeline
 from streamer.config import Config
 from streamer.engine import pipeline as pipeline_module
 from streamer.engine import worker
 from streamer.engine.pipeline import Pipeline
+from streamer.engine.plan import run_lanes, use_lanes
 from streamer.engine.shared import SharedStage
 from streamer.engine.threads import file_lanes, lanes_budget
 from streamer.errors import Interrupted, PipelineError
@@ -62,7 +63,7 @@ class TimedStage(Metric3DStage):
 
 @pytest.fixture
 def one_torch_thread():
-    """Lanes run with torch's pool at one thread each (as api.use_lanes sets it on 2 cores)."""
+    """Lanes run with torch's pool at one thread each (as engine/plan.py use_lanes sets it on 2 cores)."""
     before = worker.on_device_thread(torch.get_num_threads)
     worker.on_device_thread(torch.set_num_threads, 1)
     yield
@@ -178,7 +179,7 @@ def test_live_settings_are_read_in_batch_order_with_lanes(tmp_path, small_model,
 
 def test_make_pipeline_runs_lanes_for_files_only(tmp_path, small_model):
     stage = TimedStage(small_model)
-    stage.lanes = 2  # as api.use_lanes leaves it
+    stage.lanes = 2  # as engine/plan.py use_lanes leaves it
     path = write_video(tmp_path / "v.mp4", frames=2)
     assert make_pipeline(VideoSource(str(path)), stage, [RecordingSink()]).lanes == 2
     assert make_pipeline(PatternSource("testsrc:96x64@30"), stage, [RecordingSink()]).lanes == 1

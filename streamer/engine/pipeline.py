@@ -15,7 +15,7 @@ Live sources hand each result to the sinks as soon as its download is complete; 
 batch in flight so the next batch computes while the last one downloads. On the CPU, when torch's
 pool is one thread, the finisher's thread (engine/finish.py) makes each batch's maps, stabiliser
 and pictures while the model computes the next, and hands the results out itself. A file on the
-CPU may run its forward passes in lanes (engine/worker.py): the next batches start while the oldest
+CPU may run its forward passes in lanes (engine/lanes.py): the next batches start while the oldest
 computes, and batches are finished in order as the oldest completes. A person's stop (a
 quit key, Ctrl-C, SIGTERM) ends a live run normally; for a file it is an interruption.
 
@@ -43,6 +43,7 @@ from streamer.engine.device import DeviceTransfer, PendingDownload
 from streamer.engine.finish import DEPTH as FINISH_DEPTH
 from streamer.engine.finish import Finisher, finishes_apart
 from streamer.engine.intake import Intake
+from streamer.engine.lanes import Lanes
 from streamer.engine.queues import END, StageQueue
 from streamer.engine.shared import SharedStage
 from streamer.engine.sink_runner import SinkRunner, open_sinks
@@ -296,13 +297,13 @@ class Pipeline:
 
     def _inference_loop(self, finisher: Finisher | None) -> None:
         pending: deque = deque()  # on a GPU: downloads under way, oldest first
-        computing: deque = deque()  # with lanes: batches whose forward pass runs, oldest first
+        lanes = Lanes(self.lanes, self._stop)
         carry: list[Frame] = []
         self.stabilizer.start()
         warm_up = getattr(self.processor, "warm_up", None)  # --compile: compile before the first frame
         if warm_up is not None:
             self._on_model_thread(warm_up, self.batch_size)
-        deferred, first = finisher is not None, True
+        deferred = finisher is not None
         while not self._stop.is_set():
             batch = self.intake.next_batch(carry, POLL_S)
             if batch is None:
@@ -313,14 +314,11 @@ class Pipeline:
                 computed = self._on_model_thread(self._compute, batch, deferred, looks)
                 self._finish(finisher, pending, started, self._stabilize_and_render, batch, *computed)
                 continue
-            computing.append((batch, started, worker.in_lane(self.lanes, self._in_lane, batch, deferred, looks)))
-            if len(computing) == self.lanes:
-                self._finish_oldest(finisher, pending, computing)
-            elif first:  # a runtime's first call initialises it: never two at once
-                self._wait_for(computing[0][2])
-            first = False
-        while computing and not self._stop.is_set():  # the end of the input: the lanes' last batches
-            self._finish_oldest(finisher, pending, computing)
+            lanes.submit(batch, started, self._in_lane, batch, deferred, looks)
+            if lanes.full():
+                self._finish_oldest(finisher, pending, lanes)
+        while lanes and not self._stop.is_set():  # the end of the input: the lanes' last batches
+            self._finish_oldest(finisher, pending, lanes)
         if not self._stop.is_set():  # the end of the input: the frames the stabiliser still holds
             self._finish(finisher, pending, time.perf_counter(), self._flush_stabilizer)
         if finisher is not None:
@@ -330,20 +328,12 @@ class Pipeline:
         while pending and not self._stop.is_set():
             self._emit(*pending.popleft())
 
-    def _finish_oldest(self, finisher: Finisher | None, pending: deque, computing: deque) -> None:
-        """Finish the oldest batch in the lanes once its forward pass is done, so batches leave in
-        order. After a stop nothing waits: the lanes end their passes on their own."""
-        batch, started, future = computing.popleft()
-        if self._wait_for(future):
-            self._finish(finisher, pending, started, self._stabilize_and_render, batch, *future.result())
-
-    def _wait_for(self, future: Future) -> bool:
-        """Whether `future` is done; False when the run stopped first."""
-        while not future.done():
-            if self._stop.is_set():
-                return False
-            wait([future], timeout=POLL_S)
-        return True
+    def _finish_oldest(self, finisher: Finisher | None, pending: deque, lanes: Lanes) -> None:
+        """Finish the oldest batch in the lanes once its forward pass is done (none after a stop)."""
+        done = lanes.oldest()
+        if done is not None:
+            batch, started, computed = done
+            self._finish(finisher, pending, started, self._stabilize_and_render, batch, *computed)
 
     @torch.inference_mode()  # grad mode is per thread
     def _in_lane(self, batch: list[Frame], deferred: bool, looks: Looks) -> tuple[MapsOrLater, torch.Tensor, dict]:

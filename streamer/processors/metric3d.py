@@ -203,10 +203,8 @@ class Metric3DStage:
         self.resolution = resolution
         self.meta = meta or {}
         self.device = processor.device
-        self.lanes, self.lane_threads = (
-            1,
-            1,
-        )  # forward passes a file runs side by side, torch's pool in each (api.use_lanes)
+        # forward passes a file runs side by side, and torch's pool in each (engine/plan.py use_lanes)
+        self.lanes, self.lane_threads = 1, 1
 
     def warm_up(self, batch: int) -> None:
         """Compile a `--compile` model now, on the model thread, for the run's batch size."""

@@ -4,7 +4,7 @@
     python benchmarks/effects.py --against 812b520        # and effects.py as it was at that commit
     python benchmarks/effects.py --device cuda --runs 50
 
-The scene is the one `streamer bench` keys (streamer.bench.effects_ms: a random picture, metres on a
+The scene is the one `streamer bench` keys (streamer.bench_costs.effects_ms: a random picture, metres on a
 16 px grid). Each revision keeps its own Keyer (hysteresis, scratch tensors) as a sink does; the
 revisions take turns frame by frame, so a machine that other jobs load slows both alike. Reported
 per frame: the median process CPU time (what the work costs, whatever else runs) and the median

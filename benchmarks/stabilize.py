@@ -5,7 +5,7 @@
 
 Quality uses the sequences of tests/test_stabilize.py (a known depth sequence with scale jitter,
 pixel noise and a cut); the cost is the median wall time of `push` over a loop of frames, with the
-device synchronised after each (streamer.bench.stabilizer_cost, which `streamer bench` reports too).
+device synchronised after each (streamer.bench_costs.stabilizer_cost, which `streamer bench` reports too).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from streamer.bench import stabilizer_cost  # noqa: E402
+from streamer.bench_costs import stabilizer_cost  # noqa: E402
 
 import test_stabilize as gt  # noqa: E402  (the ground-truth generator lives with the tests)
 

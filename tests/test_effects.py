@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from streamer.bench import effects_ms
+from streamer.bench_costs import effects_ms
 from streamer.calibration import Calibration
 from streamer.cli.main import main
 from streamer.effect_settings import EffectSettings, parse_background, parse_band

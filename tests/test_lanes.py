@@ -12,6 +12,7 @@ import torch
 
 from streamer.api import make_pipeline
 from streamer.config import Config
+from streamer.engine import lanes as lanes_module
 from streamer.engine import pipeline as pipeline_module
 from streamer.engine import worker
 from streamer.engine.pipeline import Pipeline
@@ -49,7 +50,7 @@ class TimedStage(Metric3DStage):
             self.pools.append(torch.get_num_threads())
         start = time.monotonic()
         try:
-            if self.hold is not None and number > 0:  # the first pass runs alone, then two hold
+            if self.hold is not None and number > 0:  # the first pass may run alone; then two hold
                 self.hold.wait(30)
             if number == self.fail_at:
                 raise RuntimeError("forward broke")
@@ -83,9 +84,23 @@ def test_lanes_keep_every_frame_in_order_when_passes_end_out_of_order(
     assert [(i, p) for i, p, _ in sink.items] == list(enumerate(pts))
     assert stats["frames_out"] == 13 and sink.closed is True
     assert all(name.startswith("device-lane") for name in stage.threads), stage.threads
-    assert stage.most == 2  # two passes ran at once...
-    first_end = min(end for _, end in stage.spans)
-    assert sorted(start for start, _ in stage.spans)[1] >= first_end  # ...after the first ran alone
+    assert stage.most == 2  # two passes ran at once
+
+
+def test_the_processs_first_pass_in_lanes_runs_alone_and_later_runs_do_not_wait(
+    tmp_path, small_model, one_torch_thread
+):
+    """A runtime initialises on its first call (OpenVINO's binding deadlocked once when two lanes
+    made theirs together): the process's first pass runs alone; later runs start two at once."""
+    path = write_video(tmp_path / "v.mp4", frames=4)
+    lanes_module._first_pass_done.clear()  # as in a fresh process
+    starts = []
+    for _ in range(2):
+        stage = TimedStage(small_model, delay=lambda n: 0.2 if n == 0 else 0.0)
+        Pipeline(VideoSource(str(path)), stage, [RecordingSink()], lanes=2).run()
+        first_end = min(end for _, end in stage.spans)
+        starts.append(sorted(start for start, _ in stage.spans)[1] >= first_end)
+    assert starts == [True, False]
 
 
 def test_lanes_give_the_depth_one_pass_at_a_time_gives(tmp_path, small_model, one_torch_thread):

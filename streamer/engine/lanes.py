@@ -1,9 +1,11 @@
 """Forward passes side by side for a file on the CPU (engine/threads.py says when and why).
 
 Batches go to the lane threads (engine/worker.py) in order and come back oldest first, so each
-frame still leaves once and in order whichever pass ends first. A run's first pass runs alone: a
-runtime initialises on its first call, and OpenVINO's Python binding once deadlocked when two
-lanes made theirs at once. After a stop nothing waits for a pass: the lanes end theirs on their own.
+frame still leaves once and in order whichever pass ends first. The process's first pass in lanes
+runs alone: a runtime initialises on its first call, and OpenVINO's Python binding once deadlocked
+when two lanes made theirs at once (later runs do not wait: a pass alone leaves a core idle, a
+frame's time in a short file). After a stop nothing waits for a pass: the lanes end theirs on their
+own.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from concurrent.futures import Future, wait
 from streamer.engine import worker
 
 POLL_S = 0.1
+_first_pass_done = threading.Event()  # a pass in lanes completed in this process
 
 
 class Lanes:
@@ -23,7 +26,6 @@ class Lanes:
         self.count = count
         self._stop = stop
         self._computing: deque[tuple[object, float, Future]] = deque()  # (batch, started, pass), oldest first
-        self._first = True
 
     def __len__(self) -> int:
         return len(self._computing)
@@ -32,12 +34,11 @@ class Lanes:
         return len(self._computing) >= self.count
 
     def submit(self, batch, started: float, fn: Callable, *args) -> None:
-        """Start `fn(*args)`, `batch`'s pass, on a lane; a run's first returns once it is done."""
+        """Start `fn(*args)`, `batch`'s pass, on a lane; the process's first returns once it is done."""
         future = worker.in_lane(self.count, fn, *args)
         self._computing.append((batch, started, future))
-        if self._first:
-            self._first = False
-            self._done(future)
+        if not _first_pass_done.is_set() and self._done(future) and future.exception() is None:
+            _first_pass_done.set()
 
     def oldest(self) -> tuple[object, float, object] | None:
         """The oldest batch, when it started, and what its pass returned (raised here); None when

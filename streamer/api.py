@@ -298,7 +298,7 @@ def make_pipeline(source, stage, sinks: list, config: Config | None = None, stat
         pace,
         stabilizer,
         run_calibration(cfg, source, sinks),
-        1 if source.info.live else getattr(stage, "lanes", 1),
+        getattr(stage, "lanes", 1),
         getattr(stage, "lane_threads", 1),
     )
 

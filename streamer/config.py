@@ -161,6 +161,16 @@ def whole_number(value: Any) -> int | None:
     return None
 
 
+def auto_or_count(value: Any, most: int) -> int | str:
+    """ "auto", or a whole number from 1 to `most` (an int or a string of digits)."""
+    if value == "auto":
+        return value
+    count = whole_number(value)
+    if count is None or not 1 <= count <= most:
+        raise ValueError(f"must be auto or a whole number from 1 to {most}")
+    return count
+
+
 MAX_BATCH = 64  # frames per forward pass at most (the exported graphs' batch axis goes as far)
 MAX_LANES = 16  # forward passes side by side at most
 
@@ -178,22 +188,12 @@ class EngineConfig(Section):
     @field_validator("batch_size", mode="before")
     @classmethod
     def _batch_size(cls, v: Any) -> int | str:
-        if v == "auto":
-            return v
-        size = whole_number(v)
-        if size is None or not 1 <= size <= MAX_BATCH:
-            raise ValueError(f"must be auto or a whole number from 1 to {MAX_BATCH}")
-        return size
+        return auto_or_count(v, MAX_BATCH)
 
     @field_validator("lanes", mode="before")
     @classmethod
     def _lanes(cls, v: Any) -> int | str:
-        if v == "auto":
-            return v
-        count = whole_number(v)
-        if count is None or not 1 <= count <= MAX_LANES:
-            raise ValueError(f"must be auto or a whole number from 1 to {MAX_LANES}")
-        return count
+        return auto_or_count(v, MAX_LANES)
 
 
 class OutputConfig(Section):

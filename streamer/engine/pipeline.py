@@ -3,9 +3,9 @@
 The capture side and the frames queue are engine/intake.py's; this module starts the threads.
 
 The model runs on the process's one model thread (engine/worker.py), where it was loaded, so
-the CPU keeps a single OpenMP pool (a file's lanes, below, each have one of their share). (A `SharedStage` is fed by several pipelines at once: each
-pipeline's loop runs on a thread of its own and sends only each batch's device work to the model
-thread.) The main thread, which calls `run()`, handles signals and
+the CPU keeps a single OpenMP pool (a file's lanes, below, each have one of their share). (A
+`SharedStage` is fed by several pipelines at once: each pipeline's loop runs on a thread of its
+own and sends only each batch's device work to the model thread.) The main thread, which calls `run()`, handles signals and
 runs the sinks that must live on it (GUI windows: macOS allows them only there). Ownership
 otherwise follows concurrent.futures: named, non-daemon threads for capture and sinks, the first
 exception recorded with its stage, the others stopped through an Event plus end-of-stream
@@ -106,7 +106,8 @@ class Pipeline:
                 "stabilize lookahead holds frames back, which a live source cannot wait for",
                 hint="use --stabilize causal (no added latency) for cameras and streams",
             )
-        self.lanes = 1 if isinstance(processor, SharedStage) else lanes  # forward passes at once
+        # forward passes at once: one for live sources (a frame would wait for two) and shared stages
+        self.lanes = 1 if self.live or isinstance(processor, SharedStage) else lanes
         self.lane_threads = lane_threads  # torch's pool in each lane
         self.stats = stats or Stats()
         self.stats.detects_cuts = self.stabilizer.mode != "off"

@@ -93,24 +93,26 @@ class OpenVINORuntime:
 
     def _for_batch(self, batch: int) -> tuple[object, queue.SimpleQueue]:
         with self._compiling:  # lanes may meet a new size together: it compiles once
-            sizes = self._compiled.setdefault(self.lanes, {})
-            if batch not in sizes:
-                sizes[batch] = self._compile(batch)
-            return sizes[batch]
+            return self._compiled_for(batch)
 
-    def _pieces(self, batch: int) -> list[int]:
-        """The compiled sizes a batch runs in: its own (compiled now while only batch 1 is there),
-        else pieces of the compiled sizes, largest first. Decided under the lock, so two lanes that
-        meet new sizes at once never compile a third."""
+    def _compiled_for(self, batch: int) -> tuple[object, queue.SimpleQueue]:
+        """The model compiled for `batch` in this setting of lanes, compiled now if not yet (under the lock)."""
+        sizes = self._compiled.setdefault(self.lanes, {})
+        if batch not in sizes:
+            sizes[batch] = self._compile(batch)
+        return sizes[batch]
+
+    def _pieces(self, batch: int) -> list[tuple[int, tuple[object, queue.SimpleQueue]]]:
+        """The compiled sizes a batch runs in, each with its model: its own (compiled now while only
+        batch 1 is there), else pieces of the compiled sizes, largest first. Decided under the lock,
+        so two lanes that meet new sizes at once never compile a third."""
         with self._compiling:
             sizes = self._compiled.setdefault(self.lanes, {})
-            if batch not in sizes and len(sizes) <= 1:
-                sizes[batch] = self._compile(batch)
-            if batch in sizes:
-                return [batch]
+            if batch in sizes or len(sizes) <= 1:
+                return [(batch, self._compiled_for(batch))]
             pieces, left = [], batch
             for size in sorted(sizes, reverse=True):
-                pieces += [size] * (left // size)
+                pieces += [(size, sizes[size])] * (left // size)
                 left %= size
             return pieces
 
@@ -148,8 +150,9 @@ class OpenVINORuntime:
             tmp.replace(xml)
         return xml
 
-    def _infer(self, image: np.ndarray) -> list[np.ndarray]:
-        compiled, idle = self._for_batch(len(image))
+    @staticmethod
+    def _infer(model: tuple[object, queue.SimpleQueue], image: np.ndarray) -> list[np.ndarray]:
+        compiled, idle = model
         request = idle.get()  # a lane's own request (never more callers than lanes)
         try:
             result = request.infer({0: image})  # copies the outputs: the request's buffers are reused
@@ -160,8 +163,8 @@ class OpenVINORuntime:
     def __call__(self, x: torch.Tensor, all_iterations: bool = False) -> dict[str, list[torch.Tensor]]:
         image = np.ascontiguousarray(x.detach().float().cpu().numpy())
         pieces, start = [], 0
-        for size in self._pieces(len(image)):
-            pieces.append(self._infer(image[start : start + size]))
+        for size, model in self._pieces(len(image)):
+            pieces.append(self._infer(model, image[start : start + size]))
             start += size
         outputs = pieces[0] if len(pieces) == 1 else [np.concatenate(parts) for parts in zip(*pieces, strict=True)]
         return {name: [torch.from_numpy(out)] for name, out in zip(OUTPUTS, outputs, strict=True)}
